@@ -1,0 +1,246 @@
+"""MoCoV3: the keras.Model whose `train_step` is one update of Algorithm 1.
+
+One step, in the order of the official `MoCo.forward` (moco/builder.py):
+  1. queries q1, q2 = predictor(projector(backbone(x_v))) for each view, with gradient;
+  2. momentum update xi <- m * xi + (1 - m) * theta of the momentum encoder (backbone + projector), using the
+     weights before this step's optimizer update; BN moving statistics are not averaged;
+  3. keys k1, k2 from the momentum encoder, without gradient (BN in training mode, as in the official code);
+  4. loss = ctr(q1, k2) + ctr(q2, k1), keys gathered from every replica;
+  5. the optimizer step.
+
+Each view goes through the projector and predictor on its own, so batch-norm statistics are per view. A backbone
+without batch norm (the plain ViT: LayerNorm and attention act per image) gets both views in one call, which is the
+same function and runs faster; a backbone with batch norm (conv-stem ViT) gets one call per view.
+
+Under tf.distribute, Keras sums gradients across replicas in `optimizer.apply`, so each replica differentiates
+`loss_local / num_replicas`: the update equals the one-replica update on the same global batch.
+"""
+
+import keras
+import tensorflow as tf
+
+from tf_mocov3 import heads
+from tf_mocov3 import losses
+from tf_mocov3 import schedules
+from tf_mocov3 import vit
+
+
+def _is_moving_statistic(variable):
+    name = variable.path if hasattr(variable, "path") else variable.name
+    return "moving_mean" in name or "moving_variance" in name
+
+
+def _block_layers(backbone):
+    """The first and the last transformer block of a backbone (empty when it has none)."""
+    names = [layer.name for layer in backbone.layers if layer.name.startswith("block_")]
+    if not names:
+        return []
+    names.sort(key=lambda n: int(n.split("_")[1]))
+    return [backbone.get_layer(names[0]), backbone.get_layer(names[-1])]
+
+
+class MoCoV3(keras.Model):
+    """MoCo v3 with a query encoder, a predictor and a momentum encoder.
+
+    Args:
+      backbone: keras.Model, images -> features [B, D].
+      projector: keras.Model, [B, D] -> [B, dim].
+      predictor: keras.Model, [B, dim] -> [B, dim].
+      momentum_backbone, momentum_projector: models of the same structure as backbone and projector;
+        their weights are overwritten with a copy of the online ones here and are never trained.
+      temperature: tau of the contrastive loss.
+      base_momentum: m0 (0.99 in the ViT recipes).
+      momentum_cosine: if True, m rises from m0 to 1 with a half cosine over `total_steps`.
+      total_steps: length of training in steps (for the momentum schedule).
+      batch_views: run both views through the backbone in one call; None chooses it when the backbone has no
+        batch norm (the result is then the same as two calls).
+      monitor_grad_norms: log the global gradient norms of the first and the last transformer block
+        (costs one extra all-reduce of those two blocks' gradients under a multi-replica strategy).
+    """
+
+    def __init__(self, backbone, projector, predictor, momentum_backbone, momentum_projector, *,
+                 temperature=0.2, base_momentum=0.99, momentum_cosine=True, total_steps=1,
+                 batch_views=None, monitor_grad_norms=True, **kwargs):
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}; the ViT recipes use 0.2.")
+        if not 0.0 <= base_momentum <= 1.0:
+            raise ValueError(f"base_momentum must be in [0, 1], got {base_momentum}; the ViT recipes use 0.99.")
+        self.backbone = backbone
+        self.projector = projector
+        self.predictor = predictor
+        self.momentum_backbone = momentum_backbone
+        self.momentum_projector = momentum_projector
+        self.temperature = float(temperature)
+        self.base_momentum = float(base_momentum)
+        self.momentum_cosine = bool(momentum_cosine)
+        self.total_steps = int(max(total_steps, 1))
+        if batch_views is None:
+            batch_views = not any(isinstance(layer, keras.layers.BatchNormalization)
+                                  for layer in _all_layers(backbone))
+        self.batch_views = bool(batch_views)
+        self.monitor_grad_norms = bool(monitor_grad_norms)
+
+        online = backbone.weights + projector.weights
+        target = momentum_backbone.weights + momentum_projector.weights
+        if len(online) != len(target) or any(a.shape != b.shape for a, b in zip(online, target)):
+            raise ValueError("The momentum encoder must have the same structure as backbone + projector; "
+                             "build both with the same arguments.")
+        for xi, theta in zip(target, online):
+            xi.assign(theta)
+        # The momentum encoder stays `trainable` in the Keras sense on purpose: Keras 3 runs a BatchNormalization
+        # with trainable=False in inference mode, but the official momentum encoder normalises with batch
+        # statistics. It is kept away from the optimizer by `trainable_weights` below instead.
+        # (xi, theta) pairs the momentum update touches: every parameter, frozen ones included as in the
+        # official code (they are equal, so the update leaves them unchanged), but no BN moving statistics.
+        self._momentum_pairs = [(xi, theta) for xi, theta in zip(target, online) if not _is_moving_statistic(theta)]
+        self._monitored_blocks = _block_layers(backbone) if self.monitor_grad_norms else []
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.built = True
+
+    # === Forward passes ===
+
+    def call(self, images, training=False):
+        """Backbone features of `images` (the representation that evaluation and export use)."""
+        return self.backbone(images, training=training)
+
+    def _features(self, encoder, x1, x2, training):
+        if self.batch_views:
+            n = tf.shape(x1)[0]
+            f = encoder(tf.concat([x1, x2], axis=0), training=training)
+            return f[:n], f[n:]
+        return encoder(x1, training=training), encoder(x2, training=training)
+
+    def queries(self, x1, x2, training=True):
+        f1, f2 = self._features(self.backbone, x1, x2, training)
+        q1 = self.predictor(self.projector(f1, training=training), training=training)
+        q2 = self.predictor(self.projector(f2, training=training), training=training)
+        return q1, q2
+
+    def keys(self, x1, x2):
+        f1, f2 = self._features(self.momentum_backbone, x1, x2, True)
+        k1 = self.momentum_projector(f1, training=True)
+        k2 = self.momentum_projector(f2, training=True)
+        return tf.stop_gradient(k1), tf.stop_gradient(k2)
+
+    def momentum_at(self, step):
+        return schedules.momentum_schedule(step, self.base_momentum, self.total_steps, cosine=self.momentum_cosine)
+
+    def update_momentum_encoder(self, m):
+        """xi <- m * xi + (1 - m) * theta for every momentum-encoder parameter."""
+        m = tf.cast(m, tf.float32)
+        for xi, theta in self._momentum_pairs:
+            xi.assign(m * xi + (1.0 - m) * theta)
+
+    # === Training ===
+
+    @property
+    def trainable_weights(self):
+        """What the optimizer trains: backbone, projector and predictor (never the momentum encoder)."""
+        if not self.trainable:
+            return []
+        return (self.backbone.trainable_weights + self.projector.trainable_weights
+                + self.predictor.trainable_weights)
+
+    @property
+    def trainable_variables(self):
+        return self.trainable_weights
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def train_step(self, data):
+        x1, x2 = data
+        ctx = tf.distribute.get_replica_context()
+        num_replicas = ctx.num_replicas_in_sync
+        replica_id = ctx.replica_id_in_sync_group if num_replicas > 1 else 0
+
+        step = self.optimizer.iterations
+        m = self.momentum_at(step)
+        lr = self.optimizer.learning_rate
+        train_vars = self.trainable_variables
+
+        with tf.GradientTape() as tape:
+            q1, q2 = self.queries(x1, x2, training=True)
+            with tape.stop_recording():
+                self.update_momentum_encoder(m)
+                k1, k2 = self.keys(x1, x2)
+                if num_replicas > 1:
+                    k1 = ctx.all_gather(k1, axis=0)
+                    k2 = ctx.all_gather(k2, axis=0)
+            loss = losses.symmetrized_loss(q1, q2, k1, k2, self.temperature, replica_id)
+            scaled = self.optimizer.scale_loss(loss / num_replicas)
+        grads = tape.gradient(scaled, train_vars)
+
+        logs = {"lr": tf.cast(lr, tf.float32), "momentum": tf.cast(m, tf.float32)}
+        if self._monitored_blocks:
+            by_id = {id(v): g for v, g in zip(train_vars, grads)}
+            unscale = 1.0
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                unscale = 1.0 / tf.cast(self.optimizer.scale_loss(1.0), tf.float32)
+            for key, layer in zip(("grad_norm_first_block", "grad_norm_last_block"), self._monitored_blocks):
+                block_grads = [tf.cast(by_id[id(v)], tf.float32) for v in layer.trainable_variables]
+                if num_replicas > 1:
+                    block_grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, block_grads)
+                logs[key] = tf.linalg.global_norm(block_grads) * unscale
+
+        self.optimizer.apply(grads, train_vars)
+
+        global_loss = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss) if num_replicas > 1 else loss
+        self.loss_tracker.update_state(global_loss)
+        logs["loss"] = global_loss
+        return logs
+
+    # === Config ===
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("backbone", "projector", "predictor", "momentum_backbone", "momentum_projector"):
+            config[key] = keras.saving.serialize_keras_object(getattr(self, key))
+        config.update(temperature=self.temperature, base_momentum=self.base_momentum,
+                      momentum_cosine=self.momentum_cosine, total_steps=self.total_steps,
+                      batch_views=self.batch_views, monitor_grad_norms=self.monitor_grad_norms)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("backbone", "projector", "predictor", "momentum_backbone", "momentum_projector"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def _all_layers(model):
+    """Every layer below `model`, depth first (Keras 3 has no public recursive listing)."""
+    out = []
+    for layer in getattr(model, "layers", []):
+        out.append(layer)
+        out.extend(_all_layers(layer))
+    for layer in getattr(model, "_layers", []):
+        if layer not in out:
+            out.append(layer)
+            out.extend(_all_layers(layer))
+    return out
+
+
+def build_moco(model_config, *, image_size, total_steps):
+    """MoCoV3 from `config.model` (arch, overrides, train_patch_embed, moco_dim, mlp_dim, temperature, momentum)."""
+    overrides = {k: v for k, v in dict(model_config.get("overrides", {}) or {}).items() if v is not None}
+    train_patch_embed = bool(model_config.get("train_patch_embed", False))
+
+    def encoder(prefix):
+        backbone = vit.build_backbone(model_config.arch, image_size, train_patch_embed=train_patch_embed,
+                                      name=prefix + "backbone", **overrides)
+        feature_dim = backbone.output.shape[-1]
+        projector = heads.build_projector(feature_dim, mlp_dim=model_config.mlp_dim, dim=model_config.moco_dim,
+                                          name=prefix + "projector")
+        return backbone, projector
+
+    backbone, projector = encoder("")
+    momentum_backbone, momentum_projector = encoder("momentum_")
+    predictor = heads.build_predictor(dim=model_config.moco_dim, mlp_dim=model_config.mlp_dim, name="predictor")
+    return MoCoV3(backbone, projector, predictor, momentum_backbone, momentum_projector,
+                  temperature=model_config.temperature, base_momentum=model_config.momentum,
+                  momentum_cosine=model_config.get("momentum_cosine", True), total_steps=total_steps,
+                  monitor_grad_norms=model_config.get("monitor_grad_norms", True), name="moco_v3")
