@@ -302,3 +302,14 @@ def test_save_and_reload(tmp_path):
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
     assert loaded.get_layer("block_3").drop_path_rate == pytest.approx(0.1)
     assert not loaded.get_layer("patch_embed").trainable
+
+
+def test_conv_stem_weights_all_reach_a_tensorflow_checkpoint(tmp_path):
+    # Keras 3 does not hand layers kept in Python lists to tf.train.Checkpoint; every stem weight must be saved.
+    import tensorflow as tf
+
+    backbone = vit.build_backbone("vit_conv_small", 32, depth=1, embed_dim=32, num_heads=2)
+    path = tf.train.Checkpoint(model=backbone).save(str(tmp_path / "ckpt"))
+    saved = [name for name, _ in tf.train.list_variables(path)
+             if name.endswith("VARIABLE_VALUE") and not name.startswith("save_counter")]
+    assert len(saved) == len(backbone.weights)

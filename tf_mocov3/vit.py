@@ -375,6 +375,10 @@ class ConvStem(keras.layers.Layer):
             self.pads.append(pad)
             self.convs.append(conv)
             self.bns.append(bn)
+            # Keras 3 does not hand the layers inside a Python list to TensorFlow checkpoints: give each
+            # one its own attribute, or tf.train.Checkpoint silently skips the stem's convs and BNs.
+            setattr(self, f"conv_{i}", conv)
+            setattr(self, f"bn_{i}", bn)
             channels *= 2
         fan_in = self.embed_dim  # 1x1 conv over D channels
         self.proj = keras.layers.Conv2D(
