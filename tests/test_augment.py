@@ -1,0 +1,192 @@
+"""Facts about the MoCo v3 augmentation (torchvision semantics, stateless determinism)."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_mocov3 import augment
+
+RNG = np.random.default_rng(0)
+IMG = RNG.uniform(0, 1, (17, 23, 3)).astype(np.float32)
+
+
+def _np_gray(x):
+    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+
+def _seed(i):
+    return tf.constant([7, i], tf.int64)
+
+
+# --- colour ops against a numpy reference of torchvision's functional tensor ops ---
+
+
+def test_brightness_is_clipped_multiplication():
+    np.testing.assert_allclose(augment.adjust_brightness(IMG, 1.3), np.clip(IMG * 1.3, 0, 1), atol=1e-6)
+
+
+def test_contrast_blends_with_mean_of_grayscale():
+    ref = np.clip(0.7 * IMG + 0.3 * _np_gray(IMG).mean(), 0, 1)
+    np.testing.assert_allclose(augment.adjust_contrast(IMG, 0.7), ref, atol=1e-6)
+
+
+def test_saturation_blends_with_grayscale():
+    ref = np.clip(1.2 * IMG - 0.2 * _np_gray(IMG)[..., None], 0, 1)
+    np.testing.assert_allclose(augment.adjust_saturation(IMG, 1.2), ref, atol=1e-6)
+
+
+def test_hue_shift_rotates_hsv_hue():
+    import colorsys
+    px = IMG[3, 5]
+    h, s, v = colorsys.rgb_to_hsv(*px)
+    ref = colorsys.hsv_to_rgb((h + 0.08) % 1.0, s, v)
+    np.testing.assert_allclose(augment.adjust_hue(IMG, 0.08)[3, 5], ref, atol=1e-5)
+
+
+def test_grayscale_uses_itu_r_601_weights():
+    g = augment.grayscale(IMG).numpy()
+    assert g.shape == IMG.shape
+    np.testing.assert_allclose(g[..., 1], _np_gray(IMG), atol=1e-6)
+    np.testing.assert_allclose(augment.rgb_to_grayscale(tf.constant([[[1.0, 0, 0]]])), [[[0.299]]])
+
+
+def test_color_jitter_factors_within_torchvision_ranges():
+    # A single grey pixel isolates brightness (only it changes a grey value; contrast is
+    # a no-op on a constant image, saturation and hue on a grey one).
+    grey = tf.fill([2, 2, 3], 0.5)
+    for i in range(20):
+        out = augment.color_jitter(grey, _seed(i)).numpy()
+        assert 0.5 * 0.6 - 1e-6 <= out[0, 0, 0] <= 0.5 * 1.4 + 1e-6
+        np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-6)
+
+
+def test_solarize_threshold_is_inclusive_half():
+    x = tf.constant([0.0, 0.49, 0.5, 0.8, 1.0])
+    np.testing.assert_allclose(augment.solarize(x), [0.0, 0.49, 0.5, 0.2, 0.0], atol=1e-6)
+
+
+def test_gaussian_blur_preserves_constant_and_mean():
+    const = tf.fill([20, 20, 3], 0.3)
+    np.testing.assert_allclose(augment.gaussian_blur(const, 2.0), const, atol=1e-6)
+    k = augment.gaussian_kernel(1.0).numpy()
+    assert len(k) == 13 and abs(k.sum() - 1) < 1e-6
+    np.testing.assert_allclose(k[6] / k[7], math.exp(0.5), rtol=1e-5)
+
+
+# --- random resized crop ---
+
+
+@pytest.mark.parametrize("h,w", [(64, 64), (30, 200), (500, 333)])
+def test_crop_window_in_bounds_and_ranges(h, w):
+    for i in range(50):
+        y, x, ch, cw = augment.random_resized_crop_window(_seed(i), h, w, scale=(0.08, 1.0)).numpy()
+        assert 0 <= y and y + ch <= h and 0 <= x and x + cw <= w and ch > 0 and cw > 0
+        if (ch, cw) != _fallback(h, w):
+            # rounding of the sides loosens the bounds by up to half a pixel each
+            area = ch * cw / (h * w)
+            assert 0.08 * 0.8 <= area <= 1.0
+            assert 3 / 4 * 0.85 <= cw / ch <= 4 / 3 * 1.15
+
+
+def _fallback(h, w):
+    r = w / h
+    if r < 3 / 4:
+        return int(round(w / (3 / 4))), w
+    if r > 4 / 3:
+        return h, int(round(h * 4 / 3))
+    return h, w
+
+
+def test_crop_fallback_is_centre_crop_as_torchvision():
+    # An image 1 px high and 400 wide: no attempt can fit, torchvision centre-crops
+    # to the ratio bound 4/3 -> h = 1, w = round(4/3) = 1.
+    y, x, ch, cw = augment.random_resized_crop_window(_seed(0), 1, 400).numpy()
+    assert (ch, cw) == (1, 1) and (y, x) == (0, (400 - 1) // 2)
+    # Scale (1, 1) on a 10x100 image: area 1000 at ratio <= 4/3 needs h >= 27 > 10, so fallback.
+    y, x, ch, cw = augment.random_resized_crop_window(_seed(0), 10, 100, scale=(1.0, 1.0)).numpy()
+    assert (y, x, ch, cw) == (0, (100 - 13) // 2, 10, 13)
+
+
+# --- the two views ---
+
+
+def _jpeg(h=40, w=56, mode="RGB"):
+    arr = RNG.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_two_views_shapes_and_determinism():
+    data = _jpeg()
+    a1, a2 = augment.two_views(data, _seed(1), image_size=32, crop_min=0.08, is_encoded=True)
+    b1, b2 = augment.two_views(data, _seed(1), image_size=32, crop_min=0.08, is_encoded=True)
+    c1, _ = augment.two_views(data, _seed(2), image_size=32, crop_min=0.08, is_encoded=True)
+    assert a1.shape == (32, 32, 3) and a1.dtype == tf.float32
+    np.testing.assert_array_equal(a1, b1)
+    np.testing.assert_array_equal(a2, b2)
+    assert not np.allclose(a1, c1)
+    assert not np.allclose(a1, a2)
+
+
+def test_grayscale_jpeg_png_and_raw_sources_give_rgb_views():
+    buf = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 255, (30, 20), dtype=np.uint8)).save(buf, format="PNG")
+    for src, enc in [(_jpeg(mode="L"), True), (buf.getvalue(), True),
+                     (RNG.integers(0, 255, (28, 28, 1), dtype=np.uint8), False)]:
+        v1, v2 = augment.two_views(src, _seed(3), image_size=16, crop_min=0.2, is_encoded=enc)
+        assert v1.shape == (16, 16, 3) and v2.shape == (16, 16, 3)
+
+
+def test_jpeg_decode_and_crop_equals_decode_then_crop():
+    data = _jpeg(64, 48)
+    window = tf.constant([5, 7, 30, 20])
+    full = tf.io.decode_jpeg(data, channels=3)
+    a = augment.decode_crop_and_resize_jpeg(data, window, 16)
+    b = augment.crop_and_resize(full, window, 16)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _unnormalize(x):
+    return x.numpy() * np.array(augment.IMAGENET_STD) + np.array(augment.IMAGENET_MEAN)
+
+
+def test_view_policies_differ_solarize_only_on_view2_blur_always_on_view1():
+    # Seeds where view 2's policy coins say "solarize", and the effect of blurring,
+    # read from the per-view coin streams exactly as augment_cropped draws them.
+    solarized = {1: 0, 2: 0}
+    blurred = {1: 0, 2: 0}
+    for i in range(300):
+        for view, seed in ((1, augment._fold(_seed(i), 1)), (2, augment._fold(_seed(i), 2))):
+            coins = tf.random.stateless_uniform([6], augment._fold(seed, augment._COINS)).numpy()
+            policy = augment.VIEW1 if view == 1 else augment.VIEW2
+            solarized[view] += coins[4] < policy["solarize_p"]
+            blurred[view] += coins[2] < policy["blur_p"]
+    assert solarized[1] == 0 and 30 <= solarized[2] <= 90  # p = 0.2 of 300
+    assert blurred[1] == 300 and 10 <= blurred[2] <= 60  # p = 0.1 of 300
+    # And on pixels: an all-white image stays bright on view 1 (never solarized) in every seed.
+    white = np.full((20, 20, 3), 255, np.uint8)
+    for i in range(40):
+        v1, _ = augment.two_views(white, _seed(i), image_size=8, crop_min=0.5, is_encoded=False)
+        assert _unnormalize(v1).mean() > 0.2  # solarizing white would give 0
+
+
+def test_eval_preprocess_resize_and_centre_crop():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, 100:] = 255
+    out = augment.eval_preprocess(img, image_size=56)  # resize to 64 x 128, crop 56 x 56
+    assert out.shape == (56, 56, 3)
+    x = _unnormalize(out)
+    assert x[:, :27].max() < 0.05 and x[:, 29:].min() > 0.95
+
+
+def test_xla_and_op_by_op_views_agree():
+    img = RNG.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    for i in range(3):
+        a = augment.two_views(img, _seed(i), image_size=16, crop_min=0.08, is_encoded=False, xla=True)
+        b = augment.two_views(img, _seed(i), image_size=16, crop_min=0.08, is_encoded=False, xla=False)
+        np.testing.assert_allclose(a, b, atol=1e-4)

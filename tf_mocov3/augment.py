@@ -1,0 +1,378 @@
+"""MoCo v3's two asymmetric views (the BYOL recipe), in TensorFlow ops.
+
+Every random decision comes from a `tf.random.stateless_*` op driven by an explicit
+per-example seed (an int32/int64 tensor of shape [2]). The same seed gives the same two
+views wherever and however in parallel the example is processed, so an input pipeline
+built on these ops is reproducible across replica placements and resumable.
+
+Per view, in this order (moco-v3 `main_moco.py`, torchvision semantics):
+
+1. RandomResizedCrop(image_size, scale=(crop_min, 1), ratio=(3/4, 4/3)): torchvision's
+   10 attempts (area uniform, aspect ratio log-uniform) then its centre-crop fallback.
+   Encoded JPEGs are decoded and cropped in one op (`tf.io.decode_and_crop_jpeg`, the
+   window computed from `tf.io.extract_jpeg_shape`); PNG / GIF / BMP bytes and raw arrays
+   are decoded, then cropped. Resize: bilinear WITH antialiasing, because the official
+   pipeline resizes PIL images and PIL's bilinear filter widens its support when it
+   downsamples (`tf.image.resize(..., antialias=True)` is the same triangle filter).
+2. ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8, the four adjustments in a random order.
+   Brightness multiplies by f in [0.6, 1.4]; contrast blends with the mean of the
+   grayscale image; saturation blends with the grayscale image (f in [0.8, 1.2]); hue
+   rotates H in HSV by d in [-0.1, 0.1]. Values are clipped to [0, 1] after each one.
+3. Grayscale with p=0.2, ITU-R 601-2 luma (0.299, 0.587, 0.114), copied to 3 channels.
+4. Gaussian blur, sigma ~ U(0.1, 2.0): p=1.0 on view 1, p=0.1 on view 2. The official code
+   calls PIL `ImageFilter.GaussianBlur(radius=sigma)`, whose radius is the standard deviation
+   (PIL approximates it with three box blurs). Here: an exact separable Gaussian with a fixed
+   13-tap kernel (radius 6 = 3 * sigma_max), symmetric padding at the borders.
+5. Solarize (x >= 0.5 -> 1 - x, i.e. 128 of 255): view 2 only, p=0.2.
+6. Horizontal flip, p=0.5.
+7. Normalise with the ImageNet mean and std.
+
+Speed: steps 2-7 run as one XLA-compiled function per view (`xla=True`), which fuses the
+elementwise chain (about 2x faster on CPU than the op-by-op graph); the blur is written as
+shifted slices because a depthwise convolution is slow under XLA on CPU. Option
+`jpeg_decode_once` decodes a JPEG once and crops both views from it (faster on 512 px
+images in our measurement: benchmarks/input_pipeline.py).
+
+Differences from the official PIL pipeline, on purpose: values stay float32 in [0, 1]
+between the steps (PIL rounds to uint8 after every step) and the blur kernel is an exact
+Gaussian rather than PIL's box-blur approximation.
+"""
+
+import math
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CROP_ATTEMPTS = 10
+JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+JITTER_P = 0.8
+GRAYSCALE_P = 0.2
+BLUR_SIGMA = (0.1, 2.0)
+BLUR_RADIUS = 6  # kernel taps = 2 * radius + 1 = 13 (3 * sigma_max)
+VIEW1 = dict(blur_p=1.0, solarize_p=0.0)
+VIEW2 = dict(blur_p=0.1, solarize_p=0.2)
+
+# Sub-seed indices, folded into a view's seed (one stream per decision).
+_CROP, _JITTER, _COINS = 0, 1, 2
+
+
+def _fold(seed, k):
+    return tf.random.experimental.stateless_fold_in(seed, k)
+
+
+# === Random resized crop ===
+
+
+def random_resized_crop_window(seed, height, width, scale=(0.08, 1.0), ratio=CROP_RATIO,
+                               attempts=CROP_ATTEMPTS):
+    """torchvision `RandomResizedCrop.get_params`, vectorised over its attempts.
+
+    Args:
+        seed: int tensor of shape [2].
+        height, width: the source image size (int scalars or tensors).
+        scale: range of the crop area as a fraction of the image area.
+        ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
+        attempts: number of tries before the centre-crop fallback.
+
+    Returns:
+        int32 tensor [offset_y, offset_x, crop_height, crop_width].
+    """
+    h_i = tf.cast(height, tf.int32)
+    w_i = tf.cast(width, tf.int32)
+    h = tf.cast(h_i, tf.float32)
+    w = tf.cast(w_i, tf.float32)
+    u = tf.random.stateless_uniform([4, attempts], seed, dtype=tf.float32)
+    target_area = h * w * (scale[0] + u[0] * (scale[1] - scale[0]))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = tf.exp(log_lo + u[1] * (log_hi - log_lo))
+    # Python's round() and tf.round both round half to even.
+    cw = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+    ch = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+    ok = (cw > 0) & (cw <= w_i) & (ch > 0) & (ch <= h_i)
+    first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)  # first success
+    ch_a, cw_a = ch[first], cw[first]
+    # randint(0, H - h + 1): uniform over [0, H - h]
+    oy = tf.minimum(tf.cast(tf.floor(u[2][first] * tf.cast(h_i - ch_a + 1, tf.float32)), tf.int32),
+                    h_i - ch_a)
+    ox = tf.minimum(tf.cast(tf.floor(u[3][first] * tf.cast(w_i - cw_a + 1, tf.float32)), tf.int32),
+                    w_i - cw_a)
+    # Fallback: the centre crop with the aspect ratio clamped into `ratio`.
+    in_ratio = w / h
+    fb_w = tf.where(in_ratio < ratio[0], w_i,
+                    tf.where(in_ratio > ratio[1],
+                             tf.cast(tf.round(h * ratio[1]), tf.int32), w_i))
+    fb_h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(w / ratio[0]), tf.int32), h_i)
+    fb_y = (h_i - fb_h) // 2
+    fb_x = (w_i - fb_w) // 2
+    found = tf.reduce_any(ok)
+    return tf.stack([tf.where(found, oy, fb_y), tf.where(found, ox, fb_x),
+                     tf.where(found, ch_a, fb_h), tf.where(found, cw_a, fb_w)])
+
+
+def _resize(image, image_size):
+    """Bilinear, antialiased (PIL semantics); returns float32 in [0, 1]."""
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    return tf.clip_by_value(image * (1.0 / 255.0), 0.0, 1.0)
+
+
+def to_rgb_uint8(image):
+    """A decoded HWC image (1 or 3 channels, uint8 or float in [0, 1]) as uint8 RGB."""
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.uint8:
+        image = tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
+    if image.shape.rank == 2:
+        image = image[:, :, None]
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.tile(image, [1, 1, 3])
+    if channels is None:
+        return tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]),
+                       lambda: image[:, :, :3])
+    return image[:, :, :3]
+
+
+def decode_image(data):
+    """Encoded bytes (JPEG / PNG / GIF / BMP) -> uint8 [H, W, 3]."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def crop_and_resize(image, window, image_size):
+    """Crop a decoded uint8 image to `window` and resize it to a float32 [S, S, 3] in [0, 1]."""
+    crop = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+    return _resize(crop, image_size)
+
+
+def decode_crop_and_resize_jpeg(data, window, image_size):
+    """Decode only `window` of a JPEG (one op) and resize it to float32 [S, S, 3] in [0, 1]."""
+    crop = tf.io.decode_and_crop_jpeg(data, window, channels=3)
+    return _resize(crop, image_size)
+
+
+# === Colour ===
+
+
+def rgb_to_grayscale(image):
+    """ITU-R 601-2 luma of float RGB [..., 3] -> [..., 1]."""
+    return tf.tensordot(image, tf.constant(GRAY_WEIGHTS, image.dtype), axes=[[-1], [0]])[..., None]
+
+
+def adjust_brightness(image, factor):
+    """torchvision: blend with black, i.e. image * factor, clipped to [0, 1]."""
+    return tf.clip_by_value(image * factor, 0.0, 1.0)
+
+
+def adjust_contrast(image, factor):
+    """torchvision: blend with the mean of the grayscale image."""
+    mean = tf.reduce_mean(rgb_to_grayscale(image))
+    return tf.clip_by_value(factor * image + (1.0 - factor) * mean, 0.0, 1.0)
+
+
+def adjust_saturation(image, factor):
+    """torchvision: blend with the grayscale image (not TF's HSV scaling)."""
+    gray = rgb_to_grayscale(image)
+    return tf.clip_by_value(factor * image + (1.0 - factor) * gray, 0.0, 1.0)
+
+
+def adjust_hue(image, delta):
+    """torchvision: H <- (H + delta) mod 1 in HSV (tf.image.adjust_hue is the same rotation)."""
+    return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
+
+
+def color_jitter(image, seed, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
+    """torchvision ColorJitter: the four adjustments, factors drawn once, in a random order."""
+    return _color_jitter(image, tf.random.stateless_uniform([8], seed), brightness, contrast,
+                         saturation, hue)
+
+
+def _color_jitter(image, u, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
+    """`color_jitter` from 8 uniforms drawn by the caller."""
+    b = (1.0 - brightness) + u[0] * (2.0 * brightness)
+    c = (1.0 - contrast) + u[1] * (2.0 * contrast)
+    s = (1.0 - saturation) + u[2] * (2.0 * saturation)
+    d = -hue + u[3] * (2.0 * hue)
+    order = tf.argsort(u[4:8], stable=True)  # a uniformly random permutation of 0..3
+    branches = [lambda x: adjust_brightness(x, b), lambda x: adjust_contrast(x, c),
+                lambda x: adjust_saturation(x, s), lambda x: adjust_hue(x, d)]
+    for k in range(4):
+        image = tf.switch_case(order[k], [lambda f=f, x=image: f(x) for f in branches])
+    return image
+
+
+def grayscale(image):
+    """Luma copied to 3 channels."""
+    return tf.tile(rgb_to_grayscale(image), [1, 1, 3])
+
+
+# === Blur, solarize, flip, normalise ===
+
+
+def gaussian_kernel(sigma, radius=BLUR_RADIUS):
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    k = tf.exp(-0.5 * tf.square(x / sigma))
+    return k / tf.reduce_sum(k)
+
+
+def gaussian_blur(image, sigma, radius=BLUR_RADIUS):
+    """Separable Gaussian blur of an [H, W, C] float image, symmetric borders.
+
+    Written as a weighted sum of shifted slices (2 x 13 terms), which XLA fuses into one
+    pass; a depthwise convolution is much slower on CPU under XLA.
+    """
+    k = gaussian_kernel(tf.cast(sigma, tf.float32), radius)
+    taps = 2 * radius + 1
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    x = tf.pad(image, [[radius, radius], [0, 0], [0, 0]], mode="SYMMETRIC")
+    x = tf.add_n([k[i] * x[i:i + h] for i in range(taps)])
+    x = tf.pad(x, [[0, 0], [radius, radius], [0, 0]], mode="SYMMETRIC")
+    return tf.add_n([k[i] * x[:, i:i + w] for i in range(taps)])
+
+
+def solarize(image, threshold=0.5):
+    """PIL ImageOps.solarize(threshold=128) on [0, 1] floats: x >= threshold -> 1 - x."""
+    return tf.where(image >= threshold, 1.0 - image, image)
+
+
+def normalize(image):
+    return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+
+
+def _maybe(p, coin, fn, image):
+    """Apply fn with probability p (static p of 0 or 1 needs no branch)."""
+    if p <= 0.0:
+        return image
+    if p >= 1.0:
+        return fn(image)
+    return tf.cond(coin < p, lambda: fn(image), lambda: image)
+
+
+def draw_view_randomness(seed):
+    """All of steps 2-7's random numbers for one view: (coins [6], jitter uniforms [8]).
+
+    Drawn outside any XLA cluster: XLA implements the stateless ops with another algorithm,
+    so drawing here keeps the decisions identical with and without `xla`.
+    """
+    coins = tf.random.stateless_uniform([6], _fold(seed, _COINS))
+    jitter = tf.random.stateless_uniform([8], _fold(seed, _JITTER))
+    return coins, jitter
+
+
+def _apply_view(image, coins, jitter, blur_p, solarize_p):
+    image = _maybe(JITTER_P, coins[0], lambda x: _color_jitter(x, jitter, **JITTER), image)
+    image = _maybe(GRAYSCALE_P, coins[1], grayscale, image)
+    sigma = BLUR_SIGMA[0] + coins[3] * (BLUR_SIGMA[1] - BLUR_SIGMA[0])
+    image = _maybe(blur_p, coins[2], lambda x: gaussian_blur(x, sigma), image)
+    image = _maybe(solarize_p, coins[4], solarize, image)
+    image = tf.cond(coins[5] < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    return normalize(image)
+
+
+def augment_cropped(image, seed, *, blur_p, solarize_p):
+    """Steps 2-7 of a view on a cropped, resized float [S, S, 3] image in [0, 1]."""
+    coins, jitter = draw_view_randomness(seed)
+    return _apply_view(image, coins, jitter, blur_p, solarize_p)
+
+
+_COMPILED = {}
+
+
+def _augment_cropped_xla(image, seed, view):
+    """`augment_cropped` with steps 2-7 compiled by XLA (fuses the elementwise chain)."""
+    if view not in _COMPILED:
+        policy = VIEW1 if view == 1 else VIEW2
+        _COMPILED[view] = tf.function(lambda x, c, j: _apply_view(x, c, j, **policy),
+                                      jit_compile=True, reduce_retracing=True)
+    coins, jitter = draw_view_randomness(seed)
+    return _COMPILED[view](image, coins, jitter)
+
+
+# === The two views ===
+
+
+def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded, xla=True,
+              jpeg_decode_once=False):
+    """The two asymmetric MoCo v3 views of one example.
+
+    Args:
+        image_or_bytes: a scalar string of encoded bytes (JPEG, PNG, GIF, BMP) when
+            `is_encoded`, else a decoded HWC image (1 or 3 channels; uint8, or float in [0, 1]).
+        seed: int32/int64 tensor of shape [2]; the only source of randomness.
+        image_size: output side S.
+        crop_min: lower bound of the crop area fraction.
+        is_encoded: static bool, see `image_or_bytes`.
+        xla: compile the colour/blur/solarize/flip/normalise steps with XLA (same random
+            decisions; float results may differ from the uncompiled ops in the last bits).
+        jpeg_decode_once: decode a JPEG fully once and crop both views from it, instead of
+            one `decode_and_crop_jpeg` per view (same pixels: the crop is exact either way).
+
+    Returns:
+        (view1, view2): float32 [S, S, 3], normalised. View 1 is always blurred and never
+        solarized; view 2 is blurred with p=0.1 and solarized with p=0.2.
+    """
+    seed = tf.convert_to_tensor(seed)
+    seeds = [_fold(seed, 1), _fold(seed, 2)]
+    scale = (crop_min, 1.0)
+
+    def from_decoded(image):
+        shape = tf.shape(image)
+        return [crop_and_resize(image, random_resized_crop_window(_fold(s, _CROP), shape[0], shape[1],
+                                                                  scale), image_size)
+                for s in seeds]
+
+    if is_encoded:
+        data = tf.convert_to_tensor(image_or_bytes, tf.string)
+
+        def from_jpeg():
+            shape = tf.io.extract_jpeg_shape(data)
+            return [decode_crop_and_resize_jpeg(
+                data, random_resized_crop_window(_fold(s, _CROP), shape[0], shape[1], scale), image_size)
+                for s in seeds]
+
+        if jpeg_decode_once:
+            crops = from_decoded(decode_image(data))
+        else:
+            crops = tf.cond(tf.io.is_jpeg(data), from_jpeg, lambda: from_decoded(decode_image(data)))
+    else:
+        crops = from_decoded(to_rgb_uint8(image_or_bytes))
+    views = []
+    for view, (crop, s, policy) in enumerate(zip(crops, seeds, (VIEW1, VIEW2)), 1):
+        crop.set_shape([image_size, image_size, 3])
+        views.append(_augment_cropped_xla(crop, s, view) if xla else augment_cropped(crop, s, **policy))
+    return views[0], views[1]
+
+
+# === Evaluation ===
+
+
+def eval_preprocess(image, image_size=224, resize=None):
+    """Resize the shorter side to `resize` (default image_size * 256 / 224), centre crop
+    `image_size`, normalise. torchvision Resize + CenterCrop semantics (antialiased bilinear).
+
+    Args:
+        image: decoded HWC image (1 or 3 channels, uint8 or float in [0, 1]) or a scalar
+            string of encoded bytes.
+    Returns:
+        float32 [image_size, image_size, 3].
+    """
+    if resize is None:
+        resize = int(image_size * 256 / 224)
+    image = tf.convert_to_tensor(image)
+    image = decode_image(image) if image.dtype == tf.string else to_rgb_uint8(image)
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    short = tf.minimum(h, w)
+    # torchvision: the long side is int(resize * long / short) (truncation).
+    new_h = tf.where(h <= w, resize, (resize * h) // short)
+    new_w = tf.where(w <= h, resize, (resize * w) // short)
+    image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear", antialias=True)
+    top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float32) / 2.0), tf.int32)
+    image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
+    image = tf.clip_by_value(image * (1.0 / 255.0), 0.0, 1.0)
+    image.set_shape([image_size, image_size, 3])
+    return normalize(image)
