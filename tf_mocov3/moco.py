@@ -146,6 +146,14 @@ class MoCoV3(keras.Model):
     def trainable_variables(self):
         return self.trainable_weights
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' generic build pulls a first batch and averages it across replicas to trace the model; that
+        # reduction fails under MultiWorkerMirroredStrategy (PerReplica -> Tensor) and restarts the input pipeline.
+        # MoCoV3 is built at construction and training builds the optimizer before fit, so there is nothing to do.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         return [self.loss_tracker]
@@ -190,6 +198,9 @@ class MoCoV3(keras.Model):
         global_loss = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss) if num_replicas > 1 else loss
         self.loss_tracker.update_state(global_loss)
         logs["loss"] = global_loss
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces fit()'s outputs across workers with a MEAN over axis 0, which rejects scalars.
+            logs = {key: tf.reshape(value, [1]) for key, value in logs.items()}
         return logs
 
     # === Config ===

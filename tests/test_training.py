@@ -1,0 +1,191 @@
+"""The pre-training command end to end on real Fashion-MNIST: resume, NaN stop, config errors, workers."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_mocov3 import config_lib
+from tf_mocov3 import data
+from tf_mocov3 import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = "/usr/share/datasets/fashion-mnist"
+needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")),
+                                  reason="scripts/setup.sh installs dataset-fashion-mnist")
+
+TINY_CONFIG = textwrap.dedent("""
+    import importlib.util, os
+    _spec = importlib.util.spec_from_file_location("demo", os.path.join({root!r}, "configs", "demo.py"))
+    _demo = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_demo)
+
+    def get_config():
+        c = _demo.get_config()
+        c.batch_size = 8
+        c.max_steps = 4
+        c.jit_compile = "false"
+        c.log_every_steps = 1
+        c.checkpoint_every_steps = 2
+        c.model.overrides.embed_dim = 32
+        c.model.overrides.depth = 2
+        c.model.overrides.num_heads = 2
+        c.model.mlp_dim = 32
+        c.model.moco_dim = 16
+        c.dataset.image_size = 16
+        return c
+""")
+
+
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny_config.py"
+    path.write_text(TINY_CONFIG.format(root=ROOT))
+    spec = importlib.util.spec_from_file_location("tiny_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(), str(path)
+
+
+def weights_of(workdir):
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith("model/"))
+    return {k: reader.get_tensor(k) for k in keys}
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=0, err_msg=key)
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.step:
+            self.model.stop_training = True
+
+
+@needs_fmnist
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    config, _ = tiny_config(tmp_path)
+    straight = str(tmp_path / "straight")
+    out = training.run_pretraining(config, straight, print_fn=lambda s: None)
+    assert out["step"] == 4
+
+    resumed = str(tmp_path / "resumed")
+    first = training.run_pretraining(config, resumed, extra_callbacks=[StopAt(2)], print_fn=lambda s: None)
+    assert first["step"] == 2
+    assert os.path.basename(tf.train.latest_checkpoint(os.path.join(resumed, "checkpoints"))) == "ckpt-2"
+    lines = []
+    second = training.run_pretraining(config, resumed, print_fn=lines.append)
+    assert second["step"] == 4
+    assert any("Resuming from step 2" in line for line in lines)
+    assert_same_weights(weights_of(straight), weights_of(resumed))
+
+    records = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ("loss", "lr", "momentum", "grad_norm_first_block", "grad_norm_last_block"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    assert os.listdir(os.path.join(resumed, "tensorboard"))
+
+
+@needs_fmnist
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config, _ = tiny_config(tmp_path)
+    config.checkpoint_every_steps = 1
+    real = data.build_pretrain_dataset
+
+    def poisoned(cfg, **kwargs):
+        ds = real(cfg, **kwargs)
+        # From the third batch on, the images are NaN.
+        return ds.enumerate().map(lambda i, v: tuple(tf.where(i >= 2, np.nan, x) for x in v))
+
+    monkeypatch.setattr(data, "build_pretrain_dataset", poisoned)
+    workdir = str(tmp_path / "nan")
+    with pytest.raises(training.TrainingDiverged, match="at step 3"):
+        training.run_pretraining(config, workdir, print_fn=lambda s: None)
+    assert os.path.basename(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))) == "ckpt-2"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("batch_size", 7, "config.batch_size=7 is not divisible by the 2 replicas"),
+    ("model.arch", "vit_gigantic", "config.model.arch='vit_gigantic' is unknown; choose one of"),
+    ("optim.name", "sgd", "config.optim.name='sgd' is unknown; choose one of adamw, lamb, lars"),
+    ("dataset.name", "mnist_typo", "config.dataset.name='mnist_typo' is unknown"),
+    ("optim.base_lr", -1.0, "config.optim.base_lr must be positive, got -1.0"),
+])
+def test_bad_config_is_one_clear_sentence(tmp_path, key, value, message):
+    config, _ = tiny_config(tmp_path)
+    section, _, leaf = key.rpartition(".")
+    target = config[section] if section else config
+    target[leaf] = value
+    with pytest.raises(config_lib.ConfigError) as err:
+        config_lib.validate(config, num_replicas=2, workdir=str(tmp_path / "w"))
+    assert message in str(err.value)
+
+
+def test_unwritable_workdir_is_reported(tmp_path):
+    config, _ = tiny_config(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(config_lib.ConfigError, match="is not writable"):
+        config_lib.validate(config, workdir=str(blocker / "sub"))
+
+
+def test_cli_exits_non_zero_with_the_message_before_training(tmp_path):
+    _, path = tiny_config(tmp_path)
+    workdir = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf_mocov3.train", f"--config={path}", f"--workdir={workdir}",
+         "--config.optim.base_lr=-0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "config.optim.base_lr must be positive, got -0.5" in proc.stderr
+    assert not (workdir / "checkpoints").exists()
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@needs_fmnist
+def test_two_workers_on_localhost_match_one_process(tmp_path):
+    _, path = tiny_config(tmp_path)
+    steps = ["--config.max_steps=2", "--config.checkpoint_every_steps=2"]
+    single = tmp_path / "single"
+    proc = subprocess.run([sys.executable, "-m", "tf_mocov3.train", f"--config={path}", f"--workdir={single}",
+                           "--strategy=one_device"] + steps, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    multi = tmp_path / "multi"
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tf_mocov3.train", f"--config={path}", f"--workdir={multi}",
+             "--strategy=multi_worker"] + steps,
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 replica(s)" in outputs[0][0]
+    assert_same_weights(weights_of(str(single)), weights_of(str(multi)), atol=1e-5)
+    assert not [d for d in os.listdir(multi) if d.startswith(".scratch")]

@@ -1,0 +1,85 @@
+"""tf.distribute strategies by name, and the few facts about them the rest of the code needs.
+
+Names (config.strategy or --strategy):
+  one_device    the default strategy on the first GPU, else the CPU.
+  mirrored      all local GPUs; on a machine without GPUs, `num_cpu_devices` logical CPU devices
+                (how the tests run two replicas on one CPU).
+  multi_worker  MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG environment variable.
+  tpu           TPUStrategy on the Cloud TPU named by `tpu` ('local' on a TPU VM).
+  auto          tpu when a TPU name is given, mirrored when there are several GPUs, else one_device.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def configure_cpu_devices(num_devices):
+    """Split the physical CPU into `num_devices` logical devices; must run before TensorFlow initialises."""
+    if num_devices <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == num_devices:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+    except RuntimeError as err:
+        raise RuntimeError(f"Cannot split the CPU into {num_devices} logical devices because TensorFlow is "
+                           "already initialised; set the device count before any TensorFlow op runs.") from err
+
+
+def make_strategy(name="auto", *, tpu="", num_cpu_devices=0):
+    """The tf.distribute.Strategy called `name` (see the module docstring)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"config.strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}.")
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "auto":
+        name = "tpu" if tpu else ("mirrored" if len(gpus) > 1 else "one_device")
+    if name == "one_device":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        configure_cpu_devices(num_cpu_devices)
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("config.strategy='multi_worker' needs the cluster in the TF_CONFIG environment "
+                             "variable; set TF_CONFIG on every worker or use strategy 'mirrored'.")
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    # tpu
+    if not tpu:
+        raise ValueError("config.strategy='tpu' needs the TPU's name; pass --tpu=NAME (or --tpu=local on a TPU VM).")
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy):
+    """True on the worker that writes logs and the real checkpoints (worker 0 or the TF_CONFIG chief)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    resolver = strategy.cluster_resolver
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}))
+
+
+def is_single_device(strategy):
+    return strategy.num_replicas_in_sync == 1 and not isinstance(
+        strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy))
+
+
+def worker_index(strategy):
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return int(strategy.cluster_resolver.task_id or 0)
+    return 0
