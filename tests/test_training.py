@@ -189,3 +189,27 @@ def test_two_workers_on_localhost_match_one_process(tmp_path):
     assert "2 replica(s)" in outputs[0][0]
     assert_same_weights(weights_of(str(single)), weights_of(str(multi)), atol=1e-5)
     assert not [d for d in os.listdir(multi) if d.startswith(".scratch")]
+
+
+class WeightsAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = {v.path: v.numpy().copy() for v in self.model.backbone.weights + self.model.predictor.weights}
+
+
+@needs_fmnist
+def test_continued_pre_training_starts_from_the_pretrained_weights(tmp_path):
+    config, _ = tiny_config(tmp_path)
+    config.max_steps = 2
+    source = str(tmp_path / "source")
+    trained = training.run_pretraining(config, source, print_fn=lambda s: None)["model"]
+    expected = {v.path: v.numpy() for v in trained.backbone.weights + trained.predictor.weights}
+
+    config.seed = 1  # a different random initialisation, which the pretrained weights must replace
+    config.pretrained = source
+    probe = WeightsAtStart()
+    lines = []
+    training.run_pretraining(config, str(tmp_path / "continued"), extra_callbacks=[probe], print_fn=lines.append)
+    assert any("Starting from the weights of" in line for line in lines)
+    assert probe.weights.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(probe.weights[key], value, err_msg=key)

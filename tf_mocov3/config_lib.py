@@ -30,6 +30,9 @@ def base_config():
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
+    # Start from these weights (a workdir, a checkpoint or a tf_mocov3.convert_official directory) instead of a
+    # random initialisation: continued pre-training. Ignored when the workdir already has a checkpoint (resume).
+    c.pretrained = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "vit_base"

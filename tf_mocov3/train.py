@@ -17,6 +17,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _STRATEGY = flags.DEFINE_enum("strategy", None, ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
                               "Overrides config.strategy.")
 _TPU = flags.DEFINE_string("tpu", "", "Cloud TPU name ('local' on a TPU VM); implies --strategy=tpu.")
+_PRETRAINED = flags.DEFINE_string("pretrained", None, "Start from these weights (continued pre-training): a workdir, "
+                                  "a checkpoint or a tf_mocov3.convert_official directory. Overrides config.pretrained.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,9 +34,11 @@ def main(argv):
             config.strategy = _STRATEGY.value
         elif _TPU.value:
             config.strategy = "tpu"
+        if _PRETRAINED.value is not None:
+            config.pretrained = _PRETRAINED.value
     try:
         training.run_pretraining(config, _WORKDIR.value, tpu=_TPU.value)
-    except (config_lib.ConfigError, training.TrainingDiverged) as err:
+    except (config_lib.ConfigError, training.TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
 

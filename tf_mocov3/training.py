@@ -18,6 +18,7 @@ from tf_mocov3 import data
 from tf_mocov3 import distribute
 from tf_mocov3 import moco
 from tf_mocov3 import optim
+from tf_mocov3 import pretrained
 
 CONFIG_FILE = "config.json"
 # Keys that must not change when a run resumes in the same workdir (they change what the checkpoint means).
@@ -106,12 +107,16 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
             workdir, model=model, optimizer=model.optimizer, keep=config.keep_checkpoints,
             is_chief=chief, worker_index=distribute.worker_index(strategy))
         start_step = checkpointer.restore_latest()
+        if not start_step and config.get("pretrained"):
+            pretrained.restore_moco(model, config.pretrained)
         if chief:
             with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
                 f.write(config.to_json_best_effort(indent=2))
         say = print_fn or (lambda line: print(line, flush=True))
         if start_step:
             say(f"Resuming from step {start_step} ({checkpointer.latest_path()}).")
+        elif config.get("pretrained"):
+            say(f"Starting from the weights of {config.pretrained}.")
         if start_step >= total_steps:
             say(f"Training already finished: step {start_step} of {total_steps}.")
             return {"step": start_step, "loss": None, "model": model}

@@ -1,0 +1,361 @@
+"""Importing the official PyTorch checkpoints: key layout, values, forward parity, safety, round trip.
+
+The state_dicts are built here with torch in the official key layout and shapes (vits.py, moco/builder.py,
+main_lincls.py, convert_to_deit.py), with random values, for tiny models. The reference forward is a ViT written
+below from the paper's definition with torch.nn.functional, independent of tf_mocov3.
+"""
+
+import json
+import os
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+import torch.nn.functional as F
+from absl import flags
+from absl.testing import flagsaver
+
+from tf_mocov3 import convert_official
+from tf_mocov3 import moco
+from tf_mocov3 import optim
+from tf_mocov3 import pretrained
+
+MICRO = {"embed_dim": 32, "depth": 2, "num_heads": 2}   # vit_micro: patch 4, image 16 -> 4 x 4 grid
+CONV = {"embed_dim": 32, "depth": 1, "num_heads": 2}    # vit_conv_small: stride 16, image 32 -> 2 x 2 grid
+MLP_DIM, MOCO_DIM = 32, 16
+
+
+# === The official layout, in torch ===
+
+
+def official_pos_embed(grid, dim):
+    """vits.py build_2d_sincos_position_embedding, re-typed: meshgrid 'ij' of (w, h), [sin w, cos w, sin h, cos h]."""
+    gw, gh = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    d = dim // 4
+    omega = 1.0 / (10000.0 ** (torch.arange(d, dtype=torch.float32) / d))
+    out_w = torch.einsum("m,d->md", gw.flatten(), omega)
+    out_h = torch.einsum("m,d->md", gh.flatten(), omega)
+    emb = torch.cat([torch.sin(out_w), torch.cos(out_w), torch.sin(out_h), torch.cos(out_h)], dim=1)
+    return torch.cat([torch.zeros(1, dim), emb], dim=0)[None]
+
+
+def _bn(sd, key, n, g, affine=True):
+    if affine:
+        sd[key + ".weight"] = 1 + 0.1 * torch.randn(n, generator=g)
+        sd[key + ".bias"] = 0.1 * torch.randn(n, generator=g)
+    sd[key + ".running_mean"] = 0.1 * torch.randn(n, generator=g)
+    sd[key + ".running_var"] = 0.5 + torch.rand(n, generator=g)
+    sd[key + ".num_batches_tracked"] = torch.tensor(7, dtype=torch.long)
+
+
+def official_backbone(prefix, *, dim, depth, grid, patch=4, conv_stem=False, g):
+    sd = {}
+    rnd = lambda *s: 0.2 * torch.randn(*s, generator=g)  # noqa: E731
+    if conv_stem:
+        cin, cout = 3, dim // 8
+        for i in range(4):
+            sd[f"{prefix}patch_embed.proj.{3 * i}.weight"] = rnd(cout, cin, 3, 3)
+            _bn(sd, f"{prefix}patch_embed.proj.{3 * i + 1}", cout, g)
+            cin, cout = cout, cout * 2
+        sd[f"{prefix}patch_embed.proj.12.weight"] = rnd(dim, dim, 1, 1)
+        sd[f"{prefix}patch_embed.proj.12.bias"] = rnd(dim)
+    else:
+        sd[f"{prefix}patch_embed.proj.weight"] = rnd(dim, 3, patch, patch)
+        sd[f"{prefix}patch_embed.proj.bias"] = rnd(dim)
+    sd[f"{prefix}cls_token"] = rnd(1, 1, dim)
+    sd[f"{prefix}pos_embed"] = official_pos_embed(grid, dim)
+    for i in range(depth):
+        b = f"{prefix}blocks.{i}."
+        for norm in ("norm1", "norm2"):
+            sd[b + norm + ".weight"] = 1 + 0.1 * torch.randn(dim, generator=g)
+            sd[b + norm + ".bias"] = rnd(dim)
+        for name, (o, n) in {"attn.qkv": (3 * dim, dim), "attn.proj": (dim, dim),
+                             "mlp.fc1": (4 * dim, dim), "mlp.fc2": (dim, 4 * dim)}.items():
+            sd[b + name + ".weight"] = rnd(o, n)
+            sd[b + name + ".bias"] = rnd(o)
+    sd[f"{prefix}norm.weight"] = 1 + 0.1 * torch.randn(dim, generator=g)
+    sd[f"{prefix}norm.bias"] = rnd(dim)
+    return sd
+
+
+def official_mlp(prefix, num_layers, in_dim, mlp_dim, out_dim, g):
+    """moco/builder.py _build_mlp: [Linear(no bias), BN, ReLU] * (n-1), Linear, BN(affine=False)."""
+    sd = {}
+    for i in range(num_layers):
+        last = i == num_layers - 1
+        d1, d2 = (in_dim if i == 0 else mlp_dim), (out_dim if last else mlp_dim)
+        sd[f"{prefix}.{3 * i}.weight"] = 0.2 * torch.randn(d2, d1, generator=g)
+        _bn(sd, f"{prefix}.{3 * i + 1}", d2, g, affine=not last)
+    return sd
+
+
+def official_pretrain_state(g, dim=32, depth=2, grid=4, patch=4, conv_stem=False):
+    sd = {}
+    for enc in ("base_encoder", "momentum_encoder"):
+        sd.update(official_backbone(f"module.{enc}.", dim=dim, depth=depth, grid=grid, patch=patch,
+                                    conv_stem=conv_stem, g=g))
+        sd.update(official_mlp(f"module.{enc}.head", 3, dim, MLP_DIM, MOCO_DIM, g))
+    sd.update(official_mlp("module.predictor", 2, MOCO_DIM, MLP_DIM, MOCO_DIM, g))
+    return sd
+
+
+def save(tmp_path, name, obj):
+    path = str(tmp_path / name)
+    torch.save(obj, path)
+    return path
+
+
+# === The reference forward (the paper's ViT, torch.nn.functional) ===
+
+
+def torch_vit_features(sd, prefix, images_nhwc, *, heads, depth, patch=4, conv_stem=False):
+    p = lambda k: sd[prefix + k]  # noqa: E731
+    x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2)
+    if conv_stem:
+        for i in range(4):
+            x = F.conv2d(x, p(f"patch_embed.proj.{3 * i}.weight"), stride=2, padding=1)
+            bn = f"patch_embed.proj.{3 * i + 1}"
+            x = F.batch_norm(x, p(bn + ".running_mean"), p(bn + ".running_var"), p(bn + ".weight"),
+                             p(bn + ".bias"), training=False, eps=1e-5)
+            x = F.relu(x)
+        x = F.conv2d(x, p("patch_embed.proj.12.weight"), p("patch_embed.proj.12.bias"))
+    else:
+        x = F.conv2d(x, p("patch_embed.proj.weight"), p("patch_embed.proj.bias"), stride=patch)
+    b, dim = x.shape[0], x.shape[1]
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([p("cls_token").expand(b, -1, -1), x], dim=1) + p("pos_embed")
+    n, dh = x.shape[1], dim // heads
+    for i in range(depth):
+        k = f"blocks.{i}."
+        h = F.layer_norm(x, (dim,), p(k + "norm1.weight"), p(k + "norm1.bias"), eps=1e-6)
+        qkv = F.linear(h, p(k + "attn.qkv.weight"), p(k + "attn.qkv.bias")).reshape(b, n, 3, heads, dh)
+        q, kk, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ kk.transpose(-2, -1) * dh ** -0.5, dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, dim)
+        x = x + F.linear(out, p(k + "attn.proj.weight"), p(k + "attn.proj.bias"))
+        h = F.layer_norm(x, (dim,), p(k + "norm2.weight"), p(k + "norm2.bias"), eps=1e-6)
+        h = F.gelu(F.linear(h, p(k + "mlp.fc1.weight"), p(k + "mlp.fc1.bias")))
+        x = x + F.linear(h, p(k + "mlp.fc2.weight"), p(k + "mlp.fc2.bias"))
+    x = F.layer_norm(x, (dim,), p("norm.weight"), p("norm.bias"), eps=1e-6)
+    return x[:, 0].numpy()
+
+
+def _images(size, n=3, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, size, size, 3)).astype(np.float32)
+
+
+# === Tests ===
+
+
+def test_every_tensor_lands_in_its_keras_variable(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    sd = official_pretrain_state(g)
+    path = save(tmp_path, "vit-micro.pth.tar", {"epoch": 3, "arch": "vit_micro", "state_dict": sd})
+    out = str(tmp_path / "converted")
+    report = convert_official.convert_file(path, out, arch="vit_micro", overrides=MICRO)
+
+    with open(os.path.join(out, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    assert config.source == "official:vit-micro.pth.tar"
+    assert (config.model.arch, config.dataset.image_size) == ("vit_micro", 16)
+    assert (config.model.mlp_dim, config.model.moco_dim) == (MLP_DIM, MOCO_DIM)
+    assert config.model.overrides.embed_dim == 32 and config.model.overrides.num_heads == 2
+    assert report["kind"] == "pretrain" and report["pos_embed_max_abs_diff"] < 1e-6
+
+    model = moco.build_moco(config.model, image_size=16, total_steps=1)
+    pretrained.restore_moco(model, out)
+    t = lambda k: sd["module." + k].numpy()  # noqa: E731
+    checked = set()
+
+    def same(keras_value, key, transform=lambda a: a):
+        np.testing.assert_array_equal(keras_value.numpy(), transform(t(key)), err_msg=key)
+        checked.add("module." + key)
+
+    lin, conv = np.transpose, lambda a: a.transpose(2, 3, 1, 0)
+    for enc, backbone, projector in (("base_encoder", model.backbone, model.projector),
+                                     ("momentum_encoder", model.momentum_backbone, model.momentum_projector)):
+        e = enc + "."
+        same(backbone.get_layer("patch_embed").kernel, e + "patch_embed.proj.weight", conv)
+        same(backbone.get_layer("patch_embed").bias, e + "patch_embed.proj.bias")
+        same(backbone.get_layer("cls_pos_embed").cls_token, e + "cls_token")
+        for i in range(2):
+            blk, k = backbone.get_layer(f"block_{i}"), f"{e}blocks.{i}."
+            same(blk.norm1.gamma, k + "norm1.weight")
+            same(blk.norm1.beta, k + "norm1.bias")
+            same(blk.attn.qkv.kernel, k + "attn.qkv.weight", lin)
+            same(blk.attn.qkv.bias, k + "attn.qkv.bias")
+            same(blk.attn.proj.kernel, k + "attn.proj.weight", lin)
+            same(blk.attn.proj.bias, k + "attn.proj.bias")
+            same(blk.norm2.gamma, k + "norm2.weight")
+            same(blk.norm2.beta, k + "norm2.bias")
+            same(blk.fc1.kernel, k + "mlp.fc1.weight", lin)
+            same(blk.fc1.bias, k + "mlp.fc1.bias")
+            same(blk.fc2.kernel, k + "mlp.fc2.weight", lin)
+            same(blk.fc2.bias, k + "mlp.fc2.bias")
+        same(backbone.get_layer("norm").gamma, e + "norm.weight")
+        same(backbone.get_layer("norm").beta, e + "norm.bias")
+        for mlp, prefix, layers in ((projector, e + "head", 3),) + (
+                ((model.predictor, "predictor", 2),) if enc == "base_encoder" else ()):
+            for i in range(layers):
+                same(mlp.get_layer(f"linear_{i}").kernel, f"{prefix}.{3 * i}.weight", lin)
+                bn, k = mlp.get_layer(f"bn_{i}"), f"{prefix}.{3 * i + 1}."
+                if i < layers - 1:
+                    same(bn.gamma, k + "weight")
+                    same(bn.beta, k + "bias")
+                same(bn.moving_mean, k + "running_mean")
+                same(bn.moving_variance, k + "running_var")
+    # Everything else is the fixed position embedding (compared, not stored) and the BN step counters.
+    rest = set(sd) - checked
+    assert rest and all(k.endswith(("pos_embed", "num_batches_tracked")) for k in rest), sorted(rest)
+
+
+def test_forward_parity_with_a_pytorch_vit(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    sd = official_pretrain_state(g)
+    out = str(tmp_path / "converted")
+    convert_official.convert_file(save(tmp_path, "a.pth.tar", {"state_dict": sd}), out, arch="vit_micro",
+                                  overrides=MICRO)
+    images = _images(16)
+    ours = pretrained.load_backbone(out)(images).numpy()
+    theirs = torch_vit_features(sd, "module.base_encoder.", images, heads=2, depth=2)
+    assert np.max(np.abs(ours - theirs)) <= 1e-4
+    assert np.std(theirs) > 0.1  # not a degenerate comparison
+
+
+def test_conv_stem_deit_layout_forward_parity(tmp_path):
+    """convert_to_deit.py output ({'model': base encoder without 'module.' and head}) of a conv-stem ViT."""
+    g = torch.Generator().manual_seed(2)
+    sd = official_backbone("", dim=32, depth=1, grid=2, conv_stem=True, g=g)
+    out = str(tmp_path / "converted")
+    report = convert_official.convert_file(save(tmp_path, "deit.pth", {"model": sd}), out,
+                                           arch="vit_conv_small", overrides=CONV)
+    assert report["kind"] == "backbone" and report["image_size"] == 32
+    images = _images(32)
+    encoder = pretrained.load_encoder(out)
+    assert encoder.projector is None and encoder.source == "official"
+    theirs = torch_vit_features(sd, "", images, heads=2, depth=1, conv_stem=True)
+    assert np.max(np.abs(encoder.backbone(images, training=False).numpy() - theirs)) <= 1e-4
+    with pytest.raises(ValueError, match="holds only a backbone"):
+        pretrained.restore_moco(moco.build_moco(encoder.config.model, image_size=32, total_steps=1), out)
+
+
+def test_linear_probe_checkpoint_gives_the_full_classifier(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    sd = {"module." + k: v for k, v in official_backbone("", dim=32, depth=2, grid=4, g=g).items()}
+    sd["module.head.weight"] = 0.01 * torch.randn(5, 32, generator=g)
+    sd["module.head.bias"] = 0.1 * torch.randn(5, generator=g)
+    path = save(tmp_path, "linear.pth.tar", {"epoch": 90, "arch": "vit_micro", "state_dict": sd,
+                                             "best_acc1": torch.tensor(12.5)})
+    out = str(tmp_path / "converted")
+    assert convert_official.convert_file(path, out, arch="vit_micro", overrides=MICRO)["num_classes"] == 5
+    images = _images(16)
+    feats = torch_vit_features(sd, "module.", images, heads=2, depth=2)
+    theirs = torch.from_numpy(feats) @ sd["module.head.weight"].T + sd["module.head.bias"]
+    logits = pretrained.load_classifier(out)(images).numpy()
+    assert np.max(np.abs(logits - theirs.numpy())) <= 1e-4
+
+
+def test_a_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    path = save(tmp_path, "evil.pth.tar", {"state_dict": {"cls_token": torch.zeros(1)}, "x": Payload()})
+    with pytest.raises(convert_official.ConversionError, match="Refused to read"):
+        convert_official.convert_file(path, str(tmp_path / "out"))
+    assert not marker.exists()
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_every_bad_key_is_named(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    sd = official_pretrain_state(g)
+    sd["module.base_encoder.head.9.weight"] = torch.zeros(3)         # unexpected
+    del sd["module.predictor.0.weight"]                              # missing
+    sd["module.momentum_encoder.blocks.1.attn.qkv.bias"] = torch.zeros(95)  # shape mismatch
+    state = convert_official.extract_state_dict({"state_dict": sd})
+    with pytest.raises(convert_official.ConversionError) as err:
+        convert_official.convert_state_dict(state, arch="vit_micro", overrides=MICRO)
+    message = str(err.value)
+    for text in ("unexpected key(s): base_encoder.head.9.weight", "missing key(s): predictor.0.weight",
+                 "momentum_encoder.blocks.1.attn.qkv.bias: checkpoint (95,)"):
+        assert text in message
+
+
+def test_a_learned_position_embedding_is_rejected_with_the_reason():
+    g = torch.Generator().manual_seed(5)
+    sd = official_backbone("", dim=32, depth=2, grid=4, g=g)
+    sd["pos_embed"] = sd["pos_embed"] + 0.01 * torch.randn(sd["pos_embed"].shape, generator=g)
+    with pytest.raises(convert_official.ConversionError, match=r"pos_embed differs .* sin-cos"):
+        convert_official.convert_state_dict(convert_official.extract_state_dict({"model": sd}), arch="vit_micro",
+                                            overrides=MICRO)
+
+
+def test_the_official_archs_are_inferred_from_the_shapes():
+    def shapes(prefix, dim, depth, conv_stem):
+        zero = lambda *s: np.broadcast_to(np.float32(0), s)  # noqa: E731  (shapes only, no memory)
+        sd = {prefix + "cls_token": zero(1, 1, dim), prefix + "pos_embed": zero(1, 197, dim),
+              prefix + "blocks.0.mlp.fc1.weight": zero(4 * dim, dim), prefix + f"blocks.{depth - 1}.norm1.weight":
+              zero(dim)}
+        sd[prefix + ("patch_embed.proj.0.weight" if conv_stem else "patch_embed.proj.weight")] = (
+            zero(dim // 8, 3, 3, 3) if conv_stem else zero(dim, 3, 16, 16))
+        return sd
+
+    for arch, dim, depth, stem in (("vit_small", 384, 12, False), ("vit_base", 768, 12, False),
+                                   ("vit_conv_small", 384, 11, True), ("vit_conv_base", 768, 11, True)):
+        dims = convert_official._backbone_dims(shapes("base_encoder.", dim, depth, stem), "base_encoder.")
+        assert convert_official.infer_arch(dims) == arch and dims["grid"] * dims["patch_size"] == 224
+    with pytest.raises(convert_official.ConversionError, match="--arch"):
+        convert_official.infer_arch(convert_official._backbone_dims(shapes("", 32, 2, False), ""))
+
+
+def test_without_torch_the_command_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)
+    with pytest.raises(ImportError, match="pip install -r requirements-convert.txt"):
+        convert_official.read_torch_checkpoint("x.pth.tar")
+
+
+def test_round_trip_linear_probe_and_pretraining_step(tmp_path):
+    g = torch.Generator().manual_seed(6)
+    sd = official_pretrain_state(g)
+    out = str(tmp_path / "converted")
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(input=save(tmp_path, "b.pth.tar", {"state_dict": sd}), output=out, arch="vit_micro",
+                             model_overrides=json.dumps(MICRO)):
+        convert_official.main([])
+
+    # Linear probe: a Dense on the frozen features, one SGD step.
+    backbone = pretrained.load_backbone(out)
+    backbone.trainable = False
+    probe = keras.Sequential([backbone, keras.layers.Dense(3)])
+    probe.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    images, labels = _images(16, n=6), np.array([0, 1, 2, 0, 1, 2])
+    before = [w.numpy().copy() for w in backbone.weights]
+    loss = probe.train_on_batch(images, labels)
+    assert np.isfinite(loss)
+    for a, w in zip(before, backbone.weights):
+        np.testing.assert_array_equal(a, w.numpy())
+
+    # Pre-training continues from the converted weights.
+    with open(os.path.join(out, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    model = moco.build_moco(config.model, image_size=16, total_steps=2)
+    pretrained.restore_moco(model, out)
+    np.testing.assert_array_equal(model.predictor.get_layer("linear_0").kernel.numpy(),
+                                  sd["module.predictor.0.weight"].numpy().T)
+    opt_config = ml_collections.ConfigDict(dict(config.optim))
+    opt_config.warmup_epochs = 0
+    model.compile(optimizer=optim.build_optimizer(opt_config, global_batch=4, steps_per_epoch=1, total_steps=2),
+                  jit_compile=False)
+    x = _images(16, n=4, seed=1)
+    data = tf.data.Dataset.from_tensors((x, x[::-1].copy()))
+    history = model.fit(data, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert not np.array_equal(model.backbone.get_layer("norm").gamma.numpy(), sd["module.base_encoder.norm.weight"])
