@@ -5,7 +5,7 @@ A path may be:
   * a checkpoint prefix (WORKDIR/checkpoints/ckpt-200), read with WORKDIR/config.json;
   * a directory written by `python -m tf_mocov3.convert_official` (the same layout, with ckpt-0 and no optimizer;
     its config.json has `source = "official:<file>"`);
-  * (export issue) a `.keras` backbone file.
+  * a `backbone.keras` written by `python -m export.saved_model` (standard Keras layers; tf_mocov3/keras_file.py).
 
 Every checkpoint stores the model under the key "model", so its variables read "model/backbone/...",
 "model/projector/...", "model/predictor/...", "model/momentum_backbone/...", "model/momentum_projector/...";
@@ -28,6 +28,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tf_mocov3 import heads
+from tf_mocov3 import keras_file
 from tf_mocov3 import vit
 
 CONFIG_FILE = "config.json"
@@ -79,9 +80,6 @@ def _is_official(config):
 def resolve(path):
     """Finds the checkpoint prefix, config and kind of `path` (see the module docstring)."""
     path = os.fspath(path)
-    if path.endswith(".keras"):
-        raise ValueError(f"Pretrained path {path} is a .keras file, which tf_mocov3.pretrained cannot read yet; "
-                         f"pass the pre-training workdir or the directory written by tf_mocov3.convert_official.")
     if os.path.isfile(path + ".index"):  # a checkpoint prefix: WORKDIR/checkpoints/ckpt-N
         workdir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         config = _read_config(workdir, path)
@@ -174,6 +172,8 @@ def load_backbone(path, image_size=None, *, arch=None):
         embedding is a constant recomputed for the size).
       arch: if given, raise a ValueError unless the weights are of this architecture.
     """
+    if _is_keras_file(path):
+        return _load_keras_file(path, image_size, arch).backbone
     resolved = resolve(path)
     backbone = _build_backbone(resolved, image_size, arch, path)
     _check_tracked(backbone)
@@ -183,6 +183,8 @@ def load_backbone(path, image_size=None, *, arch=None):
 
 def load_encoder(path, image_size=None, *, arch=None):
     """The backbone plus, when the weights have one, the projector; see PretrainedEncoder."""
+    if _is_keras_file(path):
+        return _load_keras_file(path, image_size, arch)
     resolved = resolve(path)
     backbone = _build_backbone(resolved, image_size, arch, path)
     _, stored, _ = _stored_objects(resolved.prefix)
@@ -196,6 +198,21 @@ def load_encoder(path, image_size=None, *, arch=None):
         _check_tracked(model)
     _restore(resolved.prefix, parts)
     return PretrainedEncoder(backbone, projector, resolved.config, resolved.source)
+
+
+def _is_keras_file(path):
+    return os.fspath(path).endswith(".keras")
+
+
+def _load_keras_file(path, image_size, arch):
+    if not os.path.isfile(path):
+        raise ValueError(f"Pretrained path {path} does not exist; pass the backbone.keras that "
+                         f"`python -m export.saved_model` wrote next to the SavedModel.")
+    config = keras_file.keras_backbone_config(path)
+    if arch is not None and arch != config.model.arch:
+        raise ValueError(f"Pretrained path {path} holds a {config.model.arch} backbone, not the requested {arch}; "
+                         f"pass weights of {arch} or ask for {config.model.arch}.")
+    return PretrainedEncoder(keras_file.load_keras_backbone(path, image_size), None, config, "keras")
 
 
 def restore_moco(model, path):
