@@ -201,3 +201,23 @@ def test_batched_views_equal_separate_views_for_a_bn_free_backbone():
 def test_conv_stem_backbone_runs_views_separately():
     model = build(model_config=tiny_model_config("vit_conv_small"))
     assert not model.batch_views
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_step_keeps_float32_loss_and_variables(policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = build()
+        q1, _ = model.queries(*batches(1)[0], training=False)
+        assert q1.dtype == policy.split("_")[1]  # the heads compute in the low precision
+        logged = []
+        cb = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: logged.append(logs))
+        model.fit(as_dataset(batches(2)), epochs=1, steps_per_epoch=2, verbose=0, callbacks=[cb])
+        assert all(np.isfinite(float(l["loss"])) for l in logged)
+        assert all(v.dtype == "float32" for v in model.trainable_variables)
+        # float16 needs loss scaling (Keras wraps the optimizer); bfloat16 does not.
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+        assert np.isfinite(float(logged[-1]["grad_norm_first_block"]))
+    finally:
+        keras.config.set_dtype_policy(previous)
