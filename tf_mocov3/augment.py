@@ -33,6 +33,25 @@ shifted slices because a depthwise convolution is slow under XLA on CPU. Option
 `jpeg_decode_once` decodes a JPEG once and crops both views from it (faster on 512 px
 images in our measurement: benchmarks/input_pipeline.py).
 
+Speed choices measured on 512 px JPEGs, one core (CPU time; benchmarks/input_pipeline.py):
+- Resize: when neither crop side shrinks (crop <= S), the antialiased filter IS plain
+  half-pixel bilinear, so `ResizeBilinear` is used (same pixels, ~3x cheaper than
+  `ScaleAndTranslate`); otherwise antialiased bilinear as above (default path unchanged).
+- Option `jpeg_dct_scaling` (off by default): with per-view `decode_and_crop_jpeg`, a crop
+  whose sides are both >= r * S (r = 2, 4, 8) is decoded at 1/r scale by libjpeg's scaled
+  IDCT (a low-pass downscale) and resampled with its exact fractional window
+  (`ScaleAndTranslate` scale/translation), so the geometry is unchanged. Pixels differ from
+  the exact path: mean |diff| ~1.2 of 255 on the benchmark's photo-like images (worst image
+  ~1.6, bound 2.0 in tests/test_augment.py), i.e. slightly softer (the DCT downscale adds a
+  low-pass of width ~r on top of the triangle filter). On 512 px images only crops >= 448 px
+  qualify (~20% of views) and the pipeline showed no gain (120 vs 126 images per CPU-second,
+  within noise); it can only pay off on images much larger than the output.
+- `dct_method="INTEGER_FAST"` was not adopted: it was not faster here (1.86 vs 1.67 ms for a
+  full 512 px decode) and is less accurate than the default ISLOW IDCT.
+- Tried and rejected: running steps 2-7 in a planar [3, S, S] layout under XLA (slower,
+  ~1.5-2x, mostly the HSV round trip); an explicit gather + einsum triangle resize (2-3x
+  slower than `ScaleAndTranslate`).
+
 Differences from the official PIL pipeline, on purpose: values stay float32 in [0, 1]
 between the steps (PIL rounds to uint8 after every step) and the blur kernel is an exact
 Gaussian rather than PIL's box-blur approximation.
@@ -114,8 +133,72 @@ def random_resized_crop_window(seed, height, width, scale=(0.08, 1.0), ratio=CRO
 
 
 def _resize(image, image_size):
-    """Bilinear, antialiased (PIL semantics); returns float32 in [0, 1]."""
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    """Bilinear, antialiased (PIL semantics); returns float32 in [0, 1].
+
+    When neither side shrinks, the antialiased (triangle) filter has radius 1 and is plain
+    half-pixel bilinear interpolation, so the cheaper `ResizeBilinear` kernel gives the same
+    pixels (to float rounding; tested) at a fraction of `ScaleAndTranslate`'s cost.
+    """
+    shape = tf.shape(image)
+    size = [image_size, image_size]
+    image = tf.cond((shape[0] <= image_size) & (shape[1] <= image_size),
+                    lambda: tf.image.resize(image, size, method="bilinear", antialias=False),
+                    lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
+    return tf.clip_by_value(image * (1.0 / 255.0), 0.0, 1.0)
+
+
+DCT_RATIOS = (8, 4, 2)
+
+
+def dct_ratio(window, image_size, ratios=DCT_RATIOS):
+    """Largest JPEG DCT scale-down ratio r (1, 2, 4 or 8) with both crop sides >= r * image_size,
+    i.e. the reduced-scale crop is still at least the output size and the resize still shrinks."""
+    short = tf.minimum(window[2], window[3])
+    r = tf.constant(1, tf.int32)
+    for ratio in sorted(ratios):  # ascending: the last ratio that fits wins
+        r = tf.where(short >= ratio * image_size, ratio, r)
+    return r
+
+
+def decode_crop_and_resize_jpeg_scaled(data, window, image_size, ratio=None):
+    """`decode_crop_and_resize_jpeg` decoding at 1/ratio scale in the DCT domain (libjpeg's
+    scaled IDCT: a low-pass downscale) and resampling the window with its exact fractional
+    position, so the output geometry matches the full-scale path.
+
+    `tf.io.decode_and_crop_jpeg(..., ratio=r)` takes its crop window in the coordinates of the
+    SCALED image (ceil(H / r) x ceil(W / r)); the full-scale window [y, y + h) covers
+    [y / r, (y + h) / r) there, so the integer window [floor(y / r), ceil((y + h) / r)) is decoded
+    and `ScaleAndTranslate` (the kernel behind antialiased `tf.image.resize`) maps output pixel
+    i to scaled coordinate (i + 0.5) * h / (r S) + y / r - floor(y / r). With ratio 1 this is
+    bit-identical to `decode_crop_and_resize_jpeg`; with r > 1 the pixels differ slightly (the
+    DCT downscale adds an extra low-pass of width ~r): see tests/test_augment.py.
+    """
+    if ratio is None:
+        ratio = dct_ratio(window, image_size)
+    if not isinstance(ratio, int):  # the op's `ratio` is an attribute: one branch per value
+        branches = [lambda r=r: _decode_scaled(data, window, image_size, r) for r in (1, 2, 4, 8)]
+        index = tf.cast(tf.math.log(tf.cast(ratio, tf.float32)) / math.log(2.0) + 0.5, tf.int32)
+        image = tf.switch_case(index, branches)
+        image.set_shape([image_size, image_size, 3])
+        return image
+    return _decode_scaled(data, window, image_size, ratio)
+
+
+def _decode_scaled(data, window, image_size, r):
+    shape = tf.io.extract_jpeg_shape(data, output_type=tf.int32)
+    rf = float(r)
+    window = tf.cast(window, tf.int32)
+    y, x, h, w = window[0], window[1], window[2], window[3]
+    y0, x0 = y // r, x // r
+    y1 = tf.minimum((y + h + r - 1) // r, (shape[0] + r - 1) // r)
+    x1 = tf.minimum((x + w + r - 1) // r, (shape[1] + r - 1) // r)
+    crop = tf.io.decode_and_crop_jpeg(data, tf.stack([y0, x0, y1 - y0, x1 - x0]), channels=3, ratio=r)
+    scale = tf.stack([image_size * rf / tf.cast(h, tf.float32), image_size * rf / tf.cast(w, tf.float32)])
+    offset = tf.stack([tf.cast(y, tf.float32) / rf - tf.cast(y0, tf.float32),
+                       tf.cast(x, tf.float32) / rf - tf.cast(x0, tf.float32)])
+    image = tf.raw_ops.ScaleAndTranslate(images=tf.cast(crop, tf.float32)[None], size=[image_size, image_size],
+                                         scale=scale, translation=-scale * offset, kernel_type="triangle",
+                                         antialias=True)[0]
     return tf.clip_by_value(image * (1.0 / 255.0), 0.0, 1.0)
 
 
@@ -295,7 +378,7 @@ def _augment_cropped_xla(image, seed, view):
 
 
 def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded, xla=True,
-              jpeg_decode_once=False):
+              jpeg_decode_once=False, jpeg_dct_scaling=False):
     """The two asymmetric MoCo v3 views of one example.
 
     Args:
@@ -309,6 +392,10 @@ def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded
             decisions; float results may differ from the uncompiled ops in the last bits).
         jpeg_decode_once: decode a JPEG fully once and crop both views from it, instead of
             one `decode_and_crop_jpeg` per view (same pixels: the crop is exact either way).
+        jpeg_dct_scaling: per-view JPEG decoding only: decode a crop whose sides are both
+            >= r * image_size at 1/r scale (r = 2, 4, 8) in the DCT domain and resize that
+            (`decode_crop_and_resize_jpeg_scaled`). Faster; not bit-identical (see the module
+            docstring for the measured difference). Ignored with `jpeg_decode_once`.
 
     Returns:
         (view1, view2): float32 [S, S, 3], normalised. View 1 is always blurred and never
@@ -329,9 +416,9 @@ def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded
 
         def from_jpeg():
             shape = tf.io.extract_jpeg_shape(data)
-            return [decode_crop_and_resize_jpeg(
-                data, random_resized_crop_window(_fold(s, _CROP), shape[0], shape[1], scale), image_size)
-                for s in seeds]
+            fn = decode_crop_and_resize_jpeg_scaled if jpeg_dct_scaling else decode_crop_and_resize_jpeg
+            return [fn(data, random_resized_crop_window(_fold(s, _CROP), shape[0], shape[1], scale), image_size)
+                    for s in seeds]
 
         if jpeg_decode_once:
             crops = from_decoded(decode_image(data))

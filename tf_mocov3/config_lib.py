@@ -72,13 +72,15 @@ def base_config():
     c.dataset.crop_min = 0.08
     c.dataset.threads = 0             # 0 = tf.data's default thread pool
     c.dataset.jpeg_decode_once = False  # True: decode a JPEG once and crop both views (same pixels, ~10% faster)
+    c.dataset.jpeg_dct_scaling = False  # True: decode large crops at 1/2, 1/4, 1/8 JPEG scale (mean diff 1.2/255)
     c.dataset.validate_files = True   # image_folder: check every file's header at start and skip the bad ones
     c.dataset.in_memory = True        # TFDS (not imagenet2012): hold the encoded images in memory, random access
     c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (imagenet2012): per-epoch seeded shuffle buffer
     return c
 
 
-def _check_workdir(workdir):
+def check_workdir(workdir):
+    """None when `workdir` can be created and written, else one sentence saying why not."""
     try:
         os.makedirs(workdir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=workdir):
@@ -132,7 +134,7 @@ def validate(config, *, num_replicas=1, workdir=None):
         if config[key] <= 0:
             problems.append(f"config.{key} must be positive, got {config[key]}.")
     if workdir is not None:
-        problem = _check_workdir(workdir)
+        problem = check_workdir(workdir)
         if problem:
             problems.append(problem)
     if problems:

@@ -325,6 +325,9 @@ def _example_seed(seed, epoch, position):
 def _options(dataset_config):
     options = tf.data.Options()
     options.deterministic = True
+    # One thread per op inside the map functions: the pipeline's parallelism is across
+    # examples (parallel map); intra-op threads only add hand-off and spin-wait CPU time.
+    options.threading.max_intra_op_parallelism = 1
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     threads = int(_get(dataset_config, "threads", 0))
     if threads > 0:
@@ -348,6 +351,7 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
     image_size = int(_get(dcfg, "image_size", 224))
     crop_min = float(_get(dcfg, "crop_min", 0.08))
     jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", False))
+    jpeg_dct_scaling = bool(_get(dcfg, "jpeg_dct_scaling", False))
     source = load_source(dcfg)
     num = source.num_examples
     steps = num // batch
@@ -359,7 +363,7 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
     def augment_example(image, position, epoch):
         return augment.two_views(image, _example_seed(seed, epoch, position), image_size=image_size,
                                  crop_min=crop_min, is_encoded=source.is_encoded,
-                                 jpeg_decode_once=jpeg_decode_once)
+                                 jpeg_decode_once=jpeg_decode_once, jpeg_dct_scaling=jpeg_dct_scaling)
 
     if source.kind != "stream":
         def epoch_positions(epoch):
