@@ -28,6 +28,10 @@ def get_config():
     config.optim.weight_decay = 0.05
     config.optim.warmup_epochs = 1
 
+    config.knn.enabled = True                 # kNN top-1 on the Fashion-MNIST test images every 100 steps
+    config.knn.every_steps = 100
+    config.knn.eval_split = "test"
+
     config.dataset.name = "fashion_mnist_idx"
     config.dataset.path = "/usr/share/datasets/fashion-mnist"
     config.dataset.image_size = 32

@@ -40,6 +40,7 @@ TINY_CONFIG = textwrap.dedent("""
         c.model.mlp_dim = 32
         c.model.moco_dim = 16
         c.dataset.image_size = 16
+        c.knn.enabled = False
         return c
 """)
 

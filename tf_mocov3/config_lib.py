@@ -63,6 +63,22 @@ def base_config():
     c.optim.decay_convention = "lr_scaled"
     c.optim.decay_exclude = "none"    # none (official: decay all) | bias_norm_cls
 
+    # kNN monitor (paper appendix): weighted kNN top-1 of the backbone's [CLS] features every `every_steps`
+    # steps, against a fixed memory bank from a labelled share of the training split; logged as knn_top1.
+    c.knn = ml_collections.ConfigDict()
+    c.knn.enabled = False
+    c.knn.every_steps = 200
+    c.knn.k = 200
+    c.knn.temperature = 0.07
+    c.knn.train_fraction = 0.1        # memory bank: this share of train_split, fixed for the whole run
+    c.knn.dataset = ml_collections.ConfigDict(dict(name="", path="", data_dir=""))  # "" = config.dataset
+    c.knn.train_split = "train"
+    c.knn.eval_split = "validation"   # held-out labelled split ("test" for Fashion-MNIST and CIFAR)
+    c.knn.image_size = 0              # 0 = config.dataset.image_size
+    c.knn.dip_margin = 5.0            # a fall of this many points below the best so far prints a WARNING
+    c.knn.max_eval_examples = 2000    # fixed subset of eval_split (0 = all of it)
+    c.knn.batch_size = 256
+
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "imagenet2012"
     c.dataset.path = ""               # image_folder / fashion_mnist_idx: the directory to read

@@ -9,13 +9,13 @@ import os
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from tf_mocov3 import callbacks as callbacks_lib
 from tf_mocov3 import checkpointing
 from tf_mocov3 import config_lib
 from tf_mocov3 import data
 from tf_mocov3 import distribute
+from tf_mocov3 import knn
 from tf_mocov3 import moco
 from tf_mocov3 import optim
 from tf_mocov3 import pretrained
@@ -87,7 +87,8 @@ def make_dataset(config, strategy, start_step):
 def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(), print_fn=None):
     """Pre-trains (or resumes) MoCo v3 as `config` says, writing everything to `workdir`.
 
-    Returns a dict with the final `step`, the last `loss` and the `model`. Raises config_lib.ConfigError for a
+    Returns a dict with the final `step`, the last `loss`, the `model`, the `metrics` writer and the
+    `knn_monitor` (None when config.knn.enabled is False). Raises config_lib.ConfigError for a
     bad config (before any work) and TrainingDiverged when the loss stops being finite.
     """
     if strategy is None:
@@ -133,6 +134,9 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
         if chief:
             cbs.append(callbacks_lib.ProgressLogger(total_steps, config.batch_size, config.log_every_steps,
                                                     print_fn=print_fn))
+        monitor = knn.make_monitor(config, metrics, print_fn=print_fn) if chief else None
+        if monitor is not None:
+            cbs.append(monitor)
         cbs.extend(extra_callbacks)
         cbs.append(callbacks_lib.CheckpointSaver(checkpointer, config.checkpoint_every_steps, guard))
         history = model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step, callbacks=cbs, verbose=0)
@@ -143,6 +147,6 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
                 "instead of mixed_float16, then run the same command again to resume.")
         loss = history.history.get("loss", [None])[-1]
         return {"step": int(model.optimizer.iterations.numpy()), "loss": loss, "model": model,
-                "metrics": metrics}
+                "metrics": metrics, "knn_monitor": monitor}
     finally:
         keras.config.set_dtype_policy(previous_policy)

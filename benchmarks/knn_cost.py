@@ -1,0 +1,102 @@
+r"""Cost of one kNN-monitor evaluation against one pre-training step, in the demo setting.
+
+  python benchmarks/knn_cost.py                                 # configs/demo.py: vit_micro, 32 px, batch 256
+  python benchmarks/knn_cost.py --eval_sizes=2000,10000 --train_steps=3 --repeats=2
+
+The evaluation is `tf_mocov3.knn.KNNMonitor.evaluate` on Fashion-MNIST: features of the fixed memory bank (10% of the
+training split = 6000 images) and of the held-out images (the test split, capped at each --eval_sizes value), then
+the weighted kNN (k=200, T=0.07). The preprocessed images are cached once (reported apart: it happens once per run).
+The train step is the real one (`MoCoV3.train_step` through `model.fit`, XLA as the demo runs it) on random tensors.
+The ratio says how many train steps one evaluation costs; with config.knn.every_steps = E the monitor adds
+ratio / E to the training time.
+"""
+
+import importlib.util
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+_EVAL_SIZES = flags.DEFINE_list("eval_sizes", ["2000", "10000"], "Held-out image counts to time (0 = all).")
+_FRACTION = flags.DEFINE_float("train_fraction", 0.1, "Memory-bank share of the training split.")
+_STEPS = flags.DEFINE_integer("train_steps", 3, "Timed train steps before and after each evaluation.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Timed evaluations per size (after one untimed).")
+
+
+def demo_config():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+class TrainClock:
+    """The demo model and its real train step on random in-memory views; `seconds_per_step(n)` times n steps."""
+
+    def __init__(self, config):
+        import keras  # pylint: disable=import-outside-toplevel
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        from tf_mocov3 import training  # pylint: disable=import-outside-toplevel
+
+        self.model = training.build_model_and_optimizer(config, tf.distribute.get_strategy(), steps_per_epoch=234,
+                                                        total_steps=702)
+        size = config.dataset.image_size
+        views = tf.random.normal([2, config.batch_size, size, size, 3], seed=0)
+        self.dataset = tf.data.Dataset.from_tensors((views[0], views[1])).repeat()
+        self.marks = marks = []
+
+        class Clock(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                float(logs["loss"])  # wait for the step
+                marks.append(time.perf_counter())
+
+        self.clock = Clock()
+        self.seconds_per_step(1)  # tracing and XLA compilation
+
+    def seconds_per_step(self, steps):
+        """Mean time of `steps` steps after one untimed step."""
+        self.marks.clear()
+        self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps + 1, callbacks=[self.clock], verbose=0)
+        return (self.marks[-1] - self.marks[0]) / steps
+
+
+def main(argv):
+    del argv
+    from tf_mocov3 import knn, reports  # pylint: disable=import-outside-toplevel
+
+    config = demo_config()
+    train = TrainClock(config)
+    print(f"demo model: {config.model.arch}, {config.dataset.image_size} px, batch {config.batch_size}", flush=True)
+    rows = []
+    for size in (int(s) for s in _EVAL_SIZES.value):
+        monitor = knn.KNNMonitor(config.dataset, image_size=config.dataset.image_size,
+                                 train_fraction=_FRACTION.value, max_eval_examples=size)
+        start = time.perf_counter()
+        monitor.prepare()
+        prepare_seconds = time.perf_counter() - start
+        monitor.evaluate(train.model.backbone)  # traces and compiles the forward function
+        # The machine may be shared: time train steps right before and right after each evaluation.
+        for _ in range(_REPEATS.value):
+            before = train.seconds_per_step(_STEPS.value)
+            start = time.perf_counter()
+            accuracy = monitor.evaluate(train.model.backbone)
+            seconds = time.perf_counter() - start
+            after = train.seconds_per_step(_STEPS.value)
+            step_seconds = (before + after) / 2
+            rows.append(dict(bank=monitor.bank.size, eval=monitor.queries.size, prepare_s=f"{prepare_seconds:.1f}",
+                             eval_s=f"{seconds:.2f}", train_step_s=f"{before:.2f}/{after:.2f}",
+                             ratio=f"{seconds / step_seconds:.1f}",
+                             overhead_every_200=f"{100 * seconds / step_seconds / 200:.1f}%",
+                             top1=f"{accuracy:.2f}"))
+            print(rows[-1], flush=True)
+    print(reports.format_table(rows))
+
+
+if __name__ == "__main__":
+    app.run(main)

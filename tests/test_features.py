@@ -1,0 +1,35 @@
+"""Feature extraction: the same numbers as the backbone on eval_preprocess output; a deterministic subset."""
+
+import numpy as np
+
+from tf_mocov3 import augment
+from tf_mocov3 import data
+from tf_mocov3 import features
+from tf_mocov3 import vit
+from tests.test_training import FMNIST, needs_fmnist
+
+
+def test_subset_is_a_seeded_permutation_prefix_kept_in_split_order():
+    a = features.subset_indices(60000, 0.1, seed=0)
+    assert len(a) == 6000 and np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, np.sort(np.random.default_rng(0).permutation(60000)[:6000]))
+    np.testing.assert_array_equal(a, features.subset_indices(60000, 0.1, seed=0))
+    assert not np.array_equal(a, features.subset_indices(60000, 0.1, seed=1))
+    np.testing.assert_array_equal(features.subset_indices(60000, 0.1, seed=0, max_examples=100),
+                                  np.sort(np.random.default_rng(0).permutation(60000)[:100]))
+    np.testing.assert_array_equal(features.subset_indices(50, 1.0), np.arange(50))
+
+
+@needs_fmnist
+def test_extract_features_equals_the_backbone_on_eval_preprocess_output():
+    backbone = vit.build_backbone("vit_micro", 16, embed_dim=32, depth=2, num_heads=2)
+    config = {"name": "fashion_mnist_idx", "path": FMNIST}
+    got, labels = features.extract_features(backbone, config, "test", image_size=16, batch_size=32,
+                                            fraction=0.01, seed=3)
+    images, all_labels = data.load_fashion_mnist_idx(FMNIST, "test")
+    index = features.subset_indices(10000, 0.01, seed=3)
+    assert got.shape == (100, 32) and got.dtype == np.float32
+    np.testing.assert_array_equal(labels, all_labels[index])
+    expected = backbone(np.stack([augment.eval_preprocess(images[i], 16).numpy() for i in index]),
+                        training=False)
+    np.testing.assert_allclose(got, np.asarray(expected), atol=1e-5, rtol=1e-5)
