@@ -1,0 +1,183 @@
+"""Evaluation reports: WORKDIR/metrics.json (merged across evaluations), a PNG of the curves, a text table.
+
+Every evaluation (kNN, linear probe, fine-tune, the demo report) writes through `write_report`, so one
+metrics.json per workdir collects all of them and the plots look alike.
+
+Example:
+
+    summary = write_report(workdir, name="linear_probe", metrics={"linear_probe_top1": 71.2},
+                           curves={"holdout top-1": [(1, 60.0), (2, 65.5)]},
+                           table=[{"lr": 12.0, "holdout_top1": 70.1, "test_top1": 71.2}])
+    print(summary)
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+
+METRICS_FILE = "metrics.json"
+
+
+# === Table ===
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3e}"
+        return f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
+    return str(value)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def format_table(rows):
+    """A plain-text table of `rows` (dicts): columns in order of first appearance, numbers right-aligned.
+
+    Floats >= 1 show two decimals (accuracies in %), smaller ones four significant digits (learning rates);
+    a key missing from a row leaves its cell empty.
+    """
+    rows = list(rows or [])
+    if not rows:
+        return "(no rows)"
+    columns = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    numeric = [all(_is_number(row.get(col)) or row.get(col) is None for row in rows) for col in columns]
+    widths = [max(len(str(col)), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    out = [line([str(c) for c in columns]), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in cells)
+    return "\n".join(out)
+
+
+# === metrics.json ===
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    return value
+
+
+def _merge(old, new):
+    out = dict(old)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_metrics(workdir):
+    """WORKDIR/metrics.json as a dict ({} when absent)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); delete or fix it, then run again.") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object; delete it, then run again.")
+    return data
+
+
+def merge_metrics(workdir, metrics):
+    """Merges `metrics` into WORKDIR/metrics.json (nested dicts merged key by key); returns the result."""
+    os.makedirs(workdir, exist_ok=True)
+    merged = _merge(read_metrics(workdir), _jsonable(metrics))
+    path = os.path.join(workdir, METRICS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(merged, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return merged
+
+
+# === Plot ===
+
+
+def plot_curves(path, curves, title=None):
+    """One subplot per curve ({name: [(step, value), ...]}), written as a PNG with matplotlib's Agg backend."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg", force=True)
+    from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    names = list(curves)
+    cols = min(len(names), 3)
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        points = list(curves[name])
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="." if len(points) < 50 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def write_report(workdir, *, name, metrics, curves=None, table=None):
+    """Merges `metrics` into WORKDIR/metrics.json, plots `curves` to WORKDIR/NAME.png, returns a summary string.
+
+    Args:
+      workdir: the run's directory (created if needed).
+      name: the report's name (the PNG's file name and the summary's title).
+      metrics: dict of JSON-able values, merged with the keys metrics.json already holds.
+      curves: {curve name: [(step, value), ...]} or None; one subplot per curve (no PNG when empty).
+      table: list of row dicts or None; the summary shows it, else the scalar metrics.
+
+    Returns:
+      The printable summary: a title line and format_table of `table` (or of the scalar metrics).
+    """
+    merge_metrics(workdir, metrics)
+    if curves:
+        plot_curves(os.path.join(workdir, f"{name}.png"), curves, title=name)
+    if table:
+        body = format_table(table)
+    else:
+        body = format_table([{"metric": k, "value": v} for k, v in metrics.items()
+                             if _is_number(v) or isinstance(v, str)])
+    return f"== {name} ==\n{body}"
