@@ -1,0 +1,21 @@
+r"""Transfer fine-tune of a MoCo v3 ViT-B/16 on CIFAR-100 (paper: 90.5 top-1), the official DeiT recipe.
+
+  python -m tf_mocov3.finetune --config=configs/finetune_cifar100.py --pretrained=/tmp/mocov3_vit_base \
+      --workdir=/tmp/ft_cifar100
+
+As CIFAR-10 but mixup 0.5 (cutmix 1.0): AdamW lr 3e-4 * batch / 512, batch 1024, 100 epochs (3 warmup), wd 0.1,
+drop-path 0.1, label smoothing 0.1, no random erasing, RandomResizedCrop(224, scale 0.05-1) + flip.
+Needs TFDS cifar100 prepared in --config.dataset.data_dir.
+"""
+
+from tf_mocov3 import finetune
+
+
+def get_config():
+    config = finetune.base_config()
+    config.dataset.name = "cifar100"
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "test"
+    config.aug.mixup_alpha = 0.5
+    config.aug.cutmix_alpha = 1.0
+    return config

@@ -1,0 +1,233 @@
+"""Transfer fine-tuning end to end on tiny models: weights loaded, other resolution, resume, image folder, errors."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from tf_mocov3 import checkpointing
+from tf_mocov3 import config_lib
+from tf_mocov3 import finetune
+from tf_mocov3 import moco
+from tf_mocov3 import optim
+from tf_mocov3 import pretrained
+from tf_mocov3 import vit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = "/usr/share/datasets/fashion-mnist"
+needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")),
+                                  reason="scripts/setup.sh installs dataset-fashion-mnist")
+PRE_SIZE = 16
+TINY = dict(embed_dim=32, depth=2, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A pre-training workdir as training.py writes it (vit_micro, 32 wide, 2 blocks, 16 px), non-trivial weights."""
+    path = str(tmp_path_factory.mktemp("pre"))
+    c = config_lib.base_config()
+    c.model.arch = "vit_micro"
+    c.model.overrides.embed_dim, c.model.overrides.depth, c.model.overrides.num_heads = 32, 2, 2
+    c.model.moco_dim, c.model.mlp_dim = 16, 32
+    c.dataset.image_size = PRE_SIZE
+    keras.utils.set_random_seed(3)
+    model = moco.build_moco(c.model, image_size=PRE_SIZE, total_steps=5)
+    model.compile(optimizer=optim.build_optimizer(c.optim, global_batch=8, steps_per_epoch=5, total_steps=5))
+    model.optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(0)
+    for v in model.backbone.weights:  # every weight non-default, so a missed copy is visible
+        v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32))
+    checkpointing.Checkpointer(path, model=model, optimizer=model.optimizer).save(2)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        f.write(c.to_json_best_effort(indent=2))
+    return path
+
+
+def tiny_config(**dataset):
+    c = finetune.base_config()
+    c.batch_size, c.max_steps, c.image_size = 4, 4, PRE_SIZE
+    c.strategy, c.jit_compile = "one_device", "false"
+    c.log_every_steps, c.checkpoint_every_steps = 1, 2
+    c.model.arch = "vit_micro"
+    c.optim.warmup_epochs = 0
+    c.optim.base_lr = 1e-3
+    c.eval.max_examples, c.eval.batch_size = 8, 8
+    c.dataset.name, c.dataset.path = "fashion_mnist_idx", FMNIST
+    c.dataset.update(dataset)
+    return c
+
+
+def build(config, path):
+    arch, overrides = finetune.check_pretrained(config, path)
+    return finetune.build_classifier(config, arch=arch, overrides=overrides, num_classes=10)
+
+
+def test_pretrained_weights_are_loaded_at_another_resolution(pretrained_dir):
+    source = pretrained.load_backbone(pretrained_dir)  # at 16 px
+    config = tiny_config()
+    config.image_size = 32
+    model = build(config, pretrained_dir)
+    backbone = model.get_layer("backbone")
+    assert backbone.get_layer("patch_embed").trainable  # fine-tuning trains the patch projection
+    assert finetune.copy_pretrained_weights(backbone, pretrained_dir) == len(source.weights)
+    want = {w.path: w.numpy() for w in source.weights}
+    for w in backbone.weights:
+        np.testing.assert_array_equal(w.numpy(), want[w.path], err_msg=w.path)
+    # The 32 px model computes what the pretrained backbone computes at 32 px (position embedding recomputed).
+    images = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    at32 = pretrained.load_backbone(pretrained_dir, image_size=32)
+    np.testing.assert_allclose(backbone(images, training=False).numpy(), at32(images).numpy(), atol=1e-5)
+    assert model(images).shape == (2, 10)
+
+
+def test_drop_path_is_identity_at_inference():
+    keras.utils.set_random_seed(0)
+    with_dp = vit.build_backbone("vit_micro", 16, train_patch_embed=True, drop_path_rate=0.5, **TINY)
+    without = vit.build_backbone("vit_micro", 16, train_patch_embed=True, **TINY)
+    for a, b in zip(without.weights, with_dp.weights):
+        a.assign(b)
+    images = np.random.default_rng(2).normal(size=(4, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(with_dp(images, training=False).numpy(), without(images, training=False).numpy())
+    assert not np.allclose(with_dp(images, training=True).numpy(), without(images, training=True).numpy())
+
+
+def test_head_init_is_normal_002_with_zero_bias(pretrained_dir):
+    config = tiny_config()
+    config.model.drop_path_rate = 0.0
+    head = build(config, pretrained_dir).get_layer("head")
+    kernel, bias = head.kernel.numpy(), head.bias.numpy()
+    assert np.all(bias == 0) and abs(kernel.std() - 0.02) < 0.01
+
+
+def _weights(workdir):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith("model/"))
+    return {k: reader.get_tensor(k) for k in keys}
+
+
+@needs_fmnist
+def test_resume_gives_the_same_weights_and_report(pretrained_dir, tmp_path):
+    config = tiny_config()  # mixup + cutmix + drop-path 0.1 + label smoothing: all randomness exercised
+    lines = []
+    full = finetune.run_finetune(config, str(tmp_path / "full"), pretrained_dir, print_fn=lines.append)
+    assert full["step"] == 4 and any(line.startswith("step 4/4") for line in lines)
+    half = tiny_config()  # the same 4-step schedule, interrupted after step 2 by a callback
+
+    class StopAt2(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) >= 2:
+                self.model.stop_training = True
+
+    resumed_dir = str(tmp_path / "resumed")
+    first = finetune.run_finetune(half, resumed_dir, pretrained_dir, print_fn=lambda _: None,
+                                  extra_callbacks=[StopAt2()])
+    assert first["step"] == 2
+    second = finetune.run_finetune(half, resumed_dir, pretrained_dir, print_fn=lines.append)
+    assert second["step"] == 4 and "Resuming from step 2" in " ".join(lines)
+    a, b = _weights(str(tmp_path / "full")), _weights(resumed_dir)
+    assert a.keys() == b.keys() and any("drop_path_rng" in k for k in a)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    metrics = json.load(open(os.path.join(resumed_dir, "metrics.json")))["finetune"]
+    assert metrics["top1"] == second["top1"] == full["top1"] and metrics["step"] == 4
+    assert metrics["eval_top1_curve"][-1] == [4, full["top1"]]
+    assert os.path.exists(os.path.join(resumed_dir, "finetune.png"))
+
+
+def _write_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 24)):
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, size + (3,), dtype=np.uint8)
+            ext = "png" if i % 2 else "jpg"
+            Image.fromarray(pixels).save(os.path.join(root, name, f"{i}.{ext}"))
+
+
+def test_image_folder_run_of_two_steps(pretrained_dir, tmp_path):
+    folder = str(tmp_path / "images")
+    _write_folder(folder)
+    config = tiny_config(name="image_folder", path=folder, train_split="train", eval_split="train")
+    config.max_steps = 2
+    result = finetune.run_finetune(config, str(tmp_path / "ft"), pretrained_dir, print_fn=lambda _: None)
+    assert result["step"] == 2 and result["model"].output.shape[-1] == 2
+    assert 0.0 <= result["top1"] <= 100.0
+
+
+def test_errors_before_any_work(pretrained_dir, tmp_path):
+    workdir = str(tmp_path / "ft")
+    other_arch = tiny_config()
+    other_arch.model.arch = "vit_base"
+    with pytest.raises(finetune.FinetuneError, match="holds a vit_micro backbone"):
+        finetune.run_finetune(other_arch, workdir, pretrained_dir)
+    bad_size = tiny_config()
+    bad_size.image_size = 18  # patch 4
+    with pytest.raises(finetune.FinetuneError, match="not divisible by patch_size"):
+        finetune.run_finetune(bad_size, workdir, pretrained_dir)
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    (empty / "config.json").write_text(open(os.path.join(pretrained_dir, "config.json")).read())
+    with pytest.raises(finetune.FinetuneError, match="holds no checkpoint"):
+        finetune.run_finetune(tiny_config(), workdir, str(empty))
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(unlabeled / "a.png")
+    with pytest.raises(finetune.FinetuneError, match="has no labels"):
+        finetune.run_finetune(tiny_config(name="image_folder", path=str(unlabeled)), workdir, pretrained_dir)
+    one_class = tmp_path / "one_class"
+    _write_folder(str(one_class), classes=("cat",))
+    with pytest.raises(finetune.FinetuneError, match="at least 2 classes"):
+        finetune.run_finetune(tiny_config(name="image_folder", path=str(one_class)), workdir, pretrained_dir)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_command_prints_one_error_line_and_exits_1(pretrained_dir, tmp_path):
+    config = tmp_path / "cfg.py"
+    config.write_text("from tf_mocov3 import finetune\n"
+                      "def get_config():\n"
+                      "    c = finetune.base_config()\n"
+                      "    c.model.arch = 'vit_base'\n"
+                      "    return c\n")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-m", "tf_mocov3.finetune", f"--config={config}",
+                           f"--pretrained={pretrained_dir}", f"--workdir={tmp_path / 'ft'}"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "holds a vit_micro backbone" in errors[0]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "flowers102", "pets", "fashion_mnist"])
+def test_recipe_configs(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"finetune_{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    want = {"cifar10": (0.8, 1.0, 0.1, 0.1, 0.0), "cifar100": (0.5, 1.0, 0.1, 0.1, 0.0),
+            "flowers102": (0.0, 0.0, 0.3, 0.1, 0.25), "pets": (0.8, 0.0, 0.1, 0.0, 0.0)}
+    if name in want:
+        assert (c.aug.mixup_alpha, c.aug.cutmix_alpha, c.optim.weight_decay, c.model.drop_path_rate,
+                c.aug.random_erasing) == want[name]
+        assert (c.batch_size, c.epochs, c.optim.warmup_epochs, c.image_size) == (1024, 100, 3, 224)
+        # lr = 3e-4 * batch / 512 == base_lr * batch / 256
+        assert c.optim.base_lr * c.batch_size / 256 == pytest.approx(3e-4 * c.batch_size / 512)
+        assert (c.aug.label_smoothing, c.aug.crop_min, c.aug.switch_prob, c.aug.mix_prob) == (0.1, 0.05, 0.5, 1.0)
+    if name == "flowers102":
+        assert c.dataset.train_split == "train+validation"
+
+
+def test_plus_joins_splits_as_flowers_train_plus_validation(tmp_path):
+    _write_folder(str(tmp_path / "train"), per_class=3)
+    _write_folder(str(tmp_path / "validation"), per_class=2)
+    dataset = tiny_config(name="image_folder", path=str(tmp_path)).dataset
+    joined = finetune.load_split(dataset, "train+validation")
+    assert joined.num_examples == 10 and joined.num_classes == 2
+    assert sorted(joined.labels.tolist()) == [0] * 5 + [1] * 5
