@@ -28,6 +28,7 @@ def get_config():
     config.optim.weight_decay = 0.05
     config.optim.warmup_epochs = 1
 
+    config.demo_eval = True                   # at the end: kNN + linear probe vs raw pixels and a random backbone
     config.knn.enabled = True                 # kNN top-1 on the Fashion-MNIST test images every 100 steps
     config.knn.every_steps = 100
     config.knn.eval_split = "test"

@@ -250,42 +250,17 @@ def test_pretrained_loader_accepts_the_keras_file(exported):
     np.testing.assert_allclose(loaded(x).numpy(), backbone(x).numpy(), atol=ATOL, rtol=0)
 
 
-TINY_PRETRAIN = textwrap.dedent("""
-    import importlib.util, os
-    _spec = importlib.util.spec_from_file_location("demo", os.path.join({root!r}, "configs", "demo.py"))
-    _demo = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_demo)
-
-    def get_config():
-        c = _demo.get_config()
-        c.batch_size = 8
-        c.max_steps = 2
-        c.jit_compile = "false"
-        c.log_every_steps = 1
-        c.checkpoint_every_steps = 2
-        c.model.overrides.embed_dim = 32
-        c.model.overrides.depth = 2
-        c.model.overrides.num_heads = 2
-        c.model.mlp_dim = 32
-        c.model.moco_dim = 16
-        c.dataset.image_size = 16
-        return c
-""")
-
-
 @pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")),
                     reason="scripts/setup.sh installs dataset-fashion-mnist")
 def test_command_exports_a_pretraining_workdir(tmp_path):
-    import importlib.util  # pylint: disable=import-outside-toplevel
+    from test_training import tiny_config  # pylint: disable=import-outside-toplevel
 
     from tf_mocov3 import pretrained, training  # pylint: disable=import-outside-toplevel
 
-    cfg_path = tmp_path / "tiny.py"
-    cfg_path.write_text(TINY_PRETRAIN.format(root=ROOT))
-    spec = importlib.util.spec_from_file_location("tiny", cfg_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    config, _ = tiny_config(tmp_path)
+    config.max_steps = 2
     workdir = str(tmp_path / "run")
-    training.run_pretraining(module.get_config(), workdir, print_fn=lambda s: None)
+    training.run_pretraining(config, workdir, print_fn=lambda s: None)
 
     out = str(tmp_path / "serving")
     cmd = [sys.executable, "-m", "export.saved_model", f"--pretrained={workdir}", f"--output={out}",

@@ -41,6 +41,7 @@ TINY_CONFIG = textwrap.dedent("""
         c.model.moco_dim = 16
         c.dataset.image_size = 16
         c.knn.enabled = False
+        c.demo_eval = False
         return c
 """)
 

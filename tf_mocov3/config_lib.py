@@ -3,6 +3,7 @@
 Each problem is one sentence that names the config key and the fix; `validate` raises ConfigError with all of them.
 """
 
+import json
 import os
 import tempfile
 
@@ -33,6 +34,9 @@ def base_config():
     # Start from these weights (a workdir, a checkpoint or a tf_mocov3.convert_official directory) instead of a
     # random initialisation: continued pre-training. Ignored when the workdir already has a checkpoint (resume).
     c.pretrained = ""
+    # After pre-training, evaluate as the demo does (tf_mocov3/demo_eval.py): kNN and a linear probe of the
+    # backbone beside raw-pixel kNN and a randomly initialised backbone. Needs a labelled data set.
+    c.demo_eval = False
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "vit_base"
@@ -93,6 +97,27 @@ def base_config():
     c.dataset.in_memory = True        # TFDS (not imagenet2012): hold the encoded images in memory, random access
     c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (imagenet2012): per-epoch seeded shuffle buffer
     return c
+
+
+def _lookup(tree, dotted):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_resume_compatible(workdir, config, keys, *, config_file="config.json", kind="run",
+                            error_cls=ConfigError):
+    """Raises `error_cls` if WORKDIR/config_file records a run whose `keys` (dotted) differ from `config`'s."""
+    path = os.path.join(workdir, config_file)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    current = json.loads(config.to_json_best_effort())
+    for key in keys:
+        if _lookup(saved, key) != _lookup(current, key):
+            raise error_cls(f"--workdir={workdir} holds a {kind} with config.{key}={_lookup(saved, key)!r}, not "
+                            f"{_lookup(current, key)!r}; resume with the same config or choose a new --workdir.")
 
 
 def check_workdir(workdir):

@@ -430,28 +430,8 @@ class Evaluator(keras.callbacks.Callback):
 # === The run ===
 
 
-def _lookup(tree, dotted):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
-def _check_resume_compatible(workdir, config):
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    current = json.loads(config.to_json_best_effort())
-    for key in _RESUME_KEYS:
-        if _lookup(saved, key) != _lookup(current, key):
-            raise FinetuneError(f"--workdir={workdir} holds a fine-tuning run with config.{key}="
-                                f"{_lookup(saved, key)!r}, not {_lookup(current, key)!r}; resume with the same "
-                                f"config or choose a new --workdir.")
-
-
 def _validate(config, workdir):
-
+    """Raises FinetuneError listing every problem of `config` (one sentence each) before any work."""
     problems = []
     if not isinstance(config.batch_size, int) or config.batch_size <= 0:
         problems.append(f"config.batch_size must be a positive integer, got {config.batch_size!r}.")
@@ -488,7 +468,8 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
     # --- every check before any work ---
     _validate(config, workdir)
     arch, overrides = check_pretrained(config, pretrained_path)
-    _check_resume_compatible(workdir, config)
+    config_lib.check_resume_compatible(workdir, config, _RESUME_KEYS, config_file=CONFIG_FILE,
+                                       kind="fine-tuning run", error_cls=FinetuneError)
     train_source = load_split(config.dataset, config.dataset.train_split)
     eval_source = load_split(config.dataset, config.dataset.eval_split)
     if eval_source.num_classes != train_source.num_classes:

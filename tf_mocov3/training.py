@@ -4,7 +4,6 @@
 workdir resumes from the last checkpoint and sees the batches the uninterrupted run would have seen.
 """
 
-import json
 import os
 
 import keras
@@ -14,6 +13,7 @@ from tf_mocov3 import callbacks as callbacks_lib
 from tf_mocov3 import checkpointing
 from tf_mocov3 import config_lib
 from tf_mocov3 import data
+from tf_mocov3 import demo_eval
 from tf_mocov3 import distribute
 from tf_mocov3 import knn
 from tf_mocov3 import moco
@@ -28,27 +28,6 @@ _RESUME_KEYS = ("batch_size", "seed", "model.arch", "model.moco_dim", "model.mlp
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message names the step."""
-
-
-def _lookup(config_dict, dotted):
-    value = config_dict
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
-def _check_resume_compatible(workdir, config):
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    current = json.loads(config.to_json_best_effort())
-    for key in _RESUME_KEYS:
-        if _lookup(saved, key) != _lookup(current, key):
-            raise config_lib.ConfigError(
-                f"--workdir={workdir} holds a run with config.{key}={_lookup(saved, key)!r}, not "
-                f"{_lookup(current, key)!r}; resume with the same config or choose a new --workdir.")
 
 
 def total_steps_of(config, steps_per_epoch):
@@ -102,7 +81,7 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
     try:
         steps_per_epoch = data.steps_per_epoch(config)
         total_steps = total_steps_of(config, steps_per_epoch)
-        _check_resume_compatible(workdir, config)
+        config_lib.check_resume_compatible(workdir, config, _RESUME_KEYS, config_file=CONFIG_FILE)
         model = build_model_and_optimizer(config, strategy, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
         checkpointer = checkpointing.Checkpointer(
             workdir, model=model, optimizer=model.optimizer, keep=config.keep_checkpoints,
@@ -120,6 +99,8 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
             say(f"Starting from the weights of {config.pretrained}.")
         if start_step >= total_steps:
             say(f"Training already finished: step {start_step} of {total_steps}.")
+            if chief and config.get("demo_eval"):
+                demo_eval.evaluate_demo(workdir, config, print_fn=print_fn)
             return {"step": start_step, "loss": None, "model": model}
         if chief:
             say(f"Pre-training {config.model.arch} on {config.dataset.name}: {total_steps} steps "
@@ -146,6 +127,8 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
                 f"({checkpointer.latest_path()}) is kept. Lower config.optim.base_lr or use mixed_bfloat16 "
                 "instead of mixed_float16, then run the same command again to resume.")
         loss = history.history.get("loss", [None])[-1]
+        if chief and config.get("demo_eval"):
+            demo_eval.evaluate_demo(workdir, config, print_fn=print_fn)
         return {"step": int(model.optimizer.iterations.numpy()), "loss": loss, "model": model,
                 "metrics": metrics, "knn_monitor": monitor}
     finally:
