@@ -2,6 +2,10 @@ r"""Training throughput and model FLOP utilisation of the full MoCo v3 step on t
 
   python benchmarks/train_throughput.py                       # ViT-S/16, 224 px, batch 32, fp32, XLA
   python benchmarks/train_throughput.py --arch=vit_base --batch=64 --xla=false --precision=mixed_bfloat16
+  python benchmarks/train_throughput.py --xla=false                # TF's oneDNN ops instead of XLA:CPU
+
+Besides wall-clock images/s it prints the process's CPU-seconds per step (time.process_time, all threads) and
+images per CPU-second: on a shared machine that figure is the load-robust one (quote it with the load average).
 
 The step is the real one (`MoCoV3.train_step` through `model.fit`): two views, query encoder forward and backward,
 momentum update, momentum-encoder forward, AdamW. Images are random tensors already in memory, so the figure is
@@ -32,6 +36,8 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, compilation).")
 _MLP = flags.DEFINE_integer("mlp_dim", 4096, "Hidden width of the projector and predictor.")
 _DIM = flags.DEFINE_integer("moco_dim", 256, "Output width of the projector and predictor.")
+_INTRA = flags.DEFINE_integer("intra_op_threads", 0, "tf.config.threading intra-op threads (0: TF's default).")
+_INTER = flags.DEFINE_integer("inter_op_threads", 0, "tf.config.threading inter-op threads (0: TF's default).")
 
 
 def vit_forward_flops(depth, dim, patch, image_size, mlp_ratio=4.0):
@@ -77,12 +83,15 @@ def matmul_peak_gflops(n=4096, repeats=5):
 def main(argv):
     del argv
     import keras  # pylint: disable=import-outside-toplevel
-    import ml_collections  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from tf_mocov3 import config_lib, moco, optim  # pylint: disable=import-outside-toplevel
 
+    if _INTRA.value:
+        tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
+    if _INTER.value:
+        tf.config.threading.set_inter_op_parallelism_threads(_INTER.value)
     flops, backbone_flops = step_flops_per_image(_ARCH.value, _IMAGE.value, _MLP.value, _DIM.value)
     peak = matmul_peak_gflops()
 
@@ -101,19 +110,24 @@ def main(argv):
     views = tuple(tf.constant(rng.normal(size=shape).astype(np.float32)) for _ in range(2))
     dataset = tf.data.Dataset.from_tensors(views).repeat()
 
-    times = []
+    times, cpu_times = [], []
 
     class Timer(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             self._start = time.perf_counter()
+            self._cpu_start = time.process_time()
 
         def on_train_batch_end(self, batch, logs=None):
             float(logs["loss"])  # wait for the step to finish
             times.append(time.perf_counter() - self._start)
+            cpu_times.append(time.process_time() - self._cpu_start)
 
     model.fit(dataset, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[Timer()])
     timed = np.array(times[_WARMUP.value:])
+    timed_cpu = np.array(cpu_times[_WARMUP.value:])
     step_s = float(np.median(timed))
+    step_cpu_s = float(np.median(timed_cpu))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     images_per_s = _BATCH.value / step_s
     achieved = flops * images_per_s / 1e9
 
@@ -125,6 +139,12 @@ def main(argv):
     print(f"step time: median {step_s:.3f} s over {len(timed)} steps (min {timed.min():.3f}, max {timed.max():.3f}); "
           f"first step incl. compilation {times[0]:.1f} s")
     print(f"throughput: {images_per_s:.2f} images/s")
+    # CPU-seconds of this process (all its threads) per step: robust to other jobs on a shared machine, as long as
+    # they do not slow the cores themselves. With C cores fully used, wall images/s ~= C x images per CPU-second.
+    print(f"cpu_time: median {step_cpu_s:.2f} CPU-s per step (min {timed_cpu.min():.2f}); "
+          f"{_BATCH.value / step_cpu_s:.3f} images per CPU-second "
+          f"(= {os.cpu_count() * _BATCH.value / step_cpu_s:.2f} images/s if all {os.cpu_count()} cores were ours)")
+    print(f"load average (1 min) at the end: {load:.2f}")
     print(f"model FLOP utilisation: {achieved:.0f} GFLOP/s = {100 * achieved / peak:.1f}% of the measured matmul rate")
 
 

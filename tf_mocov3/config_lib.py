@@ -58,7 +58,7 @@ def base_config():
     c.optim.name = "adamw"
     c.optim.base_lr = 1.5e-4          # lr = base_lr * batch_size / 256
     c.optim.weight_decay = 0.1
-    c.optim.warmup_epochs = 40
+    c.optim.warmup_epochs = 40.0      # may be fractional: warmup_steps = warmup_epochs * steps_per_epoch
     c.optim.beta_1 = 0.9
     c.optim.beta_2 = 0.999
     c.optim.epsilon = 1e-8
