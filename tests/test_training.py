@@ -99,6 +99,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     for key in ("loss", "lr", "momentum", "grad_norm_first_block", "grad_norm_last_block"):
         assert all(np.isfinite(r[key]) for r in records), key
     assert os.listdir(os.path.join(resumed, "tensorboard"))
+    # The closing report: metrics.json with the last logged values, and a PNG of the curves.
+    summary = json.load(open(os.path.join(resumed, "metrics.json")))["pretrain"]
+    assert summary["step"] == 4 and summary["loss"] == pytest.approx(records[-1]["loss"])
+    assert os.path.getsize(os.path.join(resumed, "pretrain.png")) > 0
 
 
 @needs_fmnist

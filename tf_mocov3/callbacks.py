@@ -16,6 +16,9 @@ import tensorflow as tf
 from absl import logging
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 def _step(model):
     return int(model.optimizer.iterations.numpy())
 
@@ -103,7 +106,7 @@ class MetricsWriter(keras.callbacks.Callback):
 
     def __init__(self, workdir, every_steps, total_steps, global_batch, enabled=True):
         super().__init__()
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = os.path.join(workdir, METRICS_FILE)
         self.every_steps = max(int(every_steps), 1)
         self.total_steps = total_steps
         self.global_batch = global_batch

@@ -4,6 +4,7 @@
 workdir resumes from the last checkpoint and sees the batches the uninterrupted run would have seen.
 """
 
+import json
 import os
 
 import keras
@@ -19,6 +20,7 @@ from tf_mocov3 import knn
 from tf_mocov3 import moco
 from tf_mocov3 import optim
 from tf_mocov3 import pretrained
+from tf_mocov3 import reports
 
 CONFIG_FILE = "config.json"
 # Keys that must not change when a run resumes in the same workdir (they change what the checkpoint means).
@@ -28,6 +30,24 @@ _RESUME_KEYS = ("batch_size", "seed", "model.arch", "model.moco_dim", "model.mlp
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message names the step."""
+
+
+_CURVES = ("loss", "lr", "momentum", "grad_norm_first_block", "grad_norm_last_block", "knn_top1")
+
+
+def write_pretraining_report(workdir):
+    """metrics.json (key "pretrain") and pretrain.png from WORKDIR/metrics.jsonl; returns the printable summary."""
+    with open(os.path.join(workdir, callbacks_lib.METRICS_FILE)) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    curves = {key: [(r["step"], r[key]) for r in records if key in r] for key in _CURVES}
+    curves = {key: points for key, points in curves.items() if points}
+    final = {"step": records[-1]["step"] if records else 0}
+    for key, points in curves.items():
+        final[key] = points[-1][1]
+    if "knn_top1" in curves:
+        final["knn_top1_best"] = max(value for _, value in curves["knn_top1"])
+    return reports.write_report(workdir, name="pretrain", metrics={"pretrain": final}, curves=curves,
+                                table=[final])
 
 
 def total_steps_of(config, steps_per_epoch):
@@ -127,6 +147,8 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
                 f"({checkpointer.latest_path()}) is kept. Lower config.optim.base_lr or use mixed_bfloat16 "
                 "instead of mixed_float16, then run the same command again to resume.")
         loss = history.history.get("loss", [None])[-1]
+        if chief:
+            say(write_pretraining_report(workdir))
         if chief and config.get("demo_eval"):
             demo_eval.evaluate_demo(workdir, config, print_fn=print_fn)
         return {"step": int(model.optimizer.iterations.numpy()), "loss": loss, "model": model,
