@@ -86,9 +86,10 @@ def make_dataset(config, strategy, start_step):
 def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(), print_fn=None):
     """Pre-trains (or resumes) MoCo v3 as `config` says, writing everything to `workdir`.
 
-    Returns a dict with the final `step`, the last `loss`, the `model`, the `metrics` writer and the
-    `knn_monitor` (None when config.knn.enabled is False). Raises config_lib.ConfigError for a
-    bad config (before any work) and TrainingDiverged when the loss stops being finite.
+    Returns a dict with the final `step`, `loss` (the mean over the steps this call ran), the `model`, the
+    `metrics` writer and the `knn_monitor` (None when config.knn.enabled is False). Raises
+    config_lib.ConfigError for a bad config (before any work) and TrainingDiverged when the loss stops being
+    finite.
     """
     if strategy is None:
         config_lib.validate(config, workdir=workdir)  # catch mistakes before touching devices
