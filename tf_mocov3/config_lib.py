@@ -106,18 +106,26 @@ def _lookup(tree, dotted):
 
 
 def check_resume_compatible(workdir, config, keys, *, config_file="config.json", kind="run",
-                            error_cls=ConfigError):
-    """Raises `error_cls` if WORKDIR/config_file records a run whose `keys` (dotted) differ from `config`'s."""
+                            error_cls=ConfigError, key_prefix="config."):
+    """Raises `error_cls` if WORKDIR/config_file records a run whose `keys` (dotted) differ from `config`'s.
+
+    `config` is a ConfigDict or a plain dict (what the command writes to config_file).
+    """
     path = os.path.join(workdir, config_file)
     if not os.path.exists(path):
         return
     with open(path) as f:
         saved = json.load(f)
-    current = json.loads(config.to_json_best_effort())
+    current = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
     for key in keys:
         if _lookup(saved, key) != _lookup(current, key):
-            raise error_cls(f"--workdir={workdir} holds a {kind} with config.{key}={_lookup(saved, key)!r}, not "
-                            f"{_lookup(current, key)!r}; resume with the same config or choose a new --workdir.")
+            raise error_cls(f"--workdir={workdir} holds a {kind} with {key_prefix}{key}={_lookup(saved, key)!r}, "
+                            f"not {_lookup(current, key)!r}; resume with the same config or choose a new --workdir.")
+
+
+def backbone_overrides(model_config):
+    """config.model.overrides without the unset (None) entries: the keyword arguments for vit.build_backbone."""
+    return {k: v for k, v in dict(model_config.get("overrides", {}) or {}).items() if v is not None}
 
 
 def check_workdir(workdir):

@@ -21,6 +21,7 @@ import keras
 import ml_collections
 import numpy as np
 
+from tf_mocov3 import config_lib
 from tf_mocov3 import features as features_lib
 from tf_mocov3 import knn
 from tf_mocov3 import linear_probe
@@ -46,7 +47,7 @@ def _knn_settings(config):
 
 def _random_backbone(config, image_size):
     keras.utils.set_random_seed(int(config.seed) + 1)
-    overrides = {k: v for k, v in dict(config.model.get("overrides", {}) or {}).items() if v is not None}
+    overrides = config_lib.backbone_overrides(config.model)
     return vit.build_backbone(config.model.arch, image_size,
                               train_patch_embed=bool(config.model.get("train_patch_embed", False)),
                               name="random_backbone", **overrides)

@@ -284,10 +284,6 @@ def build_eval_dataset(config, source):
 # === Model ===
 
 
-def _overrides(pretrain_config):
-    return {k: v for k, v in dict(pretrain_config.model.get("overrides", {}) or {}).items() if v is not None}
-
-
 def check_pretrained(config, path):
     """Reads the pretrained run's config (cheap) and checks arch and image size; returns (arch, overrides)."""
 
@@ -298,14 +294,14 @@ def check_pretrained(config, path):
         pre_config = pretrained.resolve(path).config
     except ValueError as err:
         raise FinetuneError(str(err)) from err
-    arch, overrides = pre_config.model.arch, _overrides(pre_config)
+    arch, overrides = pre_config.model.arch, config_lib.backbone_overrides(pre_config.model)
     want = str(config.model.get("arch", "") or "")
     if want and want != arch:
         raise FinetuneError(f"Pretrained path {path} holds a {arch} backbone but the config fine-tunes {want}; "
                             f"pass {want} weights or set --config.model.arch={arch}.")
     try:
-        vit._resolve_config(arch, int(config.image_size),  # pylint: disable=protected-access
-                            dict(overrides, drop_path_rate=float(config.model.drop_path_rate)))
+        vit.resolve_config(arch, int(config.image_size),
+                           dict(overrides, drop_path_rate=float(config.model.drop_path_rate)))
     except ValueError as err:
         raise FinetuneError(f"Cannot fine-tune {path} at image_size={config.image_size}: {err}") from err
     return arch, overrides

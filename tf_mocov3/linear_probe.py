@@ -33,6 +33,7 @@ import tensorflow as tf
 from tf_mocov3 import augment
 from tf_mocov3 import callbacks as callbacks_lib
 from tf_mocov3 import checkpointing
+from tf_mocov3 import config_lib
 from tf_mocov3 import data
 from tf_mocov3 import pretrained
 from tf_mocov3 import reports
@@ -421,12 +422,6 @@ def probe_on_features(train, holdout, test, num_classes, *, base_lrs, batch_size
 # === The command ===
 
 
-def _lookup(tree, dotted):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
 def _check_config(config):
     problems = []
     if not config.base_lrs or any(float(lr) <= 0 for lr in config.base_lrs):
@@ -494,15 +489,9 @@ def run_probe(config, pretrained_path, workdir, *, print_fn=None):
 
     record = json.loads(config.to_json_best_effort())
     record.update(pretrained=os.path.abspath(pretrained_path), image_size=image_size)
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        for key in _RESUME_KEYS:
-            if _lookup(saved, key) != _lookup(record, key):
-                raise ProbeError(f"--workdir={workdir} holds a probe with {key}={_lookup(saved, key)!r}, not "
-                                 f"{_lookup(record, key)!r}; resume with the same settings or choose a new --workdir.")
-    with open(path, "w") as f:
+    config_lib.check_resume_compatible(workdir, record, _RESUME_KEYS, config_file=CONFIG_FILE, kind="probe",
+                                       error_cls=ProbeError, key_prefix="")
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         json.dump(record, f, indent=2)
 
     keras.utils.set_random_seed(config.seed)

@@ -19,6 +19,7 @@ Under tf.distribute, Keras sums gradients across replicas in `optimizer.apply`, 
 import keras
 import tensorflow as tf
 
+from tf_mocov3 import config_lib
 from tf_mocov3 import heads
 from tf_mocov3 import losses
 from tf_mocov3 import schedules
@@ -237,7 +238,7 @@ def _all_layers(model):
 
 def build_moco(model_config, *, image_size, total_steps):
     """MoCoV3 from `config.model` (arch, overrides, train_patch_embed, moco_dim, mlp_dim, temperature, momentum)."""
-    overrides = {k: v for k, v in dict(model_config.get("overrides", {}) or {}).items() if v is not None}
+    overrides = config_lib.backbone_overrides(model_config)
     train_patch_embed = bool(model_config.get("train_patch_embed", False))
 
     def encoder(prefix):

@@ -27,6 +27,7 @@ import ml_collections
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from tf_mocov3 import config_lib
 from tf_mocov3 import heads
 from tf_mocov3 import keras_file
 from tf_mocov3 import vit
@@ -145,10 +146,6 @@ def _restore(prefix, parts, extra=None):
 # === Builders ===
 
 
-def _overrides(config):
-    return {k: v for k, v in dict(config.model.get("overrides", {}) or {}).items() if v is not None}
-
-
 def _build_backbone(resolved, image_size, arch, path):
     config = resolved.config
     if arch is not None and arch != config.model.arch:
@@ -158,7 +155,7 @@ def _build_backbone(resolved, image_size, arch, path):
     try:
         return vit.build_backbone(config.model.arch, size,
                                   train_patch_embed=bool(config.model.get("train_patch_embed", False)),
-                                  name="backbone", **_overrides(config))
+                                  name="backbone", **config_lib.backbone_overrides(config.model))
     except ValueError as err:
         raise ValueError(f"Cannot build the backbone of {path} at image_size={size}: {err}") from err
 

@@ -445,7 +445,7 @@ def build_backbone(
     Raises:
         ValueError: unknown arch, unknown override key, or inconsistent sizes.
     """
-    cfg = _resolve_config(arch, image_size, overrides)
+    cfg = resolve_config(arch, image_size, overrides)
     dim, patch = cfg["embed_dim"], cfg["patch_size"]
     depth = cfg["depth"]
 
@@ -498,7 +498,12 @@ def _arch_entry(arch):
     return ARCHS[arch]
 
 
-def _resolve_config(arch, image_size, overrides):
+def resolve_config(arch, image_size, overrides):
+    """The architecture's settings with `overrides` applied, checked against `image_size`.
+
+    Raises the same one-sentence ValueErrors as build_backbone, without building anything (callers use it to
+    validate a configuration before any work).
+    """
     cfg = dict(_arch_entry(arch))
     cfg.setdefault("drop_path_rate", 0.0)
     unknown = sorted(set(overrides) - set(_OVERRIDABLE))
