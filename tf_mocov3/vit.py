@@ -30,6 +30,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_mocov3 import fused
+
 _PACKAGE = "tf_mocov3"
 _LN_EPSILON = 1e-6
 
@@ -195,16 +197,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.proj.build(input_shape)
 
     def call(self, inputs):
-        n = inputs.shape[1]
-        qkv = self.qkv(inputs)  # [B, N, 3D]
-        qkv = ops.reshape(qkv, (-1, n, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, H, N, dh]
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = ops.matmul(q * ops.cast(self.scale, q.dtype), ops.swapaxes(k, -1, -2))
-        attn = ops.softmax(ops.cast(scores, "float32"), axis=-1)
-        out = ops.matmul(ops.cast(attn, v.dtype), v)  # [B, H, N, dh]
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, n, self.dim))
-        return self.proj(out)
+        return self.proj(self._attention_core(self.qkv(inputs)))
+
+    def _attention_core(self, qkv):
+        """[B, N, 3D] fused qkv -> [B, N, D]; hand-written gradient (tf_mocov3.fused)."""
+        return fused.attention_core(qkv, self.num_heads)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -213,6 +210,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         config = super().get_config()
         config.update({"num_heads": self.num_heads})
         return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LayerNorm(keras.layers.LayerNormalization):
+    """keras.layers.LayerNormalization (same weights, config and float32 compute) over the
+    last axis, with the hand-written gradient of tf_mocov3.fused.layer_norm."""
+
+    def call(self, inputs):
+        last_axis = list(self.axis) in ([-1], [len(inputs.shape) - 1])
+        if self.rms_scaling or not (self.center and self.scale and last_axis):
+            return super().call(inputs)
+        outputs = fused.layer_norm(inputs, self.gamma, self.beta, self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -277,11 +287,11 @@ class TransformerBlock(keras.layers.Layer):
         dim = int(input_shape[-1])
         hidden = int(dim * self.mlp_ratio)
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
+        self.norm1 = LayerNorm(
             epsilon=_LN_EPSILON, dtype=policy, name="norm1"
         )
         self.attn = MultiHeadSelfAttention(self.num_heads, dtype=policy, name="attn")
-        self.norm2 = keras.layers.LayerNormalization(
+        self.norm2 = LayerNorm(
             epsilon=_LN_EPSILON, dtype=policy, name="norm2"
         )
         self.fc1 = keras.layers.Dense(
@@ -308,7 +318,7 @@ class TransformerBlock(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         x = inputs + self._branch(self.attn(self.norm1(inputs)), training)
-        h = ops.gelu(self.fc1(self.norm2(x)), approximate=False)
+        h = fused.gelu_erf(self.fc1(self.norm2(x)))
         return x + self._branch(self.fc2(h), training)
 
     def compute_output_shape(self, input_shape):
@@ -477,7 +487,7 @@ def build_backbone(
     # LayerNorm acts per token, so norm(x)[:, 0] == norm(x[:, 0]); selecting the
     # [CLS] token first saves normalising the patch tokens nobody reads.
     x = ClassTokenFeature(name="cls_feature")(x)
-    outputs = keras.layers.LayerNormalization(epsilon=_LN_EPSILON, name="norm")(x)
+    outputs = LayerNorm(epsilon=_LN_EPSILON, name="norm")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
