@@ -1,8 +1,8 @@
 r"""Training throughput and model FLOP utilisation of the full MoCo v3 step on this machine.
 
-  python benchmarks/train_throughput.py                       # ViT-S/16, 224 px, batch 32, fp32, XLA
-  python benchmarks/train_throughput.py --arch=vit_base --batch=64 --xla=false --precision=mixed_bfloat16
-  python benchmarks/train_throughput.py --xla=false                # TF's oneDNN ops instead of XLA:CPU
+  python benchmarks/train_throughput.py                       # ViT-S/16, 224 px, batch 32, fp32, jit_compile=auto
+  python benchmarks/train_throughput.py --arch=vit_base --batch=64 --precision=mixed_bfloat16
+  python benchmarks/train_throughput.py --xla=true                 # XLA:CPU instead of TF's oneDNN kernels
 
 Besides wall-clock images/s it prints the process's CPU-seconds per step (time.process_time, all threads) and
 images per CPU-second: on a shared machine that figure is the load-robust one (quote it with the load average).
@@ -13,7 +13,8 @@ the model's speed alone (benchmarks/input_pipeline.py measures the input pipelin
 
 FLOPs are counted analytically (2 per multiply-add): per view, the query path (backbone + projector + predictor)
 costs forward + backward = 3 x forward, the momentum path (backbone + projector) 1 x forward. Utilisation is
-relative to the fp32 matmul rate measured here on a 4096 x 4096 product (printed), not to a data-sheet peak.
+relative to the fp32 matmul rate measured here on a 4096 x 4096 product (printed), not to a data-sheet peak; the
+"ceiling" line is the throughput the step would have if ALL its FLOPs ran at that rate (no step can beat it in fp32).
 """
 
 import os
@@ -29,7 +30,8 @@ from absl import flags  # noqa: E402
 _ARCH = flags.DEFINE_string("arch", "vit_small", "Backbone (tf_mocov3.vit.ARCHS).")
 _BATCH = flags.DEFINE_integer("batch", 32, "Global batch size.")
 _IMAGE = flags.DEFINE_integer("image_size", 224, "Image size in pixels.")
-_XLA = flags.DEFINE_bool("xla", True, "Compile the train step with XLA (jit_compile).")
+_XLA = flags.DEFINE_enum("xla", "auto", ["auto", "true", "false"],
+                         "Compile the train step with XLA: as config.jit_compile (auto: on TPU / one GPU, off on CPU).")
 _PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                                "Keras dtype policy.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
@@ -86,7 +88,7 @@ def main(argv):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from tf_mocov3 import config_lib, moco, optim  # pylint: disable=import-outside-toplevel
+    from tf_mocov3 import config_lib, moco, optim, training  # pylint: disable=import-outside-toplevel
 
     if _INTRA.value:
         tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
@@ -97,13 +99,15 @@ def main(argv):
 
     keras.config.set_dtype_policy(_PRECISION.value)
     config = config_lib.base_config()
+    config.jit_compile = _XLA.value
+    use_xla = training.resolve_jit_compile(config, tf.distribute.get_strategy())
     config.model.arch = _ARCH.value
     config.model.mlp_dim = _MLP.value
     config.model.moco_dim = _DIM.value
     total = _WARMUP.value + _STEPS.value
     model = moco.build_moco(config.model, image_size=_IMAGE.value, total_steps=total)
     opt = optim.build_optimizer(config.optim, global_batch=_BATCH.value, steps_per_epoch=total, total_steps=total)
-    model.compile(optimizer=opt, jit_compile=_XLA.value)
+    model.compile(optimizer=opt, jit_compile=use_xla)
 
     rng = np.random.default_rng(0)
     shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, 3)
@@ -133,9 +137,10 @@ def main(argv):
 
     print(f"machine: {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"setting: {_ARCH.value}, {_IMAGE.value} px, batch {_BATCH.value}, {_PRECISION.value}, "
-          f"XLA {'on' if _XLA.value else 'off'}, mlp {_MLP.value}, dim {_DIM.value}")
+          f"XLA {'on' if use_xla else 'off'}, mlp {_MLP.value}, dim {_DIM.value}")
     print(f"FLOPs per image per step: {flops / 1e9:.1f} G (backbone forward {backbone_flops / 1e9:.2f} G)")
-    print(f"fp32 matmul rate on this machine (4096^2): {peak:.0f} GFLOP/s")
+    print(f"fp32 matmul rate on this machine (4096^2): {peak:.0f} GFLOP/s; ceiling if every FLOP of the step ran at "
+          f"that rate: {peak / (flops / 1e9):.2f} images/s")
     print(f"step time: median {step_s:.3f} s over {len(timed)} steps (min {timed.min():.3f}, max {timed.max():.3f}); "
           f"first step incl. compilation {times[0]:.1f} s")
     print(f"throughput: {images_per_s:.2f} images/s")

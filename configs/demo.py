@@ -17,6 +17,7 @@ def get_config():
     config.batch_size = 256
     config.epochs = 1                         # 234 steps over the 60,000 training images
     config.strategy = "one_device"
+    config.jit_compile = "true"               # XLA: for this tiny model it is as fast as TF's CPU kernels
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
 

@@ -219,3 +219,14 @@ def test_continued_pre_training_starts_from_the_pretrained_weights(tmp_path):
     assert probe.weights.keys() == expected.keys()
     for key, value in expected.items():
         np.testing.assert_array_equal(probe.weights[key], value, err_msg=key)
+
+
+def test_jit_compile_auto_is_xla_on_tpu_and_gpu_only():
+    config = config_lib.base_config()
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+    has_gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert training.resolve_jit_compile(config, one_device) is has_gpu
+    config.jit_compile = "true"
+    assert training.resolve_jit_compile(config, one_device) is True
+    config.jit_compile = "false"
+    assert training.resolve_jit_compile(config, one_device) is False

@@ -27,7 +27,7 @@ def base_config():
     c.strategy = "auto"               # auto | one_device | mirrored | multi_worker | tpu
     c.num_cpu_devices = 0             # mirrored on a machine without GPUs: split the CPU into this many devices
     c.mixed_precision = "float32"     # float32 | mixed_bfloat16 (TPU) | mixed_float16 (GPU, with loss scaling)
-    c.jit_compile = "auto"            # auto (XLA on one device and on TPU) | true | false
+    c.jit_compile = "auto"            # auto (XLA on TPU and one GPU, not on CPU) | true | false
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3

@@ -79,7 +79,7 @@ def base_config():
     c.strategy = "auto"
     c.num_cpu_devices = 0
     c.mixed_precision = "float32"
-    c.jit_compile = "auto"            # auto (XLA on one device / TPU) | true | false
+    c.jit_compile = "auto"            # auto (XLA on TPU and one GPU, not on CPU) | true | false
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
@@ -496,7 +496,7 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
                                               steps_per_epoch=steps_per_epoch, total_steps=total_steps)
             model.compile(optimizer=optimizer,
                           loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                          jit_compile=training._use_xla(config, strategy))  # pylint: disable=protected-access
+                          jit_compile=training.resolve_jit_compile(config, strategy))
             model.optimizer.build(model.trainable_variables)
         checkpointer = checkpointing.Checkpointer(
             workdir, model=model, optimizer=model.optimizer, keep=config.keep_checkpoints, is_chief=chief,
