@@ -269,3 +269,53 @@ def test_dct_scaled_decode_in_a_graph():
         np.testing.assert_allclose(f(data, tf.constant(window)),
                                    augment.decode_crop_and_resize_jpeg_scaled(data, tf.constant(window), 224),
                                    atol=1e-6)
+
+
+# --- speed paths that must give the same pixels as the straightforward ops ---
+
+
+@pytest.mark.parametrize("h,w", [(512, 512), (300, 241), (230, 500), (100, 400), (225, 224)])
+def test_antialiased_resize_equals_scale_and_translate(h, w):
+    # Two row passes over transposed buffers: the same spans, weights and summation order as the
+    # single ScaleAndTranslate op behind tf.image.resize(antialias=True).
+    img = tf.constant(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    ref = tf.image.resize(img, [224, 224], method="bilinear", antialias=True)
+    np.testing.assert_allclose(augment.antialiased_resize(img, 224), ref, rtol=0, atol=1e-4)  # of 255
+    np.testing.assert_allclose(augment._resize(img, 224), tf.clip_by_value(ref / 255.0, 0, 1), atol=1e-6)
+
+
+def _reference_blur(image, sigma, radius=augment.BLUR_RADIUS):
+    """The former [H, W, C] formulation (tf.pad SYMMETRIC + shifted slices)."""
+    k = augment.gaussian_kernel(tf.cast(sigma, tf.float32), radius)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    x = tf.pad(image, [[radius, radius], [0, 0], [0, 0]], mode="SYMMETRIC")
+    x = tf.add_n([k[i] * x[i:i + h] for i in range(2 * radius + 1)])
+    x = tf.pad(x, [[0, 0], [radius, radius], [0, 0]], mode="SYMMETRIC")
+    return tf.add_n([k[i] * x[:, i:i + w] for i in range(2 * radius + 1)])
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (17, 23, 3), (224, 224, 3)])
+def test_blur_in_2d_layout_equals_former_blur(shape):
+    img = tf.constant(RNG.uniform(0, 1, shape).astype(np.float32))
+    compiled = tf.function(augment.gaussian_blur, jit_compile=True)
+    for sigma in (0.1, 0.7, 2.0):
+        ref = _reference_blur(img, sigma)
+        np.testing.assert_allclose(augment.gaussian_blur(img, sigma), ref, atol=1e-6)
+        np.testing.assert_allclose(compiled(img, tf.constant(sigma)), ref, atol=1e-5)
+
+
+def test_batch_level_views_equal_per_example_views():
+    # data.py: two_view_inputs per example, augment_two_view_batch per batch == two_views.
+    raw = RNG.integers(0, 255, (12, 40, 36, 3), dtype=np.uint8)
+    inputs = [augment.two_view_inputs(raw[i], _seed(i), image_size=24, crop_min=0.08, is_encoded=False)
+              for i in range(len(raw))]
+    batch = [tf.stack([x[j] for x in inputs]) for j in range(6)]
+    v1, v2 = augment.augment_two_view_batch(*batch)
+    for i in range(len(raw)):
+        r1, r2 = augment.two_views(raw[i], _seed(i), image_size=24, crop_min=0.08, is_encoded=False)
+        np.testing.assert_allclose(v1[i], r1, atol=1e-5)
+        np.testing.assert_allclose(v2[i], r2, atol=1e-5)
+    # The batch size does not change an example's pixels (replica layouts depend on it).
+    s1, s2 = augment.augment_two_view_batch(*[x[:5] for x in batch])
+    np.testing.assert_array_equal(s1, v1[:5])
+    np.testing.assert_array_equal(s2, v2[:5])

@@ -138,3 +138,20 @@ def test_epoch_visits_every_example_once(tmp_path):
     order = tf.random.experimental.stateless_shuffle(tf.range(40, dtype=tf.int64),
                                                      seed=tf.constant([3, 0], tf.int64)).numpy()
     assert sorted(order) == list(range(40))
+
+
+def test_pipeline_views_equal_two_views_per_example(tmp_path):
+    # The pipeline augments once per batch; each example still gets exactly augment.two_views
+    # with its contract seed [seed, epoch * 2**32 + position].
+    path = _fake_fashion(tmp_path)
+    cfg = _config("fashion_mnist_idx", path, batch=8)
+    v1, v2 = next(iter(data.build_pretrain_dataset(cfg)))
+    images, _ = data.load_fashion_mnist_idx(path, "train")
+    order = tf.random.experimental.stateless_shuffle(tf.range(40, dtype=tf.int64),
+                                                     seed=tf.constant([3, 0], tf.int64)).numpy()
+    from tf_mocov3 import augment
+    for pos in range(8):
+        r1, r2 = augment.two_views(images[order[pos]], data._example_seed(3, 0, pos), image_size=8,
+                                   crop_min=0.08, is_encoded=False)
+        np.testing.assert_allclose(v1[pos], r1, atol=1e-5)
+        np.testing.assert_allclose(v2[pos], r2, atol=1e-5)

@@ -27,11 +27,34 @@ Per view, in this order (moco-v3 `main_moco.py`, torchvision semantics):
 6. Horizontal flip, p=0.5.
 7. Normalise with the ImageNet mean and std.
 
-Speed: steps 2-7 run as one XLA-compiled function per view (`xla=True`), which fuses the
-elementwise chain (about 2x faster on CPU than the op-by-op graph); the blur is written as
-shifted slices because a depthwise convolution is slow under XLA on CPU. Option
-`jpeg_decode_once` decodes a JPEG once and crops both views from it (faster on 512 px
-images in our measurement: benchmarks/input_pipeline.py).
+Speed: steps 2-7 run XLA-compiled (`xla=True`), which fuses the elementwise chain (about 2x
+faster on CPU than the op-by-op graph); the blur is written as shifted slices because a
+depthwise convolution is slow under XLA on CPU. Option `jpeg_decode_once` decodes a JPEG once
+and crops both views from it (faster on 512 px images in our measurement:
+benchmarks/input_pipeline.py). The pre-training pipeline (data.py) splits `two_views` in two:
+`two_view_inputs` per example (decode, crop, resize, random numbers) and
+`augment_two_view_batch` once per batch (steps 2-7 of both views in one XLA call, looping over
+the examples), with the same pixels (tested bit-identical on CPU, bound 1e-5).
+
+Where the CPU time went, and what changed (512 px JPEGs, 224 px views):
+- TensorFlow's process-wide intra-op thread pool. `ScaleAndTranslate`, float transposes
+  (oneDNN) and every XLA launch hand work to that pool whatever tf.data's
+  `max_intra_op_parallelism` says, and the hand-offs (wake-ups, spinning, futexes) cost about as
+  much CPU as the work: with the pool limited to one thread (TF_NUM_INTRAOP_THREADS=1, not an
+  option for a training process) the same pipeline used ~35% less CPU. Calling XLA once per
+  batch instead of once per view removes most of the XLA share.
+- Resize (`antialiased_resize`): `ScaleAndTranslate` filters rows with a vectorised loop but
+  columns with a scalar loop over pixels and channels; running both passes as row passes (the
+  second on the transposed buffer) gives the same floats at ~1/3 of the CPU time (~0.5 vs
+  ~1.5 ms per 512 px crop, single thread).
+- Blur: in [H, W * C] form (a horizontal shift of one pixel = C floats) XLA's fused loops run
+  along a long contiguous dimension: ~0.35 vs ~0.8 ms per 224 px view, same pixels.
+- Tried, not kept: the steps 2-7 written branch-free on the whole [B, S, S, 3] batch (per-example
+  factors, the random jitter order as 3 pre-hue + 3 post-hue blend slots, hue once; same pixels
+  to 2e-6) was ~3x slower than the per-example loop: on a 19 MB batch every pass is DRAM-bound,
+  while one 600 KB image stays in cache. A transpose inside XLA (to blur both axes as rows)
+  was slower than the whole blur. Transposing as int32 (Eigen, stays on the calling thread)
+  was 2x slower than oneDNN's float transpose with its hand-off.
 
 Speed choices measured on 512 px JPEGs, one core (CPU time; benchmarks/input_pipeline.py):
 - Resize: when neither crop side shrinks (crop <= S), the antialiased filter IS plain
@@ -137,14 +160,48 @@ def _resize(image, image_size):
 
     When neither side shrinks, the antialiased (triangle) filter has radius 1 and is plain
     half-pixel bilinear interpolation, so the cheaper `ResizeBilinear` kernel gives the same
-    pixels (to float rounding; tested) at a fraction of `ScaleAndTranslate`'s cost.
+    pixels (to float rounding; tested) at a fraction of `ScaleAndTranslate`'s cost. Otherwise
+    `antialiased_resize` (the same `ScaleAndTranslate` arithmetic, bit-identical, ~3x faster).
     """
     shape = tf.shape(image)
     size = [image_size, image_size]
     image = tf.cond((shape[0] <= image_size) & (shape[1] <= image_size),
                     lambda: tf.image.resize(image, size, method="bilinear", antialias=False),
-                    lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
+                    lambda: antialiased_resize(image, image_size))
     return tf.clip_by_value(image * (1.0 / 255.0), 0.0, 1.0)
+
+
+def _resize_rows(image, out_rows):
+    """Antialiased triangle resize of axis 0 of an [H, W, C] image to `out_rows` (float32 out).
+
+    `ScaleAndTranslate` resamples rows with a vectorised loop over whole rows (`GatherRows`)
+    but columns with a scalar loop over pixels and channels (`GatherColumns`). Viewing the
+    image as [1, H, 1, W * C] makes the row pass do all the work; the 1-wide column pass has a
+    single tap of weight 1 (an exact copy). Spans and weights are those of
+    `tf.image.resize(..., antialias=True)` for the same scale: scale = float(out) / float(H),
+    translation 0.
+    """
+    shape = tf.shape(image)
+    h, w, c = shape[0], shape[1], shape[2]
+    scale = tf.stack([tf.cast(out_rows, tf.float32) / tf.cast(h, tf.float32), 1.0])
+    out = tf.raw_ops.ScaleAndTranslate(images=tf.reshape(image, [1, h, 1, w * c]), size=[out_rows, 1],
+                                       scale=scale, translation=tf.zeros([2]), kernel_type="triangle",
+                                       antialias=True)
+    return tf.reshape(out, [out_rows, w, c])
+
+
+def antialiased_resize(image, image_size):
+    """`tf.image.resize(image, [S, S], "bilinear", antialias=True)` of an [H, W, C] image, same pixels.
+
+    `ScaleAndTranslate` filters the rows first (into an [S, W, C] float buffer), then the
+    columns, each output value a weighted sum accumulated in span order. Here the same two
+    passes run as row passes (`_resize_rows`), the second on the transposed buffer, and the
+    result is transposed back: the same weights and summation order, so the same floats
+    (tested bit-identical), at about a third of the CPU time of the single op on 512 px crops.
+    """
+    x = _resize_rows(image, image_size)  # [S, W, C]
+    x = _resize_rows(tf.transpose(x, [1, 0, 2]), image_size)  # [S (cols), S (rows), C]
+    return tf.transpose(x, [1, 0, 2])
 
 
 DCT_RATIOS = (8, 4, 2)
@@ -304,16 +361,25 @@ def gaussian_kernel(sigma, radius=BLUR_RADIUS):
 def gaussian_blur(image, sigma, radius=BLUR_RADIUS):
     """Separable Gaussian blur of an [H, W, C] float image, symmetric borders.
 
-    Written as a weighted sum of shifted slices (2 x 13 terms), which XLA fuses into one
-    pass; a depthwise convolution is much slower on CPU under XLA.
+    Written as weighted sums of shifted slices (2 x 13 terms) of the image viewed as a 2-D
+    [H, W * C] array, so that XLA's fused loops run along a long contiguous minor dimension
+    (a horizontal shift of one pixel is a shift of C floats); in [H, W, C] form the minor
+    dimension is C = 3 and the same sums vectorise poorly (about 2x slower on CPU). A
+    depthwise convolution is slower still under XLA on CPU. The terms are summed in the same
+    order as before, so the pixels are unchanged.
     """
     k = gaussian_kernel(tf.cast(sigma, tf.float32), radius)
     taps = 2 * radius + 1
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    x = tf.pad(image, [[radius, radius], [0, 0], [0, 0]], mode="SYMMETRIC")
+    shape = tf.shape(image)
+    h, w, c = shape[0], shape[1], shape[2]
+    x = tf.reshape(image, [h, w * c])
+    x = tf.concat([tf.reverse(x[:radius], [0]), x, tf.reverse(x[h - radius:], [0])], 0)
     x = tf.add_n([k[i] * x[i:i + h] for i in range(taps)])
-    x = tf.pad(x, [[0, 0], [radius, radius], [0, 0]], mode="SYMMETRIC")
-    return tf.add_n([k[i] * x[:, i:i + w] for i in range(taps)])
+    x = tf.reshape(x, [h, w, c])
+    x = tf.concat([tf.reverse(x[:, :radius], [1]), x, tf.reverse(x[:, w - radius:], [1])], 1)
+    x = tf.reshape(x, [h, (w + 2 * radius) * c])
+    x = tf.add_n([k[i] * x[:, i * c:(i + w) * c] for i in range(taps)])
+    return tf.reshape(x, [h, w, c])
 
 
 def solarize(image, threshold=0.5):
@@ -374,32 +440,47 @@ def _augment_cropped_xla(image, seed, view):
     return _COMPILED[view](image, coins, jitter)
 
 
+
+# === Batch-level steps 2-7 (one XLA call per batch) ===
+
+
+def _apply_two_views_batch(crop1, coins1, jitter1, crop2, coins2, jitter2):
+    """`_apply_view` of both views for every example of a batch, as a loop over the examples."""
+    def one_example(t):
+        return (_apply_view(t[0], t[1], t[2], **VIEW1), _apply_view(t[3], t[4], t[5], **VIEW2))
+
+    return tf.map_fn(one_example, (crop1, coins1, jitter1, crop2, coins2, jitter2),
+                     fn_output_signature=(tf.float32, tf.float32))
+
+
+_COMPILED_BATCH = {}
+
+
+def augment_two_view_batch(crop1, coins1, jitter1, crop2, coins2, jitter2):
+    """Steps 2-7 of both views for a batch of `two_view_inputs` (each with a leading batch
+    dimension): (view1, view2), float32 [B, S, S, 3].
+
+    One XLA call per batch running `_apply_view` per example in a loop (an XLA while loop: the
+    same per-example branches, so the same decisions and arithmetic as `two_views`; tested to
+    float round-off). Calling XLA once per view instead costs a launch per view and, worse, a
+    hand-off to TensorFlow's process-wide intra-op thread pool (XLA does not honour tf.data's
+    `max_intra_op_parallelism`), whose wake-ups and spinning cost more CPU than the work itself
+    at 224 px. A loop over the examples keeps each image's working set (~600 KB) in cache; the
+    same steps written branch-free on the whole [B, S, S, 3] batch were ~3x slower (DRAM-bound).
+    """
+    key = tuple(crop1.shape[1:])  # one function per image size: only the batch size varies
+    if key not in _COMPILED_BATCH:
+        _COMPILED_BATCH[key] = tf.function(_apply_two_views_batch, jit_compile=True, reduce_retracing=True)
+    return _COMPILED_BATCH[key](crop1, coins1, jitter1, crop2, coins2, jitter2)
+
 # === The two views ===
 
 
-def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded, xla=True,
-              jpeg_decode_once=False, jpeg_dct_scaling=False):
-    """The two asymmetric MoCo v3 views of one example.
+def two_view_crops(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded,
+                   jpeg_decode_once=False, jpeg_dct_scaling=False):
+    """Step 1 of both views of one example: (crop1, crop2), float32 [S, S, 3] in [0, 1].
 
-    Args:
-        image_or_bytes: a scalar string of encoded bytes (JPEG, PNG, GIF, BMP) when
-            `is_encoded`, else a decoded HWC image (1 or 3 channels; uint8, or float in [0, 1]).
-        seed: int32/int64 tensor of shape [2]; the only source of randomness.
-        image_size: output side S.
-        crop_min: lower bound of the crop area fraction.
-        is_encoded: static bool, see `image_or_bytes`.
-        xla: compile the colour/blur/solarize/flip/normalise steps with XLA (same random
-            decisions; float results may differ from the uncompiled ops in the last bits).
-        jpeg_decode_once: decode a JPEG fully once and crop both views from it, instead of
-            one `decode_and_crop_jpeg` per view (same pixels: the crop is exact either way).
-        jpeg_dct_scaling: per-view JPEG decoding only: decode a crop whose sides are both
-            >= r * image_size at 1/r scale (r = 2, 4, 8) in the DCT domain and resize that
-            (`decode_crop_and_resize_jpeg_scaled`). Faster; not bit-identical (see the module
-            docstring for the measured difference). Ignored with `jpeg_decode_once`.
-
-    Returns:
-        (view1, view2): float32 [S, S, 3], normalised. View 1 is always blurred and never
-        solarized; view 2 is blurred with p=0.1 and solarized with p=0.2.
+    Arguments as `two_views`. The view seeds are `_fold(seed, 1)` and `_fold(seed, 2)`.
     """
     seed = tf.convert_to_tensor(seed)
     seeds = [_fold(seed, 1), _fold(seed, 2)]
@@ -426,9 +507,55 @@ def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded
             crops = tf.cond(tf.io.is_jpeg(data), from_jpeg, lambda: from_decoded(decode_image(data)))
     else:
         crops = from_decoded(to_rgb_uint8(image_or_bytes))
+    for crop in crops:
+        crop.set_shape([image_size, image_size, 3])
+    return crops[0], crops[1]
+
+
+def two_view_inputs(image_or_bytes, seed, **kwargs):
+    """Everything per example that the batch-level steps 2-7 need, for `augment_two_view_batch`:
+    (crop1, coins1, jitter1, crop2, coins2, jitter2). Arguments as `two_views` (without `xla`)."""
+    seed = tf.convert_to_tensor(seed)
+    crop1, crop2 = two_view_crops(image_or_bytes, seed, **kwargs)
+    coins1, jitter1 = draw_view_randomness(_fold(seed, 1))
+    coins2, jitter2 = draw_view_randomness(_fold(seed, 2))
+    return crop1, coins1, jitter1, crop2, coins2, jitter2
+
+
+def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded, xla=True,
+              jpeg_decode_once=False, jpeg_dct_scaling=False):
+    """The two asymmetric MoCo v3 views of one example.
+
+    The pre-training pipeline (data.py) runs the same steps split in two: `two_view_inputs` per
+    example, then `augment_two_view_batch` once per batch (faster; same pixels to float round-off).
+
+    Args:
+        image_or_bytes: a scalar string of encoded bytes (JPEG, PNG, GIF, BMP) when
+            `is_encoded`, else a decoded HWC image (1 or 3 channels; uint8, or float in [0, 1]).
+        seed: int32/int64 tensor of shape [2]; the only source of randomness.
+        image_size: output side S.
+        crop_min: lower bound of the crop area fraction.
+        is_encoded: static bool, see `image_or_bytes`.
+        xla: compile the colour/blur/solarize/flip/normalise steps with XLA (same random
+            decisions; float results may differ from the uncompiled ops in the last bits).
+        jpeg_decode_once: decode a JPEG fully once and crop both views from it, instead of
+            one `decode_and_crop_jpeg` per view (same pixels: the crop is exact either way).
+        jpeg_dct_scaling: per-view JPEG decoding only: decode a crop whose sides are both
+            >= r * image_size at 1/r scale (r = 2, 4, 8) in the DCT domain and resize that
+            (`decode_crop_and_resize_jpeg_scaled`). Faster; not bit-identical (see the module
+            docstring for the measured difference). Ignored with `jpeg_decode_once`.
+
+    Returns:
+        (view1, view2): float32 [S, S, 3], normalised. View 1 is always blurred and never
+        solarized; view 2 is blurred with p=0.1 and solarized with p=0.2.
+    """
+    seed = tf.convert_to_tensor(seed)
+    seeds = [_fold(seed, 1), _fold(seed, 2)]
+    crops = two_view_crops(image_or_bytes, seed, image_size=image_size, crop_min=crop_min,
+                           is_encoded=is_encoded, jpeg_decode_once=jpeg_decode_once,
+                           jpeg_dct_scaling=jpeg_dct_scaling)
     views = []
     for view, (crop, s, policy) in enumerate(zip(crops, seeds, (VIEW1, VIEW2)), 1):
-        crop.set_shape([image_size, image_size, 3])
         views.append(_augment_cropped_xla(crop, s, view) if xla else augment_cropped(crop, s, **policy))
     return views[0], views[1]
 

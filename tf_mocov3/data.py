@@ -361,9 +361,12 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
     start_epoch, first_step = divmod(int(start_step), steps)
 
     def augment_example(image, position, epoch):
-        return augment.two_views(image, _example_seed(seed, epoch, position), image_size=image_size,
-                                 crop_min=crop_min, is_encoded=source.is_encoded,
-                                 jpeg_decode_once=jpeg_decode_once, jpeg_dct_scaling=jpeg_dct_scaling)
+        # Step 1 (decode, crop, resize) and the random numbers of steps 2-7, per example; steps 2-7
+        # run once per batch below (`augment.augment_two_view_batch`, same pixels as
+        # `augment.two_views` to float round-off, much less CPU).
+        return augment.two_view_inputs(image, _example_seed(seed, epoch, position), image_size=image_size,
+                                       crop_min=crop_min, is_encoded=source.is_encoded,
+                                       jpeg_decode_once=jpeg_decode_once, jpeg_dct_scaling=jpeg_dct_scaling)
 
     if source.kind != "stream":
         def epoch_positions(epoch):
@@ -396,5 +399,7 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
         ds = ds.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if source.is_encoded:
         ds = ds.ignore_errors(log_warning=True)
-    ds = ds.batch(n, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(n, drop_remainder=True)
+    ds = ds.map(augment.augment_two_view_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(dcfg))
