@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_mocov3 import distribute
 from tf_mocov3 import knn
 from tf_mocov3 import training
 from tests.test_training import FMNIST, ROOT, needs_fmnist, tiny_config
@@ -129,7 +130,7 @@ def monitored_run(tmp_path_factory):
     os.makedirs(workdir)
     lines = []
     # config.knn.enabled: run_pretraining builds the monitor and logs through the run's MetricsWriter.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     result = training.run_pretraining(config, workdir, strategy=strategy, print_fn=lines.append)
     return workdir, lines, result["knn_monitor"]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_mocov3 import distribute
 from tf_mocov3 import losses
 from tf_mocov3 import moco
 from tf_mocov3 import optim
@@ -160,7 +161,7 @@ def _one_step(strategy, data, jit_compile=False):
 def test_two_replicas_equal_one_replica():
     data = batches(1, seed=3)
     one_logs, one_w = _one_step(tf.distribute.get_strategy(), data)
-    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    two = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     # experimental_distribute_dataset splits each global batch of 8 into 2 x 4 in order.
     with two.scope():
         model = build(epsilon=EQUALITY_EPS)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import optim, schedules
+from tf_mocov3 import distribute, optim, schedules
 
 STEPS = 4
 
@@ -337,7 +337,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     # per-replica gradient halves; Keras sums them across replicas
     g = [[rng.normal(size=s).astype(np.float32) for s in ((2, 3, 4), (2, 4))] for _ in range(3)]
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         mvars = [[keras.Variable(w0), keras.Variable(b0)] for _ in range(3)]

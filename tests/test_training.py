@@ -230,3 +230,18 @@ def test_jit_compile_auto_is_xla_on_tpu_and_gpu_only():
     assert training.resolve_jit_compile(config, one_device) is True
     config.jit_compile = "false"
     assert training.resolve_jit_compile(config, one_device) is False
+
+
+def test_each_mirrored_strategy_gets_its_own_collective_keys():
+    # Two MirroredStrategy objects in one process share group keys unless told otherwise; then a collective of
+    # the second can meet the first one's cached instance ("Shape mismatch in the collective instance N").
+    from tf_mocov3 import distribute  # pylint: disable=import-outside-toplevel
+    first = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
+    second = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
+    bases = [s.extended._collective_key_base for s in (first, second)]  # pylint: disable=protected-access
+    assert bases[0] != bases[1] and min(bases) > 0
+    assert tf.distribute.MirroredStrategy._collective_key_base == 0  # pylint: disable=protected-access
+    for strategy, size in ((first, 32), (second, 16)):
+        out = strategy.run(tf.function(lambda n=size: tf.distribute.get_replica_context().all_reduce(
+            "SUM", tf.ones([n]))))
+        assert strategy.experimental_local_results(out)[0].numpy().tolist() == [2.0] * size

@@ -9,12 +9,33 @@ Names (config.strategy or --strategy):
   auto          tpu when a TPU name is given, mirrored when there are several GPUs, else one_device.
 """
 
+import itertools
 import json
 import os
 
 import tensorflow as tf
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+_KEY_RANGE = 100_000
+_mirrored_made = itertools.count(1)
+
+
+def mirrored_strategy(devices=None):
+    """tf.distribute.MirroredStrategy(devices) with collective keys no other strategy of this process uses.
+
+    Every MirroredStrategy starts its collective group keys at the class attribute `_collective_key_base` (0), so a
+    second strategy in the same process (a probe after pre-training in a notebook, or the test suite) reuses the
+    first one's (group, instance) keys, and the runtime, which remembers each instance's shape, fails with
+    "Shape mismatch in the collective instance N". Each strategy made here gets its own key range.
+    """
+    cls = tf.distribute.MirroredStrategy
+    previous = cls._collective_key_base  # pylint: disable=protected-access
+    cls._collective_key_base = next(_mirrored_made) * _KEY_RANGE  # pylint: disable=protected-access
+    try:
+        return cls(devices)
+    finally:
+        cls._collective_key_base = previous  # pylint: disable=protected-access
 
 
 def configure_cpu_devices(num_devices):
@@ -44,10 +65,10 @@ def make_strategy(name="auto", *, tpu="", num_cpu_devices=0):
         return tf.distribute.get_strategy()
     if name == "mirrored":
         if gpus:
-            return tf.distribute.MirroredStrategy()
+            return mirrored_strategy()
         configure_cpu_devices(num_cpu_devices)
         cpus = tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+        return mirrored_strategy([d.name for d in cpus])
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("config.strategy='multi_worker' needs the cluster in the TF_CONFIG environment "
