@@ -11,8 +11,9 @@ machine). Run A/B settings as separate processes, alternating, and compare the C
 
 Parts:
   backbone  forward (the momentum path) and forward + backward w.r.t. the trainable weights (the query path)
-  ops       one block's pieces at the same token count: qkv/fc1/fc2/proj matmuls, attention core, softmax,
-            GELU, LayerNorm, forward and forward + backward
+  ops       one block's pieces at the same token count: qkv/fc1/fc2/proj matmuls, attention core (ours, with its
+            hand-written gradient, and autodiff of the same formula), GELU and LayerNorm (tf_mocov3.fused vs the
+            plain TensorFlow / Keras ops), forward and forward + backward
 """
 
 import os
@@ -129,19 +130,36 @@ def main(argv):
 
         _report("attention core fwd", attn_gflop, *_time(tf.function(core, jit_compile=xla), (qkv,), reps))
 
-        def core_fb(t):
-            with tf.GradientTape() as tape:
-                tape.watch(t)
-                y = core(t)
-            return tape.gradient(y, t, output_gradients=y)
+        _report("attention core fwd+bwd", 3 * attn_gflop, *_time(tf.function(_fwd_bwd(core), jit_compile=xla), (qkv,), reps))
 
-        _report("attention core fwd+bwd", 3 * attn_gflop, *_time(tf.function(core_fb, jit_compile=xla), (qkv,), reps))
+        _report("attention core fwd+bwd (autodiff)", 3 * attn_gflop,
+                *_time(tf.function(_fwd_bwd(lambda t: _ref_core(t, heads, dh)), jit_compile=xla), (qkv,), reps))
 
-        gelu = tf.function(lambda t: tf.nn.gelu(t, approximate=False), jit_compile=xla)
-        _report("erf GELU fwd [B,N,4D]", 0.0, *_time(gelu, (h,), reps))
-        ln = vit.keras.layers.LayerNormalization(epsilon=1e-6)
-        ln.build((None, n, d))
-        _report("LayerNorm fwd [B,N,D]", 0.0, *_time(tf.function(lambda t: ln(t), jit_compile=xla), (x,), reps))
+        from tf_mocov3 import fused  # pylint: disable=import-outside-toplevel
+        for label, fn in (("erf GELU [B,N,4D] (tf.nn.gelu)", lambda t: tf.nn.gelu(t, approximate=False)),
+                          ("erf GELU [B,N,4D] (fused)", fused.gelu_erf)):
+            _report(label + " fwd", 0.0, *_time(tf.function(fn, jit_compile=xla), (h,), reps))
+            _report(label + " fwd+bwd", 0.0, *_time(tf.function(_fwd_bwd(fn), jit_compile=xla), (h,), reps))
+        stock = vit.keras.layers.LayerNormalization(epsilon=1e-6)
+        ours = vit.LayerNorm(epsilon=1e-6)
+        for label, layer in (("LayerNorm [B,N,D] (Keras)", stock), ("LayerNorm [B,N,D] (fused)", ours)):
+            layer.build((None, n, d))
+            _report(label + " fwd", 0.0, *_time(tf.function(lambda t, f=layer: f(t), jit_compile=xla), (x,), reps))
+            _report(label + " fwd+bwd", 0.0,
+                    *_time(tf.function(_fwd_bwd(lambda t, f=layer: f(t)), jit_compile=xla), (x,), reps))
+
+
+def _fwd_bwd(fn):
+    """x -> d(sum(fn(x) * fn(x)) / 2)/dx: one forward and one backward of `fn`."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    def run(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = fn(t)
+        return tape.gradient(y, t, output_gradients=y)
+
+    return run
 
 
 def vit_forward_flops(depth, dim, patch, image_size, mlp_ratio=4.0):

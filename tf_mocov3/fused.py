@@ -23,9 +23,10 @@ They run unchanged under XLA (``jit_compile``), tf.distribute and mixed
 precision: the attention softmax and the LayerNorm compute in float32, as the
 plain Keras layers do; matmuls and the GELU run in the input dtype.
 
-Measured on 2 CPU cores (benchmarks/vit_step_profile.py --parts=ops, ViT-S
-block, 64 images, forward + backward, CPU time): attention core 0.65 s -> 0.37 s,
-GELU 0.18 s -> 0.10 s, LayerNorm 51 ms -> 31 ms.
+Measured on 2 CPU cores (ViT-S block, 64 images, forward + backward, CPU time,
+load 2-3; `python benchmarks/vit_step_profile.py --parts=ops --xla=false` prints
+both sides): attention core 0.65 s -> 0.37 s, GELU 0.18 s -> 0.10 s, LayerNorm
+51 ms -> 31 ms.
 """
 
 import math
