@@ -430,15 +430,13 @@ def augment_cropped(image, seed, *, blur_p, solarize_p):
 _COMPILED = {}
 
 
-def _augment_cropped_xla(image, seed, view):
-    """`augment_cropped` with steps 2-7 compiled by XLA (fuses the elementwise chain)."""
+def _apply_view_xla(image, coins, jitter, view):
+    """`_apply_view` with view `view`'s policy, compiled by XLA (fuses the elementwise chain)."""
     if view not in _COMPILED:
         policy = VIEW1 if view == 1 else VIEW2
         _COMPILED[view] = tf.function(lambda x, c, j: _apply_view(x, c, j, **policy),
                                       jit_compile=True, reduce_retracing=True)
-    coins, jitter = draw_view_randomness(seed)
     return _COMPILED[view](image, coins, jitter)
-
 
 
 # === Batch-level steps 2-7 (one XLA call per batch) ===
@@ -472,6 +470,7 @@ def augment_two_view_batch(crop1, coins1, jitter1, crop2, coins2, jitter2):
     if key not in _COMPILED_BATCH:
         _COMPILED_BATCH[key] = tf.function(_apply_two_views_batch, jit_compile=True, reduce_retracing=True)
     return _COMPILED_BATCH[key](crop1, coins1, jitter1, crop2, coins2, jitter2)
+
 
 # === The two views ===
 
@@ -549,14 +548,14 @@ def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded
         (view1, view2): float32 [S, S, 3], normalised. View 1 is always blurred and never
         solarized; view 2 is blurred with p=0.1 and solarized with p=0.2.
     """
-    seed = tf.convert_to_tensor(seed)
-    seeds = [_fold(seed, 1), _fold(seed, 2)]
-    crops = two_view_crops(image_or_bytes, seed, image_size=image_size, crop_min=crop_min,
-                           is_encoded=is_encoded, jpeg_decode_once=jpeg_decode_once,
-                           jpeg_dct_scaling=jpeg_dct_scaling)
+    inputs = two_view_inputs(image_or_bytes, seed, image_size=image_size, crop_min=crop_min,
+                             is_encoded=is_encoded, jpeg_decode_once=jpeg_decode_once,
+                             jpeg_dct_scaling=jpeg_dct_scaling)
     views = []
-    for view, (crop, s, policy) in enumerate(zip(crops, seeds, (VIEW1, VIEW2)), 1):
-        views.append(_augment_cropped_xla(crop, s, view) if xla else augment_cropped(crop, s, **policy))
+    for view, policy in ((1, VIEW1), (2, VIEW2)):
+        crop, coins, jitter = inputs[3 * (view - 1):3 * view]
+        views.append(_apply_view_xla(crop, coins, jitter, view) if xla
+                     else _apply_view(crop, coins, jitter, **policy))
     return views[0], views[1]
 
 
