@@ -57,7 +57,7 @@ MODE_NAMES = {"once": "decode once, crop twice", "per_view": "decode_and_crop_jp
 
 
 def measure(folder, threads, batch, steps, warmup, image_size, mode):
-    from tf_mocov3 import data  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import sources as data  # pylint: disable=import-outside-toplevel
     cfg = ConfigDict(dict(seed=0, batch_size=batch, dataset=dict(
         name="image_folder", path=folder, split="train", image_size=image_size, crop_min=0.08,
         threads=threads, **MODES[mode])))

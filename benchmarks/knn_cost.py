@@ -42,7 +42,7 @@ class TrainClock:
     def __init__(self, config):
         import keras  # pylint: disable=import-outside-toplevel
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        from tf_mocov3 import training  # pylint: disable=import-outside-toplevel
+        from tf_mocov3.training import pretrain as training  # pylint: disable=import-outside-toplevel
 
         self.model = training.build_model_and_optimizer(config, tf.distribute.get_strategy(), steps_per_epoch=234,
                                                         total_steps=702)
@@ -68,7 +68,8 @@ class TrainClock:
 
 def main(argv):
     del argv
-    from tf_mocov3 import knn, reports  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.evaluation import knn  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import reports  # pylint: disable=import-outside-toplevel
 
     config = demo_config()
     train = TrainClock(config)

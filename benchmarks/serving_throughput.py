@@ -27,8 +27,8 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from export import saved_model as sm  # noqa: E402
-from tf_mocov3 import augment  # noqa: E402
-from tf_mocov3 import vit  # noqa: E402
+from tf_mocov3.data import augment  # noqa: E402
+from tf_mocov3.models import vit  # noqa: E402
 
 
 def cpu_model():
@@ -75,7 +75,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.pretrained:
-        from tf_mocov3 import pretrained  # pylint: disable=import-outside-toplevel
+        from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
 
         if args.pretrained.endswith(".keras"):
             backbone = sm.load_keras_backbone(args.pretrained, args.image_size)

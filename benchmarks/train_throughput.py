@@ -56,7 +56,7 @@ def mlp_flops(widths):
 
 
 def step_flops_per_image(arch, image_size, mlp_dim, moco_dim):
-    from tf_mocov3 import vit  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
     spec = vit.ARCHS[arch]
     if spec["conv_stem"]:
         raise app.UsageError("FLOP counting covers the patch-embedding ViTs; pick a non-conv arch.")
@@ -88,7 +88,10 @@ def main(argv):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from tf_mocov3 import config_lib, moco, optim, training  # pylint: disable=import-outside-toplevel
+    from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.models import moco  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import optim  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import pretrain as training  # pylint: disable=import-outside-toplevel
 
     if _INTRA.value:
         tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)

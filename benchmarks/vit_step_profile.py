@@ -59,7 +59,7 @@ def main(argv):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from tf_mocov3 import vit  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
 
     if _INTRA.value:
         tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
@@ -135,9 +135,9 @@ def main(argv):
         _report("attention core fwd+bwd (autodiff)", 3 * attn_gflop,
                 *_time(tf.function(_fwd_bwd(lambda t: _ref_core(t, heads, dh)), jit_compile=xla), (qkv,), reps))
 
-        from tf_mocov3 import fused  # pylint: disable=import-outside-toplevel
+        from tf_mocov3.models import custom_gradients  # pylint: disable=import-outside-toplevel
         for label, fn in (("erf GELU [B,N,4D] (tf.nn.gelu)", lambda t: tf.nn.gelu(t, approximate=False)),
-                          ("erf GELU [B,N,4D] (fused)", fused.gelu_erf)):
+                          ("erf GELU [B,N,4D] (fused)", custom_gradients.gelu_erf)):
             _report(label + " fwd", 0.0, *_time(tf.function(fn, jit_compile=xla), (h,), reps))
             _report(label + " fwd+bwd", 0.0, *_time(tf.function(_fwd_bwd(fn), jit_compile=xla), (h,), reps))
         stock = vit.keras.layers.LayerNormalization(epsilon=1e-6)

@@ -9,7 +9,7 @@ AdamW lr 3e-4 * batch / 512, batch 1024, 100 epochs (3 warmup), wd 0.1, drop-pat
 --config.dataset.data_dir (training never downloads).
 """
 
-from tf_mocov3 import finetune
+from tf_mocov3.evaluation import finetune
 
 
 def get_config():

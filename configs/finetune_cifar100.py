@@ -8,7 +8,7 @@ drop-path 0.1, label smoothing 0.1, no random erasing, RandomResizedCrop(224, sc
 Needs TFDS cifar100 prepared in --config.dataset.data_dir.
 """
 
-from tf_mocov3 import finetune
+from tf_mocov3.evaluation import finetune
 
 
 def get_config():

@@ -11,7 +11,7 @@ folder instead: --config.dataset.name=image_folder --config.dataset.path=DIR (on
 and DIR/val are used when present, with --config.dataset.eval_split=val).
 """
 
-from tf_mocov3 import finetune
+from tf_mocov3.evaluation import finetune
 
 
 def get_config():

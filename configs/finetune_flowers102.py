@@ -10,7 +10,7 @@ only 1 step (the remainder of 2,040 is dropped each epoch, as with DeiT's drop_l
 oxford_flowers102 prepared in --config.dataset.data_dir.
 """
 
-from tf_mocov3 import finetune
+from tf_mocov3.evaluation import finetune
 
 
 def get_config():

@@ -8,7 +8,7 @@ label smoothing 0.1, no random erasing; AdamW lr 3e-4 * batch / 512, batch 1024,
 RandomResizedCrop(224, scale 0.05-1) + flip. Needs TFDS oxford_iiit_pet prepared in --config.dataset.data_dir.
 """
 
-from tf_mocov3 import finetune
+from tf_mocov3.evaluation import finetune
 
 
 def get_config():

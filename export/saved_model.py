@@ -38,8 +38,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from tf_mocov3 import augment
-from tf_mocov3.keras_file import to_plain_keras
+from tf_mocov3.data import augment
+from tf_mocov3.weights.plain_keras import to_plain_keras
 
 SERVING_DEFAULT = "serving_default"
 EMBED_IMAGES = "embed_images"
@@ -290,7 +290,7 @@ def export_saved_model(backbone, output_dir, *, projector=None, version=None, ov
 def main(argv):
     from absl import flags  # pylint: disable=import-outside-toplevel
 
-    from tf_mocov3 import pretrained  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
 
     del argv
     flag = flags.FLAGS

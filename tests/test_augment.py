@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_mocov3 import augment
+from tf_mocov3.data import augment
 
 RNG = np.random.default_rng(0)
 IMG = RNG.uniform(0, 1, (17, 23, 3)).astype(np.float32)

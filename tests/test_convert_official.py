@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from absl import flags
 from absl.testing import flagsaver
 
-from tf_mocov3 import convert_official
-from tf_mocov3 import moco
-from tf_mocov3 import optim
-from tf_mocov3 import pretrained
+from tf_mocov3.weights import convert_official
+from tf_mocov3.models import moco
+from tf_mocov3.training import optim
+from tf_mocov3.weights import pretrained
 
 MICRO = {"embed_dim": 32, "depth": 2, "num_heads": 2}   # vit_micro: patch 4, image 16 -> 4 x 4 grid
 CONV = {"embed_dim": 32, "depth": 1, "num_heads": 2}    # vit_conv_small: stride 16, image 32 -> 2 x 2 grid

@@ -10,7 +10,7 @@ import tensorflow as tf
 from ml_collections import ConfigDict
 from PIL import Image
 
-from tf_mocov3 import data
+from tf_mocov3.data import sources as data
 
 
 def _write_idx(path, array, code=0x08):
@@ -149,7 +149,7 @@ def test_pipeline_views_equal_two_views_per_example(tmp_path):
     images, _ = data.load_fashion_mnist_idx(path, "train")
     order = tf.random.experimental.stateless_shuffle(tf.range(40, dtype=tf.int64),
                                                      seed=tf.constant([3, 0], tf.int64)).numpy()
-    from tf_mocov3 import augment
+    from tf_mocov3.data import augment
     for pos in range(8):
         r1, r2 = augment.two_views(images[order[pos]], data._example_seed(3, 0, pos), image_size=8,
                                    crop_min=0.08, is_encoded=False)

@@ -15,10 +15,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from export import saved_model as sm
-from tf_mocov3 import augment
-from tf_mocov3 import heads
-from tf_mocov3 import keras_file
-from tf_mocov3 import vit
+from tf_mocov3.data import augment
+from tf_mocov3.models import heads
+from tf_mocov3.weights import plain_keras
+from tf_mocov3.models import vit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -202,15 +202,15 @@ def test_plain_keras_backbone_round_trips_into_tf_mocov3_at_any_size(exported):
     _, version_dir, backbone, _ = exported
     path = os.path.join(version_dir, sm.KERAS_FILE)
     x = np.random.default_rng(3).normal(size=(2, SIZE, SIZE, 3)).astype("float32")
-    same = keras_file.load_keras_backbone(path)
+    same = plain_keras.load_keras_backbone(path)
     np.testing.assert_array_equal(same(x).numpy(), backbone(x).numpy())
     assert not same.get_layer("patch_embed").trainable  # the frozen random patch projection stays frozen
-    bigger = keras_file.load_keras_backbone(path, image_size=48)
+    bigger = plain_keras.load_keras_backbone(path, image_size=48)
     reference = vit.build_backbone("vit_micro", 48, **TINY)
     reference.set_weights(backbone.get_weights())
     x48 = np.random.default_rng(4).normal(size=(2, 48, 48, 3)).astype("float32")
     np.testing.assert_allclose(bigger(x48).numpy(), reference(x48).numpy(), atol=ATOL, rtol=0)
-    config = keras_file.keras_backbone_config(path)
+    config = plain_keras.keras_backbone_config(path)
     assert config.model.arch == "vit_small" and config.model.overrides.embed_dim == 32
     assert config.dataset.image_size == SIZE
 
@@ -218,8 +218,8 @@ def test_plain_keras_backbone_round_trips_into_tf_mocov3_at_any_size(exported):
 def test_keras_file_of_a_standard_arch_is_named_by_its_arch(tmp_path):
     backbone = vit.build_backbone("vit_micro", SIZE)
     path = str(tmp_path / "micro.keras")
-    keras_file.to_plain_keras(backbone).save(path)
-    config = keras_file.keras_backbone_config(path)
+    plain_keras.to_plain_keras(backbone).save(path)
+    config = plain_keras.keras_backbone_config(path)
     assert config.model.arch == "vit_micro" and dict(config.model.overrides) == {}
     assert not config.model.train_patch_embed
 
@@ -229,7 +229,7 @@ def test_plain_keras_conv_stem_with_drop_path_matches():
     backbone = vit.build_backbone("vit_conv_small", SIZE, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.1)
     for v in backbone.non_trainable_variables:
         v.assign(np.random.default_rng(0).uniform(0.5, 1.5, v.shape).astype("float32"))
-    plain = keras_file.to_plain_keras(backbone)
+    plain = plain_keras.to_plain_keras(backbone)
     x = np.random.default_rng(6).normal(size=(2, SIZE, SIZE, 3)).astype("float32")
     np.testing.assert_allclose(plain(x, training=False).numpy(), backbone(x, training=False).numpy(), atol=ATOL,
                                rtol=0)
@@ -240,7 +240,7 @@ def test_plain_keras_conv_stem_with_drop_path_matches():
 
 
 def test_pretrained_loader_accepts_the_keras_file(exported):
-    from tf_mocov3 import pretrained  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
 
     _, version_dir, backbone, _ = exported
     path = os.path.join(version_dir, sm.KERAS_FILE)
@@ -255,7 +255,8 @@ def test_pretrained_loader_accepts_the_keras_file(exported):
 def test_command_exports_a_pretraining_workdir(tmp_path):
     from test_training import tiny_config  # pylint: disable=import-outside-toplevel
 
-    from tf_mocov3 import pretrained, training  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import pretrain as training  # pylint: disable=import-outside-toplevel
 
     config, _ = tiny_config(tmp_path)
     config.max_steps = 2

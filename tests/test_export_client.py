@@ -22,8 +22,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from export import client
 from export import saved_model as sm
-from tf_mocov3 import augment
-from tf_mocov3 import vit
+from tf_mocov3.data import augment
+from tf_mocov3.models import vit
 
 SIZE = 32
 ATOL = 1e-5

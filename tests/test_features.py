@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from tf_mocov3 import augment
-from tf_mocov3 import data
-from tf_mocov3 import features
-from tf_mocov3 import vit
+from tf_mocov3.data import augment
+from tf_mocov3.data import sources as data
+from tf_mocov3.evaluation import features
+from tf_mocov3.models import vit
 from tests.test_training import FMNIST, needs_fmnist
 
 

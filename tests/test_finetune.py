@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_mocov3 import checkpointing
+from tf_mocov3.training import checkpointing
 from tf_mocov3 import config_lib
-from tf_mocov3 import finetune
-from tf_mocov3 import moco
-from tf_mocov3 import optim
-from tf_mocov3 import pretrained
-from tf_mocov3 import vit
+from tf_mocov3.evaluation import finetune
+from tf_mocov3.models import moco
+from tf_mocov3.training import optim
+from tf_mocov3.weights import pretrained
+from tf_mocov3.models import vit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -191,7 +191,7 @@ def test_errors_before_any_work(pretrained_dir, tmp_path):
 
 def test_command_prints_one_error_line_and_exits_1(pretrained_dir, tmp_path):
     config = tmp_path / "cfg.py"
-    config.write_text("from tf_mocov3 import finetune\n"
+    config.write_text("from tf_mocov3.evaluation import finetune\n"
                       "def get_config():\n"
                       "    c = finetune.base_config()\n"
                       "    c.model.arch = 'vit_base'\n"

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from tf_mocov3 import heads
+from tf_mocov3.models import heads
 
 
 def _np(x):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import distribute
-from tf_mocov3 import knn
-from tf_mocov3 import training
+from tf_mocov3.training import distribute
+from tf_mocov3.evaluation import knn
+from tf_mocov3.training import pretrain as training
 from tests.test_training import FMNIST, ROOT, needs_fmnist, tiny_config
 
 # A 2-D memory bank: the query q = [2, 0] is L2-normalised to [1, 0].
@@ -163,7 +163,7 @@ def _run_cli(*args):
 def test_cli_prints_the_accuracy_and_writes_knn_json(monitored_run, tmp_path):
     workdir, _, _ = monitored_run
     # A small Fashion-MNIST-format folder keeps "the full splits" small: 200 train, 100 test images.
-    from tf_mocov3 import data
+    from tf_mocov3.data import sources as data
     small = tmp_path / "small_fmnist"
     small.mkdir()
     for split, prefix, n in (("train", "train", 200), ("test", "t10k", 100)):

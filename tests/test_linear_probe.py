@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import linear_probe
-from tf_mocov3 import moco
-from tf_mocov3 import pretrained
+from tf_mocov3.evaluation import linear_probe
+from tf_mocov3.models import moco
+from tf_mocov3.weights import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = "/usr/share/datasets/fashion-mnist"

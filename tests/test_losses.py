@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import losses
+from tf_mocov3.models import losses
 
 
 def numpy_ctr(q, k_all, tau, rank):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import mixup
+from tf_mocov3.data import mixup
 
 C = 5
 

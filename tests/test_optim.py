@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import optim, schedules
+from tf_mocov3.training import optim
+from tf_mocov3.training import schedules
 
 STEPS = 4
 
@@ -323,7 +324,9 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     import numpy as np, tensorflow as tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tf_mocov3 import distribute, optim, schedules
+    from tf_mocov3.training import distribute
+    from tf_mocov3.training import optim
+    from tf_mocov3.training import schedules
 
     def make_opts():
         lr = lambda: schedules.WarmupCosine(0.1, 2, 10)

@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from tf_mocov3 import reports
+from tf_mocov3.training import reports
 
 
 def test_write_report_merges_metrics_and_writes_a_png(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import schedules
+from tf_mocov3.training import schedules
 
 
 def official_lr(epoch, lr, warmup_epochs, epochs):

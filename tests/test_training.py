@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from tf_mocov3 import config_lib
-from tf_mocov3 import data
-from tf_mocov3 import training
+from tf_mocov3.data import sources as data
+from tf_mocov3.training import pretrain as training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -235,7 +235,7 @@ def test_jit_compile_auto_is_xla_on_tpu_and_gpu_only():
 def test_each_mirrored_strategy_gets_its_own_collective_keys():
     # Two MirroredStrategy objects in one process share group keys unless told otherwise; then a collective of
     # the second can meet the first one's cached instance ("Shape mismatch in the collective instance N").
-    from tf_mocov3 import distribute  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import distribute  # pylint: disable=import-outside-toplevel
     first = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     second = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     bases = [s.extended._collective_key_base for s in (first, second)]  # pylint: disable=protected-access

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import vit
+from tf_mocov3.models import vit
 
 
 # --- helpers -----------------------------------------------------------------

@@ -5,9 +5,9 @@
     backbone = tf_mocov3.load_backbone("/path/to/workdir")             # pre-trained or converted official weights
 """
 
-from tf_mocov3.moco import MoCoV3, build_moco
-from tf_mocov3.pretrained import load_backbone, load_classifier, load_encoder, restore_moco
-from tf_mocov3.vit import ARCHS, build_backbone
+from tf_mocov3.models.moco import MoCoV3, build_moco
+from tf_mocov3.weights.pretrained import load_backbone, load_classifier, load_encoder, restore_moco
+from tf_mocov3.models.vit import ARCHS, build_backbone
 
 __all__ = ["ARCHS", "MoCoV3", "build_backbone", "build_moco", "load_backbone", "load_classifier", "load_encoder",
            "restore_moco"]

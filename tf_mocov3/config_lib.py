@@ -141,7 +141,9 @@ def check_workdir(workdir):
 
 def validate(config, *, num_replicas=1, workdir=None):
     """Raises ConfigError listing every problem of `config` (one sentence each)."""
-    from tf_mocov3 import data, distribute, vit  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import sources as data  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import distribute  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
 
     problems = []
     if not isinstance(config.batch_size, int) or config.batch_size <= 0:

@@ -26,7 +26,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     # Imported here so that `--help` and flag errors do not pay for TensorFlow's start-up.
-    from tf_mocov3 import config_lib, training  # pylint: disable=import-outside-toplevel
+    from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import pretrain as training  # pylint: disable=import-outside-toplevel
 
     config = _CONFIG.value
     with config.unlocked():

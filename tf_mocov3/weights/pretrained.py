@@ -5,7 +5,7 @@ A path may be:
   * a checkpoint prefix (WORKDIR/checkpoints/ckpt-200), read with WORKDIR/config.json;
   * a directory written by `python -m tf_mocov3.convert_official` (the same layout, with ckpt-0 and no optimizer;
     its config.json has `source = "official:<file>"`);
-  * a `backbone.keras` written by `python -m export.saved_model` (standard Keras layers; tf_mocov3/keras_file.py).
+  * a `backbone.keras` written by `python -m export.saved_model` (standard Keras layers; tf_mocov3/plain_keras.py).
 
 Every checkpoint stores the model under the key "model", so its variables read "model/backbone/...",
 "model/projector/...", "model/predictor/...", "model/momentum_backbone/...", "model/momentum_projector/...";
@@ -28,9 +28,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tf_mocov3 import config_lib
-from tf_mocov3 import heads
-from tf_mocov3 import keras_file
-from tf_mocov3 import vit
+from tf_mocov3.models import heads
+from tf_mocov3.weights import plain_keras
+from tf_mocov3.models import vit
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -205,11 +205,11 @@ def _load_keras_file(path, image_size, arch):
     if not os.path.isfile(path):
         raise ValueError(f"Pretrained path {path} does not exist; pass the backbone.keras that "
                          f"`python -m export.saved_model` wrote next to the SavedModel.")
-    config = keras_file.keras_backbone_config(path)
+    config = plain_keras.keras_backbone_config(path)
     if arch is not None and arch != config.model.arch:
         raise ValueError(f"Pretrained path {path} holds a {config.model.arch} backbone, not the requested {arch}; "
                          f"pass weights of {arch} or ask for {config.model.arch}.")
-    return PretrainedEncoder(keras_file.load_keras_backbone(path, image_size), None, config, "keras")
+    return PretrainedEncoder(plain_keras.load_keras_backbone(path, image_size), None, config, "keras")
 
 
 def restore_moco(model, path):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3 import fused, vit
+from tf_mocov3.models import custom_gradients
+from tf_mocov3.models import vit
 
 
 def _reference_attention(qkv, heads):
@@ -48,7 +49,7 @@ def test_attention_core_values_and_gradient_match_autodiff(jit):
     heads, n, d = 3, 7, 12
     qkv = tf.constant(rng.standard_normal((2, n, 3 * d)).astype(np.float32))
     upstream = tf.constant(rng.standard_normal((2, n, d)).astype(np.float32))
-    y, (g,) = _value_and_grads(lambda t: fused.attention_core(t, heads), [qkv], upstream, jit)
+    y, (g,) = _value_and_grads(lambda t: custom_gradients.attention_core(t, heads), [qkv], upstream, jit)
     y_ref, (g_ref,) = _value_and_grads(lambda t: _reference_attention(t, heads), [qkv], upstream, jit)
     np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(g, g_ref, atol=1e-5, rtol=1e-5)
@@ -59,7 +60,7 @@ def test_attention_core_bfloat16_close_to_float32_autodiff():
     rng = np.random.default_rng(1)
     qkv = rng.standard_normal((2, 5, 24)).astype(np.float32)
     upstream = rng.standard_normal((2, 5, 8)).astype(np.float32)
-    y, (g,) = _value_and_grads(lambda t: fused.attention_core(t, 2), [tf.constant(qkv, tf.bfloat16)],
+    y, (g,) = _value_and_grads(lambda t: custom_gradients.attention_core(t, 2), [tf.constant(qkv, tf.bfloat16)],
                                tf.constant(upstream, tf.bfloat16), False)
     y_ref, (g_ref,) = _value_and_grads(lambda t: _reference_attention(t, 2), [tf.constant(qkv)],
                                        tf.constant(upstream), False)
@@ -72,7 +73,7 @@ def test_attention_core_bfloat16_close_to_float32_autodiff():
 def test_gelu_values_and_gradient_match_autodiff(jit):
     x = tf.constant(np.linspace(-6, 6, 97, dtype=np.float32).reshape(1, 97))
     upstream = tf.constant(np.random.default_rng(2).standard_normal((1, 97)).astype(np.float32))
-    y, (g,) = _value_and_grads(fused.gelu_erf, [x], upstream, jit)
+    y, (g,) = _value_and_grads(custom_gradients.gelu_erf, [x], upstream, jit)
     y_ref, (g_ref,) = _value_and_grads(_reference_gelu, [x], upstream, jit)
     np.testing.assert_allclose(y, y_ref, atol=1e-6)
     np.testing.assert_allclose(g, g_ref, atol=1e-5)
@@ -86,7 +87,7 @@ def test_layer_norm_values_and_gradients_match_autodiff(jit):
     gamma = tf.constant(rng.standard_normal(16).astype(np.float32))
     beta = tf.constant(rng.standard_normal(16).astype(np.float32))
     upstream = tf.constant(rng.standard_normal((2, 5, 16)).astype(np.float32))
-    out = _value_and_grads(lambda a, g, b: fused.layer_norm(a, g, b, 1e-6), [x, gamma, beta], upstream, jit)
+    out = _value_and_grads(lambda a, g, b: custom_gradients.layer_norm(a, g, b, 1e-6), [x, gamma, beta], upstream, jit)
     ref = _value_and_grads(lambda a, g, b: _reference_layer_norm(a, g, b, 1e-6), [x, gamma, beta], upstream, jit)
     np.testing.assert_allclose(out[0], ref[0], atol=1e-5)
     for g, g_ref in zip(out[1], ref[1]):

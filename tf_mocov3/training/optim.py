@@ -34,7 +34,7 @@ Adam step do not interact, so their order within a step does not matter.
 import keras
 from keras import ops
 
-from tf_mocov3 import schedules as schedules_lib
+from tf_mocov3.training import schedules as schedules_lib
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 

@@ -20,10 +20,10 @@ import keras
 import tensorflow as tf
 
 from tf_mocov3 import config_lib
-from tf_mocov3 import heads
-from tf_mocov3 import losses
-from tf_mocov3 import schedules
-from tf_mocov3 import vit
+from tf_mocov3.models import heads
+from tf_mocov3.models import losses
+from tf_mocov3.training import schedules
+from tf_mocov3.models import vit
 
 
 def _is_moving_statistic(variable):

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_mocov3 import vit
+from tf_mocov3.models import vit
 
 _LN_EPSILON = 1e-6
 

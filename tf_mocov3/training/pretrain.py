@@ -10,17 +10,17 @@ import os
 import keras
 import tensorflow as tf
 
-from tf_mocov3 import callbacks as callbacks_lib
-from tf_mocov3 import checkpointing
+from tf_mocov3.training import callbacks as callbacks_lib
+from tf_mocov3.training import checkpointing
 from tf_mocov3 import config_lib
-from tf_mocov3 import data
-from tf_mocov3 import demo_eval
-from tf_mocov3 import distribute
-from tf_mocov3 import knn
-from tf_mocov3 import moco
-from tf_mocov3 import optim
-from tf_mocov3 import pretrained
-from tf_mocov3 import reports
+from tf_mocov3.data import sources as data
+from tf_mocov3.evaluation import demo as demo_eval
+from tf_mocov3.training import distribute
+from tf_mocov3.evaluation import knn
+from tf_mocov3.models import moco
+from tf_mocov3.training import optim
+from tf_mocov3.weights import pretrained
+from tf_mocov3.training import reports
 
 CONFIG_FILE = "config.json"
 # Keys that must not change when a run resumes in the same workdir (they change what the checkpoint means).

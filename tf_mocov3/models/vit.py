@@ -30,7 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_mocov3 import fused
+from tf_mocov3.models import custom_gradients
 
 _PACKAGE = "tf_mocov3"
 _LN_EPSILON = 1e-6
@@ -200,8 +200,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return self.proj(self._attention_core(self.qkv(inputs)))
 
     def _attention_core(self, qkv):
-        """[B, N, 3D] fused qkv -> [B, N, D]; hand-written gradient (tf_mocov3.fused)."""
-        return fused.attention_core(qkv, self.num_heads)
+        """[B, N, 3D] fused qkv -> [B, N, D]; hand-written gradient (tf_mocov3.models.custom_gradients)."""
+        return custom_gradients.attention_core(qkv, self.num_heads)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -215,13 +215,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LayerNorm(keras.layers.LayerNormalization):
     """keras.layers.LayerNormalization (same weights, config and float32 compute) over the
-    last axis, with the hand-written gradient of tf_mocov3.fused.layer_norm."""
+    last axis, with the hand-written gradient of tf_mocov3.custom_gradients.layer_norm."""
 
     def call(self, inputs):
         last_axis = list(self.axis) in ([-1], [len(inputs.shape) - 1])
         if self.rms_scaling or not (self.center and self.scale and last_axis):
             return super().call(inputs)
-        outputs = fused.layer_norm(inputs, self.gamma, self.beta, self.epsilon)
+        outputs = custom_gradients.layer_norm(inputs, self.gamma, self.beta, self.epsilon)
         return ops.cast(outputs, self.compute_dtype)
 
 
@@ -318,7 +318,7 @@ class TransformerBlock(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         x = inputs + self._branch(self.attn(self.norm1(inputs)), training)
-        h = fused.gelu_erf(self.fc1(self.norm2(x)))
+        h = custom_gradients.gelu_erf(self.fc1(self.norm2(x)))
         return x + self._branch(self.fc2(h), training)
 
     def compute_output_shape(self, input_shape):

@@ -6,8 +6,8 @@ import os
 import pytest
 from PIL import Image
 
-from tf_mocov3 import demo_eval
-from tf_mocov3 import training
+from tf_mocov3.evaluation import demo as demo_eval
+from tf_mocov3.training import pretrain as training
 
 from test_training import needs_fmnist, tiny_config  # pylint: disable=wrong-import-order
 

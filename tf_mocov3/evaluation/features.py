@@ -19,8 +19,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tf_mocov3 import augment
-from tf_mocov3 import data
+from tf_mocov3.data import augment
+from tf_mocov3.data import sources as data
 
 # Show a progress line only for extractions that have already taken this long.
 PROGRESS_AFTER_SECONDS = 3.0

@@ -44,7 +44,7 @@ from concurrent import futures
 import numpy as np
 import tensorflow as tf
 
-from tf_mocov3 import augment
+from tf_mocov3.data import augment
 
 logger = logging.getLogger(__name__)
 

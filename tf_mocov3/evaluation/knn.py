@@ -1,0 +1,402 @@
+r"""Weighted k-nearest-neighbour classification of frozen features: the kNN monitor and the kNN evaluation.
+
+The classifier is Wu et al.'s (InstDisc, 2018), as in the MoCo / SimSiam kNN monitors: features are L2-normalised,
+a test image's k most cosine-similar memory-bank images vote for their class with weight exp(similarity / T), the
+class with the largest summed weight wins (k = 200, T = 0.07).
+
+Once, on the full splits, for a pre-training workdir (writes WORKDIR/knn.json) or any --pretrained path:
+
+  python -m tf_mocov3.knn --pretrained=runs/demo
+  python -m tf_mocov3.knn --pretrained=runs/demo/checkpoints/ckpt-400 --dataset=fashion_mnist_idx --k=20
+
+During pre-training, `KNNMonitor` (built by `make_monitor(config, metrics_writer)` from config.knn) evaluates every
+config.knn.every_steps steps against a fixed memory bank of config.knn.train_fraction of the training split and logs
+`knn_top1` to metrics.jsonl and TensorBoard; it warns when the accuracy dips below its best.
+"""
+
+import collections
+import json
+import os
+import sys
+import time
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from tf_mocov3.data import sources as data
+from tf_mocov3.evaluation import features as features_lib
+
+KNN_FILE = "knn.json"
+# Preprocessed images of the monitor are kept in memory (a float32 tensor) below this size; above, they are
+# decoded and preprocessed again at every evaluation.
+CACHE_LIMIT_BYTES = 1 << 30
+
+DEFAULTS = dict(enabled=False, every_steps=200, k=200, temperature=0.07, train_fraction=0.1, train_split="train",
+                eval_split="test", image_size=0, dip_margin=5.0, max_eval_examples=2000, batch_size=256, seed=0)
+
+
+# === The classifier ===
+
+
+def _normalize(x):
+    return tf.math.l2_normalize(tf.convert_to_tensor(x, tf.float32), axis=-1)
+
+
+@tf.function(reduce_retracing=True)
+def _scores_chunk(bank, bank_labels, queries, num_classes, k, temperature):
+    sims = tf.matmul(queries, bank, transpose_b=True)                       # [b, N] cosine similarities
+    top = tf.math.top_k(sims, k=k)                                          # [b, k]
+    weights = tf.exp(top.values / temperature)
+    neighbour_labels = tf.gather(bank_labels, top.indices)                 # [b, k]
+    rows = tf.shape(queries)[0]
+    segment = tf.range(rows, dtype=tf.int64)[:, None] * num_classes + neighbour_labels
+    scores = tf.math.unsorted_segment_sum(weights, segment, tf.cast(rows, tf.int64) * num_classes)
+    return tf.reshape(scores, tf.stack([tf.cast(rows, tf.int64), num_classes]))
+
+
+def weighted_knn_scores(train_features, train_labels, test_features, num_classes, k=200, temperature=0.07,
+                        chunk_size=512):
+    """Class scores [M, num_classes] (float32 np): per test row, sum of exp(cos_sim / T) over its k neighbours.
+
+    k larger than the bank uses the whole bank. The test rows go through in chunks of `chunk_size`, so the
+    similarity matrix held at once is [chunk_size, N] (512 x 60000 floats = 123 MB).
+    """
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}.")
+    bank = _normalize(train_features)
+    bank_labels = tf.convert_to_tensor(np.asarray(train_labels, np.int64))
+    queries = _normalize(test_features)
+    k = int(min(k, bank.shape[0]))
+    out = []
+    for start in range(0, int(queries.shape[0]), chunk_size):
+        out.append(_scores_chunk(bank, bank_labels, queries[start:start + chunk_size],
+                                 tf.constant(num_classes, tf.int64),
+                                 tf.constant(k), tf.constant(temperature, tf.float32)).numpy())
+    return np.concatenate(out) if out else np.zeros([0, num_classes], np.float32)
+
+
+def weighted_knn_predict(train_features, train_labels, test_features, num_classes, k=200, temperature=0.07,
+                         chunk_size=512):
+    """Predicted labels (int64 np [M]) of the weighted kNN classifier (module docstring); ties go to the lower class."""
+    scores = weighted_knn_scores(train_features, train_labels, test_features, num_classes, k, temperature, chunk_size)
+    return np.argmax(scores, axis=-1).astype(np.int64)
+
+
+def knn_top1(train_features, train_labels, test_features, test_labels, num_classes, k=200, temperature=0.07,
+             chunk_size=512):
+    """Top-1 accuracy in percent of the weighted kNN classifier."""
+    predictions = weighted_knn_predict(train_features, train_labels, test_features, num_classes, k, temperature,
+                                       chunk_size)
+    return float(100.0 * np.mean(predictions == np.asarray(test_labels, np.int64)))
+
+
+# === Evaluation sets ===
+
+
+def _labelled_source(dataset_config, split, key):
+    """(num_classes, num_examples) of a split, or a ValueError naming `key` and the fix."""
+    try:
+        source = data.load_source(dataset_config, split)
+    except (ValueError, OSError, tf.errors.OpError) as err:
+        raise ValueError(f"The kNN data set {key} (name={dataset_config.get('name')!r}, split={split!r}) cannot be "
+                         f"read ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); "
+                         f"point {key} at a labelled data set or set config.knn.enabled=False.") from err
+    if source.num_classes < 2 or source.num_examples == 0:
+        raise ValueError(f"The kNN data set {key} (name={dataset_config.get('name')!r}, split={split!r}) has no "
+                         f"class labels ({source.num_classes} classes); point {key} at a labelled data set with "
+                         f"one class per sub-folder, or set config.knn.enabled=False.")
+    return source.num_classes, source.num_examples
+
+
+class ImageSet:
+    """A fixed, preprocessed subset of a labelled split, held in memory when small enough."""
+
+    def __init__(self, dataset_config, split, *, image_size, fraction, seed, max_examples, batch_size,
+                 cache_limit_bytes=CACHE_LIMIT_BYTES):
+        self.dataset_config, self.split = dataset_config, split
+        self.image_size, self.fraction, self.seed = image_size, fraction, seed
+        self.max_examples, self.batch_size = max_examples, batch_size
+        ds, self.num_classes, self.size = features_lib.labeled_subset(
+            dataset_config, split, image_size=image_size, fraction=fraction, seed=seed, max_examples=max_examples)
+        self.images = self.labels = None
+        if self.size * image_size * image_size * 3 * 4 <= cache_limit_bytes:
+            images, labels = [], []
+            for x, y in ds.batch(1024).prefetch(2).as_numpy_iterator():
+                images.append(x)
+                labels.append(y)
+            self.images = tf.constant(np.concatenate(images))
+            self.labels = np.concatenate(labels)
+
+    @property
+    def cached(self):
+        return self.images is not None
+
+    def batches(self):
+        if self.cached:
+            for start in range(0, self.size, self.batch_size):
+                yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
+            return
+        ds, _, _ = features_lib.labeled_subset(self.dataset_config, self.split, image_size=self.image_size,
+                                               fraction=self.fraction, seed=self.seed,
+                                               max_examples=self.max_examples)
+        yield from ds.batch(self.batch_size).prefetch(2).as_numpy_iterator()
+
+
+def _step(model):
+    return int(model.optimizer.iterations.numpy())
+
+
+# === The monitor ===
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Weighted kNN top-1 of `model.backbone` every `every_steps` optimizer steps and at the end of training.
+
+    The memory bank (`train_fraction` of `train_split`) and the evaluation images (`eval_split`, at most
+    `max_eval_examples`, 0 = all) are chosen once and kept preprocessed in memory; each evaluation recomputes
+    their features with the current backbone in inference mode. Results go to `metrics_writer.write` as
+    {"step", "knn_top1", "knn_step", "knn_seconds"} and to one printed line. A drop of more than `dip_margin`
+    points below the best accuracy so far prints a WARNING line with the recent gradient norms of the first and
+    last transformer blocks (grad_norm_first_block / grad_norm_last_block of the batch logs).
+
+    Create it on the chief only (make_monitor does); it also checks `model.distribute_strategy` itself.
+    """
+
+    def __init__(self, dataset_config, *, image_size, every_steps=200, k=200, temperature=0.07, train_fraction=0.1,
+                 train_split="train", eval_split="test", max_eval_examples=2000, dip_margin=5.0, batch_size=256,
+                 seed=0, metrics_writer=None, print_fn=None, grad_history=5):
+        super().__init__()
+        if every_steps < 1:
+            raise ValueError(f"config.knn.every_steps must be >= 1, got {every_steps}.")
+        self.dataset_config = dataset_config
+        self.image_size = int(image_size)
+        self.every_steps, self.k, self.temperature = int(every_steps), int(k), float(temperature)
+        self.train_fraction, self.train_split, self.eval_split = float(train_fraction), train_split, eval_split
+        self.max_eval_examples, self.dip_margin = int(max_eval_examples or 0), float(dip_margin)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.metrics_writer = metrics_writer
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
+        self.bank = self.queries = None
+        self.best = None            # (accuracy, step)
+        self.history = []           # [(step, accuracy)]
+        self.grad_norms = collections.deque(maxlen=grad_history)   # (step, first block, last block)
+        self._forward = None
+        self._forward_of = None
+        self._last_eval_step = None
+
+    # --- data ---
+
+    def prepare(self):
+        """Chooses and preprocesses the memory bank and the evaluation images (once); errors name config.knn keys."""
+        if self.bank is not None:
+            return
+        _labelled_source(self.dataset_config, self.train_split, "config.knn.dataset / config.knn.train_split")
+        _labelled_source(self.dataset_config, self.eval_split, "config.knn.dataset / config.knn.eval_split")
+        self.bank = ImageSet(self.dataset_config, self.train_split, image_size=self.image_size,
+                             fraction=self.train_fraction, seed=self.seed, max_examples=None,
+                             batch_size=self.batch_size)
+        self.queries = ImageSet(self.dataset_config, self.eval_split, image_size=self.image_size, fraction=1.0,
+                                seed=self.seed, max_examples=self.max_eval_examples or None,
+                                batch_size=self.batch_size)
+
+    # --- evaluation ---
+
+    def _is_chief(self):
+        from tf_mocov3.training import distribute  # pylint: disable=import-outside-toplevel
+        strategy = getattr(self.model, "distribute_strategy", None)
+        return strategy is None or distribute.is_chief(strategy)
+
+    def evaluate(self, backbone):
+        """kNN top-1 (%) of `backbone` on the fixed bank and evaluation images."""
+        self.prepare()
+        if self._forward_of is not backbone:
+            self._forward = features_lib.make_forward(backbone, self.image_size)
+            self._forward_of = backbone
+        # A plain call outside the strategy's replica context (fit runs callbacks inside strategy.scope()).
+        bank_features, bank_labels = features_lib.features_of(self._forward, self.bank.batches(), self.bank.size,
+                                                               progress=False)
+        query_features, query_labels = features_lib.features_of(self._forward, self.queries.batches(),
+                                                                self.queries.size, progress=False)
+        return knn_top1(bank_features, bank_labels, query_features, query_labels, self.bank.num_classes,
+                        k=self.k, temperature=self.temperature)
+
+    def _run(self, step):
+        start = time.perf_counter()
+        accuracy = self.evaluate(self.model.backbone)
+        seconds = time.perf_counter() - start
+        self._last_eval_step = step
+        if self.metrics_writer is not None:
+            self.metrics_writer.write({"step": step, "knn_top1": accuracy, "knn_step": step, "knn_seconds": seconds})
+        self.print_fn(f"kNN step {step}: top-1 {accuracy:.2f}% (k={self.k}, T={self.temperature}, bank "
+                      f"{self.bank.size}, eval {self.queries.size}, {seconds:.1f}s)")
+        self.record_accuracy(step, accuracy)
+        return accuracy
+
+    def record_accuracy(self, step, accuracy):
+        """Tracks the best accuracy; returns (and prints) the WARNING line when `accuracy` is a dip, else None."""
+        self.history.append((step, accuracy))
+        warning = None
+        if self.best is not None and accuracy < self.best[0] - self.dip_margin:
+            norms = ", ".join(f"step {s}: {first:.3g} / {last:.3g}" for s, first, last in self.grad_norms)
+            norms = norms or "none logged"
+            warning = (f"WARNING: kNN dip at step {step}: top-1 {accuracy:.2f}% is "
+                       f"{self.best[0] - accuracy:.2f} points below the best {self.best[0]:.2f}% (step "
+                       f"{self.best[1]}); grad norm first / last block: {norms}.")
+            self.print_fn(warning)
+        if self.best is None or accuracy > self.best[0]:
+            self.best = (accuracy, step)
+        return warning
+
+    # --- callback hooks ---
+
+    def on_train_begin(self, logs=None):
+        if self._is_chief():
+            self.prepare()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = _step(self.model)
+        logs = logs or {}
+        if "grad_norm_first_block" in logs and "grad_norm_last_block" in logs:
+            self.grad_norms.append((step, float(np.asarray(logs["grad_norm_first_block"])),
+                                    float(np.asarray(logs["grad_norm_last_block"]))))
+        if step % self.every_steps == 0 and step != self._last_eval_step and self._is_chief():
+            self._run(step)
+
+    def on_train_end(self, logs=None):
+        step = _step(self.model)
+        if step != self._last_eval_step and self._is_chief():
+            self._run(step)
+
+
+# === From the config ===
+
+
+def _knn_dataset_config(config):
+    """config.knn.dataset merged over config.dataset: unset keys come from the pre-training data set."""
+    knn = config.get("knn") or {}
+    base = dict(config.dataset.to_dict()) if hasattr(config.dataset, "to_dict") else dict(config.dataset)
+    override = knn.get("dataset") or {}
+    override = dict(override.to_dict()) if hasattr(override, "to_dict") else dict(override)
+    override = {key: value for key, value in override.items() if value not in (None, "")}
+    if override.get("name") and override["name"] != base.get("name"):
+        base = {key: value for key, value in base.items() if key not in ("path", "data_dir")}
+    base.update(override)
+    return ml_collections.ConfigDict(base)
+
+
+def knn_settings(config):
+    """config.knn with DEFAULTS filled in (a plain dict); image_size 0 = config.dataset.image_size."""
+    knn = config.get("knn") or {}
+    settings = {key: knn.get(key, default) for key, default in DEFAULTS.items()}
+    for key, default in DEFAULTS.items():
+        if settings[key] is None:
+            settings[key] = default
+    settings["image_size"] = int(settings["image_size"] or config.dataset.image_size)
+    settings["seed"] = int(knn.get("seed", config.get("seed", 0)) or 0)
+    return settings
+
+
+def make_monitor(config, metrics_writer, *, chief=True, print_fn=None):
+    """KNNMonitor from config.knn (missing keys take DEFAULTS), or None when config.knn.enabled is False or on a
+    non-chief worker. Reads and preprocesses the kNN images now, so a missing or unlabelled data set fails
+    before training starts (ValueError naming the config key)."""
+    settings = knn_settings(config)
+    if not settings["enabled"] or not chief:
+        return None
+    if not 0 < settings["train_fraction"] <= 1:
+        raise ValueError(f"config.knn.train_fraction must be in (0, 1], got {settings['train_fraction']}; "
+                         f"the paper's monitor uses 0.1.")
+    monitor = KNNMonitor(
+        _knn_dataset_config(config), image_size=settings["image_size"], every_steps=settings["every_steps"],
+        k=settings["k"], temperature=settings["temperature"], train_fraction=settings["train_fraction"],
+        train_split=settings["train_split"], eval_split=settings["eval_split"],
+        max_eval_examples=settings["max_eval_examples"], dip_margin=settings["dip_margin"],
+        batch_size=settings["batch_size"], seed=settings["seed"], metrics_writer=metrics_writer, print_fn=print_fn)
+    monitor.prepare()
+    return monitor
+
+
+# === Command line ===
+
+
+def evaluate_pretrained(path, *, dataset=None, data_path=None, data_dir=None, train_split="train",
+                        eval_split="test", k=200, temperature=0.07, image_size=None, batch_size=256, stream=None):
+    """Weighted kNN top-1 of the backbone at `path` on the FULL splits; returns the knn.json record (a dict)."""
+    from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
+
+    resolved = pretrained.resolve(path)
+    run = resolved.config
+    dataset_config = dict(run.dataset.to_dict()) if "dataset" in run else {}
+    if dataset and dataset != dataset_config.get("name"):
+        dataset_config = {"name": dataset}
+    if data_path:
+        dataset_config["path"] = data_path
+    if data_dir:
+        dataset_config["data_dir"] = data_dir
+    if not dataset_config.get("name"):
+        raise ValueError(f"Pretrained path {path} names no data set in its config.json; pass --dataset.")
+    dataset_config = ml_collections.ConfigDict(dataset_config)
+    num_classes, _ = _labelled_source(dataset_config, train_split, "--dataset / --train_split")
+    _labelled_source(dataset_config, eval_split, "--dataset / --eval_split")
+    size = int(image_size or run.dataset.image_size)
+    backbone = pretrained.load_backbone(path, image_size=size)
+    start = time.perf_counter()
+    train_x, train_y = features_lib.extract_features(backbone, dataset_config, train_split, image_size=size,
+                                                     batch_size=batch_size, stream=stream)
+    test_x, test_y = features_lib.extract_features(backbone, dataset_config, eval_split, image_size=size,
+                                                   batch_size=batch_size, stream=stream)
+    accuracy = knn_top1(train_x, train_y, test_x, test_y, num_classes, k=k, temperature=temperature)
+    return {"knn_top1": accuracy, "k": k, "temperature": temperature, "dataset": dataset_config.name,
+            "train_split": train_split, "eval_split": eval_split, "num_train": int(len(train_y)),
+            "num_eval": int(len(test_y)), "image_size": size, "checkpoint": resolved.prefix,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _define_flags():
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_string("pretrained", None, "Workdir, checkpoint prefix or converted official directory.")
+    flags.DEFINE_string("dataset", None, "Data set name (default: the pre-training data set of the run).")
+    flags.DEFINE_string("data_path", None, "dataset.path (image_folder, fashion_mnist_idx).")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
+    flags.DEFINE_string("train_split", "train", "Memory-bank split (all of it).")
+    flags.DEFINE_string("eval_split", "test", "Evaluated split (all of it).")
+    flags.DEFINE_integer("k", 200, "Neighbours.")
+    flags.DEFINE_float("temperature", 0.07, "Vote weight exp(similarity / temperature).")
+    flags.DEFINE_integer("image_size", None, "Crop size (default: the pre-training size).")
+    flags.DEFINE_integer("batch_size", 256, "Images per backbone call.")
+    flags.mark_flag_as_required("pretrained")
+    return flags.FLAGS
+
+
+def main(argv):
+    from absl import app  # pylint: disable=import-outside-toplevel
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    flag = FLAGS
+    path = flag.pretrained
+    try:
+        record = evaluate_pretrained(path, dataset=flag.dataset, data_path=flag.data_path, data_dir=flag.data_dir,
+                                     train_split=flag.train_split, eval_split=flag.eval_split, k=flag.k,
+                                     temperature=flag.temperature, image_size=flag.image_size,
+                                     batch_size=flag.batch_size)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    from tf_mocov3.training import reports  # pylint: disable=import-outside-toplevel
+    row = {"dataset": record["dataset"], "bank": f"{record['train_split']} ({record['num_train']})",
+           "eval": f"{record['eval_split']} ({record['num_eval']})", "k": record["k"], "T": record["temperature"],
+           "kNN top-1 (%)": record["knn_top1"]}
+    print(reports.format_table([row]), flush=True)
+    if os.path.isdir(path):
+        out = os.path.join(path, KNN_FILE)
+        with open(out, "w") as f:
+            json.dump(record, f, indent=2)
+        print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    from absl import app as _app  # pylint: disable=ungrouped-imports
+    FLAGS = _define_flags()
+    _app.run(main)

@@ -1,0 +1,1 @@
+"""Training: strategies, optimizers, schedules, callbacks, checkpoints, reports and the pre-training run."""

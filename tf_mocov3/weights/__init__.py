@@ -1,0 +1,1 @@
+"""Weights: loading any --pretrained path, the official-checkpoint converter and the plain-Keras file."""
