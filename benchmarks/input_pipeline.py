@@ -21,33 +21,17 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from ml_collections import ConfigDict
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import fixtures_data  # noqa: E402
 
 OFFICIAL_PER_CORE = 69.0
 
 
 def write_images(folder, count=256, size=512, seed=0):
-    """Smooth colour gradients + blobs + noise, JPEG quality 90, in two class folders."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    for i in range(count):
-        cls = os.path.join(folder, f"class_{i % 2}")
-        os.makedirs(cls, exist_ok=True)
-        img = np.zeros((size, size, 3), np.float32)
-        for c in range(3):
-            a, b, f = rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(1, 6)
-            img[..., c] = 0.5 + 0.35 * np.sin(f * (a * xx + b * yy) * np.pi + rng.uniform(0, 6))
-        for _ in range(6):
-            cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.2)
-            mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < r * r
-            img[mask] = rng.uniform(0, 1, 3)
-        img += rng.normal(0, 0.04, img.shape)
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(
-            os.path.join(cls, f"img_{i:04d}.jpg"), quality=90)
+    """Smooth colour gradients + blobs + noise, JPEG quality 90, in two class folders (tests/fixtures_data.py)."""
+    fixtures_data.write_photo_folder(folder, count=count, size=size, seed=seed, classes=2, quality=90)
 
 
 MODES = {"once": dict(jpeg_decode_once=True), "per_view": dict(jpeg_decode_once=False),
@@ -57,11 +41,11 @@ MODE_NAMES = {"once": "decode once, crop twice", "per_view": "decode_and_crop_jp
 
 
 def measure(folder, threads, batch, steps, warmup, image_size, mode):
-    from tf_mocov3.data import sources as data  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import pipelines  # pylint: disable=import-outside-toplevel
     cfg = ConfigDict(dict(seed=0, batch_size=batch, dataset=dict(
         name="image_folder", path=folder, split="train", image_size=image_size, crop_min=0.08,
         threads=threads, **MODES[mode])))
-    it = iter(data.build_pretrain_dataset(cfg))
+    it = iter(pipelines.build_pretrain_dataset(cfg))
     for _ in range(warmup):
         next(it)
     t0, c0 = time.perf_counter(), time.process_time()

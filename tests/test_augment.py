@@ -8,6 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests import fixtures_data
+from tests.augment_reference import color_jitter, two_views
 from tf_mocov3.data import augment
 
 RNG = np.random.default_rng(0)
@@ -59,7 +61,7 @@ def test_color_jitter_factors_within_torchvision_ranges():
     # a no-op on a constant image, saturation and hue on a grey one).
     grey = tf.fill([2, 2, 3], 0.5)
     for i in range(20):
-        out = augment.color_jitter(grey, _seed(i)).numpy()
+        out = color_jitter(grey, _seed(i)).numpy()
         assert 0.5 * 0.6 - 1e-6 <= out[0, 0, 0] <= 0.5 * 1.4 + 1e-6
         np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-6)
 
@@ -115,17 +117,14 @@ def test_crop_fallback_is_centre_crop_as_torchvision():
 
 
 def _jpeg(h=40, w=56, mode="RGB"):
-    arr = RNG.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).convert(mode).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return fixtures_data.encode_image(RNG.integers(0, 255, (h, w, 3), dtype=np.uint8), "JPEG", mode, quality=90)
 
 
 def test_two_views_shapes_and_determinism():
     data = _jpeg()
-    a1, a2 = augment.two_views(data, _seed(1), image_size=32, crop_min=0.08, is_encoded=True)
-    b1, b2 = augment.two_views(data, _seed(1), image_size=32, crop_min=0.08, is_encoded=True)
-    c1, _ = augment.two_views(data, _seed(2), image_size=32, crop_min=0.08, is_encoded=True)
+    a1, a2 = two_views(data, _seed(1), image_size=32, crop_min=0.08, is_encoded=True)
+    b1, b2 = two_views(data, _seed(1), image_size=32, crop_min=0.08, is_encoded=True)
+    c1, _ = two_views(data, _seed(2), image_size=32, crop_min=0.08, is_encoded=True)
     assert a1.shape == (32, 32, 3) and a1.dtype == tf.float32
     np.testing.assert_array_equal(a1, b1)
     np.testing.assert_array_equal(a2, b2)
@@ -138,7 +137,7 @@ def test_grayscale_jpeg_png_and_raw_sources_give_rgb_views():
     Image.fromarray(RNG.integers(0, 255, (30, 20), dtype=np.uint8)).save(buf, format="PNG")
     for src, enc in [(_jpeg(mode="L"), True), (buf.getvalue(), True),
                      (RNG.integers(0, 255, (28, 28, 1), dtype=np.uint8), False)]:
-        v1, v2 = augment.two_views(src, _seed(3), image_size=16, crop_min=0.2, is_encoded=enc)
+        v1, v2 = two_views(src, _seed(3), image_size=16, crop_min=0.2, is_encoded=enc)
         assert v1.shape == (16, 16, 3) and v2.shape == (16, 16, 3)
 
 
@@ -157,7 +156,7 @@ def _unnormalize(x):
 
 def test_view_policies_differ_solarize_only_on_view2_blur_always_on_view1():
     # Seeds where view 2's policy coins say "solarize", and the effect of blurring,
-    # read from the per-view coin streams exactly as augment_cropped draws them.
+    # read from the per-view coin streams exactly as augment.draw_view_randomness draws them.
     solarized = {1: 0, 2: 0}
     blurred = {1: 0, 2: 0}
     for i in range(300):
@@ -171,7 +170,7 @@ def test_view_policies_differ_solarize_only_on_view2_blur_always_on_view1():
     # And on pixels: an all-white image stays bright on view 1 (never solarized) in every seed.
     white = np.full((20, 20, 3), 255, np.uint8)
     for i in range(40):
-        v1, _ = augment.two_views(white, _seed(i), image_size=8, crop_min=0.5, is_encoded=False)
+        v1, _ = two_views(white, _seed(i), image_size=8, crop_min=0.5, is_encoded=False)
         assert _unnormalize(v1).mean() > 0.2  # solarizing white would give 0
 
 
@@ -187,8 +186,8 @@ def test_eval_preprocess_resize_and_centre_crop():
 def test_xla_and_op_by_op_views_agree():
     img = RNG.integers(0, 255, (30, 40, 3), dtype=np.uint8)
     for i in range(3):
-        a = augment.two_views(img, _seed(i), image_size=16, crop_min=0.08, is_encoded=False, xla=True)
-        b = augment.two_views(img, _seed(i), image_size=16, crop_min=0.08, is_encoded=False, xla=False)
+        a = two_views(img, _seed(i), image_size=16, crop_min=0.08, is_encoded=False, xla=True)
+        b = two_views(img, _seed(i), image_size=16, crop_min=0.08, is_encoded=False, xla=False)
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
@@ -204,20 +203,8 @@ def test_upscale_resize_uses_plain_bilinear_with_same_pixels():
 
 
 def _photo_like_jpeg(size=512, seed=0):
-    """Smooth gradients + flat blobs + mild noise (like benchmarks/input_pipeline.py), q90."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    img = np.zeros((size, size, 3), np.float32)
-    for c in range(3):
-        a, b, f = rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(1, 6)
-        img[..., c] = 0.5 + 0.35 * np.sin(f * (a * xx + b * yy) * np.pi + rng.uniform(0, 6))
-    for _ in range(6):
-        cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.2)
-        img[((yy - cy) ** 2 + (xx - cx) ** 2) < r * r] = rng.uniform(0, 1, 3)
-    img += rng.normal(0, 0.04, img.shape)
-    buf = io.BytesIO()
-    Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    """Smooth gradients + flat blobs + mild noise (as benchmarks/input_pipeline.py writes), q90."""
+    return fixtures_data.encode_image(fixtures_data.photo_like(size, seed=seed), "JPEG", quality=90)
 
 
 def test_decode_and_crop_jpeg_ratio_takes_window_in_scaled_coordinates():
@@ -253,9 +240,9 @@ def test_dct_scaled_decode_is_exact_at_ratio_1_and_close_at_ratio_2():
 
 def test_two_views_with_dct_scaling_deterministic():
     data = _photo_like_jpeg(256)
-    a = augment.two_views(data, _seed(4), image_size=64, is_encoded=True, jpeg_dct_scaling=True)
-    b = augment.two_views(data, _seed(4), image_size=64, is_encoded=True, jpeg_dct_scaling=True)
-    c = augment.two_views(data, _seed(4), image_size=64, is_encoded=True)
+    a = two_views(data, _seed(4), image_size=64, is_encoded=True, jpeg_dct_scaling=True)
+    b = two_views(data, _seed(4), image_size=64, is_encoded=True, jpeg_dct_scaling=True)
+    c = two_views(data, _seed(4), image_size=64, is_encoded=True)
     for x, y, z in zip(a, b, c):
         assert x.shape == (64, 64, 3)
         np.testing.assert_array_equal(x, y)
@@ -305,14 +292,14 @@ def test_blur_in_2d_layout_equals_former_blur(shape):
 
 
 def test_batch_level_views_equal_per_example_views():
-    # data.py: two_view_inputs per example, augment_two_view_batch per batch == two_views.
+    # pipelines.py: two_view_inputs per example, augment_two_view_batch per batch == two_views.
     raw = RNG.integers(0, 255, (12, 40, 36, 3), dtype=np.uint8)
     inputs = [augment.two_view_inputs(raw[i], _seed(i), image_size=24, crop_min=0.08, is_encoded=False)
               for i in range(len(raw))]
     batch = [tf.stack([x[j] for x in inputs]) for j in range(6)]
     v1, v2 = augment.augment_two_view_batch(*batch)
     for i in range(len(raw)):
-        r1, r2 = augment.two_views(raw[i], _seed(i), image_size=24, crop_min=0.08, is_encoded=False)
+        r1, r2 = two_views(raw[i], _seed(i), image_size=24, crop_min=0.08, is_encoded=False)
         np.testing.assert_allclose(v1[i], r1, atol=1e-5)
         np.testing.assert_allclose(v2[i], r2, atol=1e-5)
     # The batch size does not change an example's pixels (replica layouts depend on it).

@@ -1,6 +1,5 @@
-"""Facts about the data sources and the pre-training pipeline's ordering contract."""
+"""Facts about the data sources, the example order and the pre-training pipeline."""
 
-import gzip
 import logging
 import os
 
@@ -8,15 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ml_collections import ConfigDict
-from PIL import Image
 
+from tests import fixtures_data
+from tests.augment_reference import two_views
+from tests.fixtures_data import write_idx as _write_idx
+from tf_mocov3.data import order as order_lib
+from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources as data
-
-
-def _write_idx(path, array, code=0x08):
-    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(array.dtype.newbyteorder(">")).tobytes())
 
 
 def test_read_idx_parses_magic_dims_big_endian(tmp_path):
@@ -32,10 +29,7 @@ def test_read_idx_parses_magic_dims_big_endian(tmp_path):
 
 
 def _fake_fashion(tmp_path, n=40):
-    rng = np.random.default_rng(0)
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
-    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
-    return str(tmp_path)
+    return fixtures_data.random_fashion_mnist(tmp_path, n=n, seed=0)
 
 
 @pytest.mark.skipif(not os.path.isdir(data.FASHION_MNIST_DIR), reason="dataset-fashion-mnist not installed")
@@ -45,16 +39,7 @@ def test_real_fashion_mnist_shape():
 
 
 def _write_folder(root):
-    rng = np.random.default_rng(1)
-    for cls, specs in {"b_cat": [((40, 30), "RGB", "JPEG"), ((25, 60), "L", "PNG")],
-                       "a_dog": [((33, 33), "L", "JPEG"), ((50, 20), "RGB", "PNG")]}.items():
-        os.makedirs(root / cls, exist_ok=True)
-        for i, ((h, w), mode, fmt) in enumerate(specs):
-            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert(mode).save(
-                root / cls / f"{i}.{fmt.lower().replace('jpeg', 'jpg')}", format=fmt)
-    good = (root / "a_dog" / "0.jpg").read_bytes()
-    (root / "a_dog" / "corrupt.jpg").write_bytes(good[: len(good) // 2])  # truncated
-    (root / "b_cat" / "notes.txt").write_text("ignored")
+    fixtures_data.write_mixed_image_folder(root, seed=1)  # 4 images, a truncated JPEG, a text file
 
 
 def test_image_folder_skips_corrupt_file_with_warning(tmp_path, caplog):
@@ -65,10 +50,10 @@ def test_image_folder_skips_corrupt_file_with_warning(tmp_path, caplog):
     assert any("corrupt.jpg" in r.getMessage() for r in caplog.records)
     assert any("Skipped 1 of 5" in r.getMessage() for r in caplog.records)
     cfg = _config("image_folder", str(tmp_path), batch=2, size=16)
-    v1, v2 = next(iter(data.build_pretrain_dataset(cfg)))
+    v1, v2 = next(iter(pipelines.build_pretrain_dataset(cfg)))
     assert v1.shape == (2, 16, 16, 3) and v2.shape == (2, 16, 16, 3)
-    ds, num_classes, num = data.load_labeled(cfg.dataset, "train")
-    assert (num_classes, num) == (2, 4) and len(list(ds)) == 4
+    source = data.open_labelled(cfg.dataset, "train")
+    assert (source.num_classes, source.num_examples) == (2, 4) and len(list(pipelines.labelled_examples(source))) == 4
 
 
 def test_empty_or_missing_folder_errors(tmp_path):
@@ -112,12 +97,12 @@ def _take(ds, k):
 def test_replica_batches_concatenate_to_the_global_batch(tmp_path):
     cfg = _config("fashion_mnist_idx", _fake_fashion(tmp_path), batch=8)  # 5 steps per epoch
     steps = 7  # crosses an epoch boundary
-    one = _take(data.build_pretrain_dataset(cfg), steps)
+    one = _take(pipelines.build_pretrain_dataset(cfg), steps)
     assert one[0].shape == (8, 8, 8, 6)
-    two = _take(data.build_pretrain_dataset(cfg, input_context=_Ctx(2, 1, 0)), 2 * steps)
+    two = _take(pipelines.build_pretrain_dataset(cfg, input_context=_Ctx(2, 1, 0)), 2 * steps)
     assert two[0].shape == (4, 8, 8, 6)
-    w0 = _take(data.build_pretrain_dataset(cfg, input_context=_Ctx(2, 2, 0)), steps)
-    w1 = _take(data.build_pretrain_dataset(cfg, input_context=_Ctx(2, 2, 1)), steps)
+    w0 = _take(pipelines.build_pretrain_dataset(cfg, input_context=_Ctx(2, 2, 0)), steps)
+    w1 = _take(pipelines.build_pretrain_dataset(cfg, input_context=_Ctx(2, 2, 1)), steps)
     for b in range(steps):
         np.testing.assert_array_equal(np.concatenate(two[2 * b: 2 * b + 2]), one[b])
         np.testing.assert_array_equal(np.concatenate([w0[b], w1[b]]), one[b])
@@ -126,8 +111,8 @@ def test_replica_batches_concatenate_to_the_global_batch(tmp_path):
 
 def test_start_step_resumes_exactly(tmp_path):
     cfg = _config("fashion_mnist_idx", _fake_fashion(tmp_path), batch=8)
-    full = _take(data.build_pretrain_dataset(cfg), 9)
-    resumed = _take(data.build_pretrain_dataset(cfg, start_step=6), 3)
+    full = _take(pipelines.build_pretrain_dataset(cfg), 9)
+    resumed = _take(pipelines.build_pretrain_dataset(cfg, start_step=6), 3)
     for a, b in zip(full[6:], resumed):
         np.testing.assert_array_equal(a, b)
     assert data.steps_per_epoch(cfg) == 5 and data.num_train_examples(cfg) == 40
@@ -141,17 +126,16 @@ def test_epoch_visits_every_example_once(tmp_path):
 
 
 def test_pipeline_views_equal_two_views_per_example(tmp_path):
-    # The pipeline augments once per batch; each example still gets exactly augment.two_views
+    # The pipeline augments once per batch; each example still gets exactly the reference two_views
     # with its contract seed [seed, epoch * 2**32 + position].
     path = _fake_fashion(tmp_path)
     cfg = _config("fashion_mnist_idx", path, batch=8)
-    v1, v2 = next(iter(data.build_pretrain_dataset(cfg)))
+    v1, v2 = next(iter(pipelines.build_pretrain_dataset(cfg)))
     images, _ = data.load_fashion_mnist_idx(path, "train")
     order = tf.random.experimental.stateless_shuffle(tf.range(40, dtype=tf.int64),
                                                      seed=tf.constant([3, 0], tf.int64)).numpy()
-    from tf_mocov3.data import augment
     for pos in range(8):
-        r1, r2 = augment.two_views(images[order[pos]], data._example_seed(3, 0, pos), image_size=8,
+        r1, r2 = two_views(images[order[pos]], order_lib.example_seed(3, 0, pos), image_size=8,
                                    crop_min=0.08, is_encoded=False)
         np.testing.assert_allclose(v1[pos], r1, atol=1e-5)
         np.testing.assert_allclose(v2[pos], r2, atol=1e-5)

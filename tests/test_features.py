@@ -3,21 +3,22 @@
 import numpy as np
 
 from tf_mocov3.data import augment
+from tf_mocov3.data import order
 from tf_mocov3.data import sources as data
 from tf_mocov3.evaluation import features
 from tf_mocov3.models import vit
-from tests.test_training import FMNIST, needs_fmnist
+from conftest import FMNIST, needs_fmnist
 
 
 def test_subset_is_a_seeded_permutation_prefix_kept_in_split_order():
-    a = features.subset_indices(60000, 0.1, seed=0)
+    a = order.subset_indices(60000, 0.1, seed=0)
     assert len(a) == 6000 and np.all(np.diff(a) > 0)
     np.testing.assert_array_equal(a, np.sort(np.random.default_rng(0).permutation(60000)[:6000]))
-    np.testing.assert_array_equal(a, features.subset_indices(60000, 0.1, seed=0))
-    assert not np.array_equal(a, features.subset_indices(60000, 0.1, seed=1))
-    np.testing.assert_array_equal(features.subset_indices(60000, 0.1, seed=0, max_examples=100),
+    np.testing.assert_array_equal(a, order.subset_indices(60000, 0.1, seed=0))
+    assert not np.array_equal(a, order.subset_indices(60000, 0.1, seed=1))
+    np.testing.assert_array_equal(order.subset_indices(60000, 0.1, seed=0, max_examples=100),
                                   np.sort(np.random.default_rng(0).permutation(60000)[:100]))
-    np.testing.assert_array_equal(features.subset_indices(50, 1.0), np.arange(50))
+    np.testing.assert_array_equal(order.subset_indices(50, 1.0), np.arange(50))
 
 
 @needs_fmnist
@@ -27,7 +28,7 @@ def test_extract_features_equals_the_backbone_on_eval_preprocess_output():
     got, labels = features.extract_features(backbone, config, "test", image_size=16, batch_size=32,
                                             fraction=0.01, seed=3)
     images, all_labels = data.load_fashion_mnist_idx(FMNIST, "test")
-    index = features.subset_indices(10000, 0.01, seed=3)
+    index = order.subset_indices(10000, 0.01, seed=3)
     assert got.shape == (100, 32) and got.dtype == np.float32
     np.testing.assert_array_equal(labels, all_labels[index])
     expected = backbone(np.stack([augment.eval_preprocess(images[i], 16).numpy() for i in index]),

@@ -27,53 +27,9 @@ Per view, in this order (moco-v3 `main_moco.py`, torchvision semantics):
 6. Horizontal flip, p=0.5.
 7. Normalise with the ImageNet mean and std.
 
-Speed: steps 2-7 run XLA-compiled (`xla=True`), which fuses the elementwise chain (about 2x
-faster on CPU than the op-by-op graph); the blur is written as shifted slices because a
-depthwise convolution is slow under XLA on CPU. Option `jpeg_decode_once` decodes a JPEG once
-and crops both views from it (faster on 512 px images in our measurement:
-benchmarks/input_pipeline.py). The pre-training pipeline (data.py) splits `two_views` in two:
-`two_view_inputs` per example (decode, crop, resize, random numbers) and
-`augment_two_view_batch` once per batch (steps 2-7 of both views in one XLA call, looping over
-the examples), with the same pixels (tested bit-identical on CPU, bound 1e-5).
-
-Where the CPU time went, and what changed (512 px JPEGs, 224 px views):
-- TensorFlow's process-wide intra-op thread pool. `ScaleAndTranslate`, float transposes
-  (oneDNN) and every XLA launch hand work to that pool whatever tf.data's
-  `max_intra_op_parallelism` says, and the hand-offs (wake-ups, spinning, futexes) cost about as
-  much CPU as the work: with the pool limited to one thread (TF_NUM_INTRAOP_THREADS=1, not an
-  option for a training process) the same pipeline used ~35% less CPU. Calling XLA once per
-  batch instead of once per view removes most of the XLA share.
-- Resize (`antialiased_resize`): `ScaleAndTranslate` filters rows with a vectorised loop but
-  columns with a scalar loop over pixels and channels; running both passes as row passes (the
-  second on the transposed buffer) gives the same floats at ~1/3 of the CPU time (~0.5 vs
-  ~1.5 ms per 512 px crop, single thread).
-- Blur: in [H, W * C] form (a horizontal shift of one pixel = C floats) XLA's fused loops run
-  along a long contiguous dimension: ~0.35 vs ~0.8 ms per 224 px view, same pixels.
-- Tried, not kept: the steps 2-7 written branch-free on the whole [B, S, S, 3] batch (per-example
-  factors, the random jitter order as 3 pre-hue + 3 post-hue blend slots, hue once; same pixels
-  to 2e-6) was ~3x slower than the per-example loop: on a 19 MB batch every pass is DRAM-bound,
-  while one 600 KB image stays in cache. A transpose inside XLA (to blur both axes as rows)
-  was slower than the whole blur. Transposing as int32 (Eigen, stays on the calling thread)
-  was 2x slower than oneDNN's float transpose with its hand-off.
-
-Speed choices measured on 512 px JPEGs, one core (CPU time; benchmarks/input_pipeline.py):
-- Resize: when neither crop side shrinks (crop <= S), the antialiased filter IS plain
-  half-pixel bilinear, so `ResizeBilinear` is used (same pixels, ~3x cheaper than
-  `ScaleAndTranslate`); otherwise antialiased bilinear as above (default path unchanged).
-- Option `jpeg_dct_scaling` (off by default): with per-view `decode_and_crop_jpeg`, a crop
-  whose sides are both >= r * S (r = 2, 4, 8) is decoded at 1/r scale by libjpeg's scaled
-  IDCT (a low-pass downscale) and resampled with its exact fractional window
-  (`ScaleAndTranslate` scale/translation), so the geometry is unchanged. Pixels differ from
-  the exact path: mean |diff| ~1.2 of 255 on the benchmark's photo-like images (worst image
-  ~1.6, bound 2.0 in tests/test_augment.py), i.e. slightly softer (the DCT downscale adds a
-  low-pass of width ~r on top of the triangle filter). On 512 px images only crops >= 448 px
-  qualify (~20% of views) and the pipeline showed no gain (120 vs 126 images per CPU-second,
-  within noise); it can only pay off on images much larger than the output.
-- `dct_method="INTEGER_FAST"` was not adopted: it was not faster here (1.86 vs 1.67 ms for a
-  full 512 px decode) and is less accurate than the default ISLOW IDCT.
-- Tried and rejected: running steps 2-7 in a planar [3, S, S] layout under XLA (slower,
-  ~1.5-2x, mostly the HSV round trip); an explicit gather + einsum triangle resize (2-3x
-  slower than `ScaleAndTranslate`).
+Speed: the pre-training pipeline (pipelines.py) runs step 1 per example (`two_view_inputs`) and steps 2-7 of a
+whole batch in one XLA call (`augment_two_view_batch`); BUILD_NOTES.md, "Input pipeline: how the two-view
+augmentation got fast", gives the measurements behind this and the other speed choices below.
 
 Differences from the official PIL pipeline, on purpose: values stay float32 in [0, 1]
 between the steps (PIL rounds to uint8 after every step) and the blur kernel is an exact
@@ -324,14 +280,9 @@ def adjust_hue(image, delta):
     return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
 
 
-def color_jitter(image, seed, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
-    """torchvision ColorJitter: the four adjustments, factors drawn once, in a random order."""
-    return _color_jitter(image, tf.random.stateless_uniform([8], seed), brightness, contrast,
-                         saturation, hue)
-
-
 def _color_jitter(image, u, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
-    """`color_jitter` from 8 uniforms drawn by the caller."""
+    """torchvision ColorJitter from 8 uniforms drawn by the caller (`u[:4]` the factors, `u[4:]` the order): the
+    four adjustments, factors drawn once, in a random order."""
     b = (1.0 - brightness) + u[0] * (2.0 * brightness)
     c = (1.0 - contrast) + u[1] * (2.0 * contrast)
     s = (1.0 - saturation) + u[2] * (2.0 * saturation)
@@ -421,24 +372,6 @@ def _apply_view(image, coins, jitter, blur_p, solarize_p):
     return normalize(image)
 
 
-def augment_cropped(image, seed, *, blur_p, solarize_p):
-    """Steps 2-7 of a view on a cropped, resized float [S, S, 3] image in [0, 1]."""
-    coins, jitter = draw_view_randomness(seed)
-    return _apply_view(image, coins, jitter, blur_p, solarize_p)
-
-
-_COMPILED = {}
-
-
-def _apply_view_xla(image, coins, jitter, view):
-    """`_apply_view` with view `view`'s policy, compiled by XLA (fuses the elementwise chain)."""
-    if view not in _COMPILED:
-        policy = VIEW1 if view == 1 else VIEW2
-        _COMPILED[view] = tf.function(lambda x, c, j: _apply_view(x, c, j, **policy),
-                                      jit_compile=True, reduce_retracing=True)
-    return _COMPILED[view](image, coins, jitter)
-
-
 # === Batch-level steps 2-7 (one XLA call per batch) ===
 
 
@@ -459,7 +392,7 @@ def augment_two_view_batch(crop1, coins1, jitter1, crop2, coins2, jitter2):
     dimension): (view1, view2), float32 [B, S, S, 3].
 
     One XLA call per batch running `_apply_view` per example in a loop (an XLA while loop: the
-    same per-example branches, so the same decisions and arithmetic as `two_views`; tested to
+    same per-example branches, so the same decisions and arithmetic as one view at a time; tested to
     float round-off). Calling XLA once per view instead costs a launch per view and, worse, a
     hand-off to TensorFlow's process-wide intra-op thread pool (XLA does not honour tf.data's
     `max_intra_op_parallelism`), whose wake-ups and spinning cost more CPU than the work itself
@@ -479,7 +412,20 @@ def two_view_crops(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_en
                    jpeg_decode_once=False, jpeg_dct_scaling=False):
     """Step 1 of both views of one example: (crop1, crop2), float32 [S, S, 3] in [0, 1].
 
-    Arguments as `two_views`. The view seeds are `_fold(seed, 1)` and `_fold(seed, 2)`.
+    Args:
+        image_or_bytes: a scalar string of encoded bytes (JPEG, PNG, GIF, BMP) when
+            `is_encoded`, else a decoded HWC image (1 or 3 channels; uint8, or float in [0, 1]).
+        seed: int32/int64 tensor of shape [2]; the only source of randomness. The view seeds
+            are `_fold(seed, 1)` and `_fold(seed, 2)`.
+        image_size: output side S.
+        crop_min: lower bound of the crop area fraction.
+        is_encoded: static bool, see `image_or_bytes`.
+        jpeg_decode_once: decode a JPEG fully once and crop both views from it, instead of
+            one `decode_and_crop_jpeg` per view (same pixels: the crop is exact either way).
+        jpeg_dct_scaling: per-view JPEG decoding only: decode a crop whose sides are both
+            >= r * image_size at 1/r scale (r = 2, 4, 8) in the DCT domain and resize that
+            (`decode_crop_and_resize_jpeg_scaled`). Faster; not bit-identical (see the module
+            docstring). Ignored with `jpeg_decode_once`.
     """
     seed = tf.convert_to_tensor(seed)
     seeds = [_fold(seed, 1), _fold(seed, 2)]
@@ -513,50 +459,15 @@ def two_view_crops(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_en
 
 def two_view_inputs(image_or_bytes, seed, **kwargs):
     """Everything per example that the batch-level steps 2-7 need, for `augment_two_view_batch`:
-    (crop1, coins1, jitter1, crop2, coins2, jitter2). Arguments as `two_views` (without `xla`)."""
+    (crop1, coins1, jitter1, crop2, coins2, jitter2). Arguments as `two_view_crops`.
+
+    View 1 is always blurred and never solarized; view 2 is blurred with p=0.1 and solarized with p=0.2
+    (`VIEW1`, `VIEW2`)."""
     seed = tf.convert_to_tensor(seed)
     crop1, crop2 = two_view_crops(image_or_bytes, seed, **kwargs)
     coins1, jitter1 = draw_view_randomness(_fold(seed, 1))
     coins2, jitter2 = draw_view_randomness(_fold(seed, 2))
     return crop1, coins1, jitter1, crop2, coins2, jitter2
-
-
-def two_views(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_encoded, xla=True,
-              jpeg_decode_once=False, jpeg_dct_scaling=False):
-    """The two asymmetric MoCo v3 views of one example.
-
-    The pre-training pipeline (data.py) runs the same steps split in two: `two_view_inputs` per
-    example, then `augment_two_view_batch` once per batch (faster; same pixels to float round-off).
-
-    Args:
-        image_or_bytes: a scalar string of encoded bytes (JPEG, PNG, GIF, BMP) when
-            `is_encoded`, else a decoded HWC image (1 or 3 channels; uint8, or float in [0, 1]).
-        seed: int32/int64 tensor of shape [2]; the only source of randomness.
-        image_size: output side S.
-        crop_min: lower bound of the crop area fraction.
-        is_encoded: static bool, see `image_or_bytes`.
-        xla: compile the colour/blur/solarize/flip/normalise steps with XLA (same random
-            decisions; float results may differ from the uncompiled ops in the last bits).
-        jpeg_decode_once: decode a JPEG fully once and crop both views from it, instead of
-            one `decode_and_crop_jpeg` per view (same pixels: the crop is exact either way).
-        jpeg_dct_scaling: per-view JPEG decoding only: decode a crop whose sides are both
-            >= r * image_size at 1/r scale (r = 2, 4, 8) in the DCT domain and resize that
-            (`decode_crop_and_resize_jpeg_scaled`). Faster; not bit-identical (see the module
-            docstring for the measured difference). Ignored with `jpeg_decode_once`.
-
-    Returns:
-        (view1, view2): float32 [S, S, 3], normalised. View 1 is always blurred and never
-        solarized; view 2 is blurred with p=0.1 and solarized with p=0.2.
-    """
-    inputs = two_view_inputs(image_or_bytes, seed, image_size=image_size, crop_min=crop_min,
-                             is_encoded=is_encoded, jpeg_decode_once=jpeg_decode_once,
-                             jpeg_dct_scaling=jpeg_dct_scaling)
-    views = []
-    for view, policy in ((1, VIEW1), (2, VIEW2)):
-        crop, coins, jitter = inputs[3 * (view - 1):3 * view]
-        views.append(_apply_view_xla(crop, coins, jitter, view) if xla
-                     else _apply_view(crop, coins, jitter, **policy))
-    return views[0], views[1]
 
 
 # === Evaluation ===

@@ -1,7 +1,8 @@
-"""The DeiT regularisers of the transfer fine-tune recipe: label smoothing, mixup, cutmix, random erasing.
+"""The batch-level DeiT regularisers of the transfer fine-tune recipe: label smoothing, mixup, cutmix.
 
 Semantics follow timm (which DeiT and the MoCo v3 transfer runs use), written with stateless TF ops so that a
-seed alone decides every random choice (the fine-tune input pipeline is then resumable, see finetune.py):
+seed alone decides every random choice (the fine-tune input pipeline is then resumable, see pipelines.py).
+Random erasing, the per-image regulariser of the same recipe, is in erasing.py.
 
 * `smooth_one_hot` (timm `mixup.one_hot`): off = smoothing / C, on = 1 - smoothing + off.
 * `mix_batch` (timm `Mixup`, mode 'batch'): one lambda per batch, the batch is mixed with itself reversed
@@ -10,18 +11,9 @@ seed alone decides every random choice (the fine-tune input pipeline is then res
   a box of side fraction sqrt(1 - lam) centred uniformly in the image (clipped at the border) is pasted from
   x_rev, and lam is corrected to 1 - box_area / image_area (timm's `correct_lam`). Targets are always
   lam * smooth(y) + (1 - lam) * smooth(y_rev).
-* `random_erasing` (timm `RandomErasing`, mode 'pixel', one box): with probability p, up to 10 attempts of
-  area fraction U(0.02, 1/3) and log-uniform aspect ratio in (0.3, 1/0.3); the first box that fits inside
-  the image is filled with N(0, 1) noise per pixel and channel (the image is already normalised).
 """
 
-import math
-
 import tensorflow as tf
-
-ERASE_SCALE = (0.02, 1.0 / 3.0)
-ERASE_RATIO = (0.3, 1.0 / 0.3)
-ERASE_ATTEMPTS = 10
 
 
 def _fold(seed, k):
@@ -112,32 +104,3 @@ def mix_batch(images, labels, seed, *, num_classes, mixup_alpha=0.0, cutmix_alph
     out = tf.where(apply & use_cutmix, cut_images, tf.where(apply, mixed_images, images))
     targets = lam * y + (1.0 - lam) * tf.reverse(y, axis=[0])
     return out, targets, lam
-
-
-# === Random erasing ===
-
-
-def random_erasing(image, seed, p=0.25, scale=ERASE_SCALE, ratio=ERASE_RATIO, attempts=ERASE_ATTEMPTS):
-    """timm RandomErasing(probability=p, mode='pixel', max_count=1) of one normalised image [H, W, C]."""
-    if p <= 0:
-        return image
-    image = tf.convert_to_tensor(image, tf.float32)
-    shape = tf.shape(image)
-    h, w = shape[0], shape[1]
-    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
-    u = tf.random.stateless_uniform([5, attempts], _fold(seed, 0))
-    target = hf * wf * (scale[0] + u[0] * (scale[1] - scale[0]))
-    aspect = tf.exp(math.log(ratio[0]) + u[1] * (math.log(ratio[1]) - math.log(ratio[0])))
-    eh = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-    ew = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-    ok = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)  # timm: `if w < img_w and h < img_h`
-    first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
-    bh, bw = eh[first], ew[first]
-    top = tf.minimum(tf.cast(u[2][first] * tf.cast(h - bh + 1, tf.float32), tf.int32), h - bh)
-    left = tf.minimum(tf.cast(u[3][first] * tf.cast(w - bw + 1, tf.float32), tf.int32), w - bw)
-    erase = (u[4][0] < p) & tf.reduce_any(ok)
-    rows = tf.range(h)[:, None]
-    cols = tf.range(w)[None, :]
-    inside = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw) & erase
-    noise = tf.random.stateless_normal(shape, _fold(seed, 1), dtype=tf.float32)
-    return tf.where(inside[:, :, None], noise, image)

@@ -1,4 +1,4 @@
-"""Data sources and the pre-training input pipeline.
+"""Data sources: open a data set by name, as arrays, encoded bytes, file paths or a stream.
 
 Sources (`config.dataset.name`):
 - TFDS: imagenet2012 (manual download), cifar10, cifar100, oxford_flowers102, oxford_iiit_pet,
@@ -8,31 +8,20 @@ Sources (`config.dataset.name`):
 - 'fashion_mnist_idx': the original Fashion-MNIST IDX files (gzipped or not) under
   `config.dataset.path` (default /usr/share/datasets/fashion-mnist), split 'train' or 'test'.
 
-Ordering contract of `build_pretrain_dataset` (what makes 1 replica, N replicas, N workers and a
-resumed run see the same data):
-- epoch e visits the examples in a permutation seeded by (config.seed, e);
-- global step b of an epoch uses positions [b*B, (b+1)*B) of that order (B = global batch; the
-  remainder of an epoch is dropped); replica r takes rows [r*n, (r+1)*n), n = B / replicas;
-- input pipeline p serves replicas p*R .. p*R+R-1 (R = replicas / pipelines) and emits, for
-  each global step, their R per-replica batches in replica order;
-- an example's augmentation seed is [config.seed, e * 2**32 + position] and nothing else;
-- `start_step=k` starts at global step k without reading or decoding the skipped examples.
-
 Random-access sources (Fashion-MNIST arrays, image-folder file lists, and TFDS data sets except
 imagenet2012, which are loaded encoded into memory once at start-up: `config.dataset.in_memory`)
-follow the contract exactly. imagenet2012 (or any TFDS set with `in_memory=False`) is streamed:
-records are read in TFDS's deterministic order and shuffled with a buffer of
-`config.dataset.shuffle_buffer` seeded by (config.seed, e), so the "permutation" is a
-buffered one; every input pipeline reads the whole stream and keeps its positions (records stay
-encoded, so this costs I/O, not decoding) and resuming reads, but does not decode, the records
-of the skipped steps of the current epoch. TFDS's array_record random access is not used: it
-goes through a Python callback inside tf.data, which is GIL-bound.
+follow the example order of order.py exactly. imagenet2012 (or any TFDS set with `in_memory=False`) is
+streamed: records are read in TFDS's deterministic order and the pipelines shuffle them with a buffer of
+`config.dataset.shuffle_buffer` (order.py). TFDS's array_record random access is not used: it goes
+through a Python callback inside tf.data, which is GIL-bound.
+
+`open_labelled(dataset_config, split)` is the one way to open a labelled split ("a+b" joins splits); its
+problems are `LabelledSplitError`s, one sentence naming the fix. The input pipelines are in pipelines.py.
 
 Bad files in an image folder: every file is checked at start-up (signature and end marker:
 JPEG FFD8 ... FFD9, PNG signature ... IEND, GIF ... 3B, BMP size field); a bad file is skipped
-with one warning naming it and a total at the end. As a last resort the pipeline also ignores
-decoding errors (`Dataset.ignore_errors`, logged by TF), so a file that passes the check but
-fails to decode costs one example (and shifts that pipeline's rows by one), never the run.
+with one warning naming it and a total at the end (pipelines.py also ignores decoding errors as a
+last resort).
 """
 
 import dataclasses
@@ -44,8 +33,6 @@ from concurrent import futures
 import numpy as np
 import tensorflow as tf
 
-from tf_mocov3.data import augment
-
 logger = logging.getLogger(__name__)
 
 TFDS_NAMES = ("imagenet2012", "cifar10", "cifar100", "oxford_flowers102", "oxford_iiit_pet",
@@ -56,7 +43,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 _STREAMED_BY_DEFAULT = ("imagenet2012",)
 
 
-def _get(cfg, key, default=None):
+def setting(cfg, key, default=None):
+    """`cfg.key` of a ConfigDict, dict or object; `default` when missing or None."""
     value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
     return default if value is None else value
 
@@ -242,34 +230,26 @@ class Source:
             return tf.io.read_file(tf.gather(self.images, index))
         return tf.gather(self.images, index)
 
-    def labeled_dataset(self):
-        if self.kind == "stream":
-            return self.stream()
-        ds = tf.data.Dataset.range(self.num_examples)
-        labels = tf.constant(self.labels)
-        return ds.map(lambda i: (self.fetch(i), tf.gather(labels, i)),
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
 
 def load_source(dataset_config, split=None):
     """Open the source named by `dataset_config.name` (see the module docstring)."""
-    name = _get(dataset_config, "name")
-    split = split or _get(dataset_config, "split", "train")
-    path = _get(dataset_config, "path")
+    name = setting(dataset_config, "name")
+    split = split or setting(dataset_config, "split", "train")
+    path = setting(dataset_config, "path")
     if name == "fashion_mnist_idx":
         images, labels = load_fashion_mnist_idx(path, split)
         return Source(name, "array", len(images), 10, tf.constant(images), labels)
     if name == "image_folder":
-        files, labels, classes = list_image_folder(path, split, _get(dataset_config, "validate_files", True))
+        files, labels, classes = list_image_folder(path, split, setting(dataset_config, "validate_files", True))
         return Source(name, "paths", len(files), len(classes), tf.constant(files), labels)
     if name in TFDS_NAMES:
-        builder = _tfds_builder(name, _get(dataset_config, "data_dir"))
+        builder = _tfds_builder(name, setting(dataset_config, "data_dir"))
         split = _tfds_split(builder, split)
         num_examples = builder.info.splits[split].num_examples
         num_classes = builder.info.features["label"].num_classes
         if num_examples == 0:
             raise ValueError(f"TFDS split {name}/{split} in {builder.data_dir} is empty: rebuild it.")
-        if _get(dataset_config, "in_memory", name not in _STREAMED_BY_DEFAULT):
+        if setting(dataset_config, "in_memory", name not in _STREAMED_BY_DEFAULT):
             images, labels = [], []
             for img, label in _tfds_encoded(builder, split).batch(1024).as_numpy_iterator():
                 images.extend(img)
@@ -281,14 +261,68 @@ def load_source(dataset_config, split=None):
     raise ValueError(f"Unknown dataset.name {name!r}; valid names: {', '.join(SOURCE_NAMES)}.")
 
 
-def load_labeled(dataset_config, split):
-    """(tf.data.Dataset of (image, label) in a fixed order, num_classes, num_examples).
+# === Labelled splits ===
 
-    The image is a uint8 HWC array (fashion_mnist_idx, [28, 28, 1]) or a scalar string of
-    encoded bytes (image folders, TFDS); `augment.eval_preprocess` accepts both.
+
+class LabelledSplitError(ValueError):
+    """A split that cannot serve as labelled data (unreadable, unlabelled, < 2 classes); one sentence with the fix."""
+
+
+def _check_has_class_folders(dataset_config, split):
+    """An image folder whose images sit directly in it (no class sub-folders) has no labels."""
+    path = setting(dataset_config, "path")
+    if setting(dataset_config, "name") != "image_folder" or not path:
+        return
+    if os.path.isdir(os.path.join(path, split)):
+        path = os.path.join(path, split)
+    if not os.path.isdir(path):
+        return  # list_image_folder names the missing folder
+    entries = os.listdir(path)
+    loose = [e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)]
+    if loose and not any(os.path.isdir(os.path.join(path, e)) for e in entries):
+        raise LabelledSplitError(f"Image folder {path} has no labels: its images sit directly in it; put them in "
+                                 f"one sub-folder per class (e.g. {path}/cat/{loose[0]}).")
+
+
+def _concatenate(sources, split):
+    first = sources[0]
+    if any(s.kind != first.kind or s.kind == "stream" for s in sources):
+        raise LabelledSplitError(f"Cannot join the splits {split!r} of {first.name} (streamed or mixed sources); "
+                                 f"set config.dataset.in_memory=True.")
+    images = tf.concat([s.images for s in sources], axis=0)
+    labels = np.concatenate([s.labels for s in sources])
+    return Source(first.name, first.kind, len(labels), max(s.num_classes for s in sources), images, labels)
+
+
+def open_labelled(dataset_config, split):
+    """The Source of a labelled `split` ("a+b" joins splits, e.g. Flowers' "train+validation").
+
+    Raises LabelledSplitError (one sentence naming the fix) when a split cannot be read, has no labels (an image
+    folder without class sub-folders, a TFDS set without a label feature) or fewer than 2 classes.
     """
-    source = load_source(dataset_config, split)
-    return source.labeled_dataset(), source.num_classes, source.num_examples
+    name = setting(dataset_config, "name")
+    parts = [part.strip() for part in str(split).split("+")]
+    opened = []
+    for part in parts:
+        _check_has_class_folders(dataset_config, part)
+        try:
+            opened.append(load_source(dataset_config, part))
+        except KeyError as err:
+            raise LabelledSplitError(f"Data set {name} ({part}) has no labels ({err}); use a labelled data set, "
+                                     f"e.g. an image folder with one sub-folder per class.") from err
+        except LabelledSplitError:
+            raise
+        except ValueError as err:
+            raise LabelledSplitError(str(err)) from err
+    source = opened[0] if len(opened) == 1 else _concatenate(opened, split)
+    if source.num_classes < 2 or source.num_examples == 0:
+        raise LabelledSplitError(f"Data set {name} split {split!r} has no class labels ({source.num_classes} "
+                                 f"classes); fine-tuning, probing and kNN need labels of at least 2 classes: put the "
+                                 f"images in one sub-folder per class.")
+    return source
+
+
+# === Pre-training facts ===
 
 
 def num_train_examples(config):
@@ -297,109 +331,3 @@ def num_train_examples(config):
 
 def steps_per_epoch(config):
     return num_train_examples(config) // config.batch_size
-
-
-# === The pre-training pipeline ===
-
-
-def _layout(config, input_context):
-    """-> (per-replica batch n, local replicas R, this pipeline's row offset within a global batch)."""
-    replicas = input_context.num_replicas_in_sync if input_context else 1
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    pipeline = input_context.input_pipeline_id if input_context else 0
-    batch = config.batch_size
-    if batch % replicas:
-        raise ValueError(f"batch_size {batch} is not divisible by the {replicas} replicas: "
-                         f"choose a multiple of {replicas}.")
-    if replicas % pipelines:
-        raise ValueError(f"{replicas} replicas cannot be split evenly over {pipelines} input pipelines.")
-    n = batch // replicas
-    local = replicas // pipelines
-    return n, local, pipeline * local * n
-
-
-def _example_seed(seed, epoch, position):
-    return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) * (1 << 32) + position])
-
-
-def _options(dataset_config):
-    options = tf.data.Options()
-    options.deterministic = True
-    # One thread per op inside the map functions: the pipeline's parallelism is across
-    # examples (parallel map); intra-op threads only add hand-off and spin-wait CPU time.
-    options.threading.max_intra_op_parallelism = 1
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    threads = int(_get(dataset_config, "threads", 0))
-    if threads > 0:
-        options.threading.private_threadpool_size = threads
-    return options
-
-
-def build_pretrain_dataset(config, *, input_context=None, start_step=0):
-    """Infinite tf.data.Dataset of per-replica batches (view1, view2), float32 [n, S, S, 3].
-
-    Args:
-        config: the experiment ConfigDict (seed, batch_size, dataset.*).
-        input_context: a tf.distribute.InputContext (None: one replica, one pipeline).
-        start_step: first global step to produce (resume), see the ordering contract above.
-    """
-    dcfg = config.dataset
-    n, local, offset = _layout(config, input_context)
-    rows = local * n  # rows of each global batch this pipeline serves
-    batch = config.batch_size
-    seed = int(config.seed)
-    image_size = int(_get(dcfg, "image_size", 224))
-    crop_min = float(_get(dcfg, "crop_min", 0.08))
-    jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", False))
-    jpeg_dct_scaling = bool(_get(dcfg, "jpeg_dct_scaling", False))
-    source = load_source(dcfg)
-    num = source.num_examples
-    steps = num // batch
-    if steps == 0:
-        raise ValueError(f"The {source.name} split has {num} examples, fewer than one global batch of "
-                         f"{batch}: lower config.batch_size.")
-    start_epoch, first_step = divmod(int(start_step), steps)
-
-    def augment_example(image, position, epoch):
-        # Step 1 (decode, crop, resize) and the random numbers of steps 2-7, per example; steps 2-7
-        # run once per batch below (`augment.augment_two_view_batch`, same pixels as
-        # `augment.two_views` to float round-off, much less CPU).
-        return augment.two_view_inputs(image, _example_seed(seed, epoch, position), image_size=image_size,
-                                       crop_min=crop_min, is_encoded=source.is_encoded,
-                                       jpeg_decode_once=jpeg_decode_once, jpeg_dct_scaling=jpeg_dct_scaling)
-
-    if source.kind != "stream":
-        def epoch_positions(epoch):
-            first = tf.where(epoch == start_epoch, tf.constant(first_step, tf.int64), 0)
-            step = tf.range(first, steps, dtype=tf.int64)
-            position = tf.reshape(step[:, None] * batch + offset + tf.range(rows, dtype=tf.int64)[None],
-                                  [-1])
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(num, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-            index = tf.gather(order, position)
-            return tf.data.Dataset.from_tensor_slices(
-                (index, position, tf.fill(tf.shape(position), epoch)))
-
-        ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_positions)
-        ds = ds.map(lambda i, pos, e: augment_example(source.fetch(i), pos, e),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        buffer = int(_get(dcfg, "shuffle_buffer", 10_000))
-
-        def epoch_stream(epoch):
-            ds = source.stream().shuffle(buffer, seed=seed * 1_000_003 + epoch,
-                                         reshuffle_each_iteration=False)
-            ds = ds.take(steps * batch).enumerate()
-            first = tf.where(epoch == start_epoch, tf.constant(first_step * batch, tf.int64), 0)
-            ds = ds.skip(first)  # read, not decoded
-            ds = ds.filter(lambda pos, ex: (pos % batch >= offset) & (pos % batch < offset + rows))
-            return ds.map(lambda pos, ex: (ex[0], pos, epoch))
-
-        ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_stream)
-        ds = ds.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if source.is_encoded:
-        ds = ds.ignore_errors(log_warning=True)
-    ds = ds.batch(n, drop_remainder=True)
-    ds = ds.map(augment.augment_two_view_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_options(dcfg))

@@ -21,13 +21,15 @@ import keras
 import ml_collections
 import numpy as np
 
-from tf_mocov3 import config_lib
+from tf_mocov3.data import order
+from tf_mocov3.data import pipelines
+from tf_mocov3.data import sources
 from tf_mocov3.evaluation import features as features_lib
 from tf_mocov3.evaluation import knn
 from tf_mocov3.evaluation import linear_probe
-from tf_mocov3.weights import pretrained
-from tf_mocov3.training import reports
 from tf_mocov3.models import vit
+from tf_mocov3.training import reports
+from tf_mocov3.weights import pretrained
 
 REPORT_NAME = "demo_eval"
 # Sizes: the demo backbone embeds ~150-400 images/s on 2 busy CPU cores, and each of the two backbones embeds
@@ -47,7 +49,7 @@ def _knn_settings(config):
 
 def _random_backbone(config, image_size):
     keras.utils.set_random_seed(int(config.seed) + 1)
-    overrides = config_lib.backbone_overrides(config.model)
+    overrides = vit.config_overrides(config.model)
     return vit.build_backbone(config.model.arch, image_size,
                               train_patch_embed=bool(config.model.get("train_patch_embed", False)),
                               name="random_backbone", **overrides)
@@ -57,7 +59,7 @@ def _evaluate_features(name, train, test, num_classes, *, k, temperature, seed, 
     """kNN + cached-feature probe of one backbone's features."""
     t0 = time.perf_counter()
     knn_acc = knn.knn_top1(train[0], train[1], test[0], test[1], num_classes, k=k, temperature=temperature)
-    train_idx, hold_idx = linear_probe.holdout_split(len(train[1]), holdout_fraction=HOLDOUT_FRACTION, seed=seed)
+    train_idx, hold_idx = order.holdout_split(len(train[1]), holdout_fraction=HOLDOUT_FRACTION, seed=seed)
     probe = linear_probe.probe_on_features(
         (train[0][train_idx], train[1][train_idx]), (train[0][hold_idx], train[1][hold_idx]), test, num_classes,
         base_lrs=PROBE_BASE_LRS, batch_size=PROBE_BATCH, epochs=epochs, seed=seed)
@@ -95,14 +97,18 @@ def evaluate_demo(workdir, config=None, *, train_examples=TRAIN_EXAMPLES, test_e
     say(f"Demo evaluation of {workdir} (step {step}) on {config.dataset.name}: bank/probe {train_examples} train "
         f"images, {'all' if not test_examples else test_examples} test images, kNN k={k} T={temperature}.")
 
-    def extract(model, split, count):
-        return features_lib.extract_features(model, config.dataset, split, image_size=image_size, seed=seed,
-                                             max_examples=count or None)
+    splits = {split: sources.open_labelled(config.dataset, split) for split in ("train", "test")}
+    subsets = {split: order.subset_indices(splits[split].num_examples, seed=seed, max_examples=count or None)
+               for split, count in (("train", train_examples), ("test", test_examples))}
+
+    def extract(model, split, _count):
+        return features_lib.features_of_source(model, splits[split], image_size=image_size, indices=subsets[split],
+                                               title=f"features of {split}")
 
     train_f = extract(backbone, "train", train_examples)
     test_f = extract(backbone, "test", test_examples)
     num_classes = int(max(train_f[1].max(), test_f[1].max()) + 1)
-    num_classes = max(num_classes, _num_classes(config))
+    num_classes = max(num_classes, splits["test"].num_classes)
     knn_acc, probe, curve = _evaluate_features("pre-trained", train_f, test_f, num_classes, k=k,
                                                temperature=temperature, seed=seed,
                                                epochs=probe_epochs, print_fn=say)
@@ -115,11 +121,9 @@ def evaluate_demo(workdir, config=None, *, train_examples=TRAIN_EXAMPLES, test_e
                                                   epochs=probe_epochs, print_fn=say)
 
     pixels = []
-    for split, count in (("train", train_examples), ("test", test_examples)):
-        ds, _, _ = features_lib.labeled_subset(config.dataset, split, image_size=image_size, seed=seed,
-                                               max_examples=count or None)
+    for split in ("train", "test"):
         images, labels = [], []
-        for x, y in ds.batch(1000).as_numpy_iterator():
+        for x, y in pipelines.eval_dataset(splits[split], image_size, 1000, subsets[split]).as_numpy_iterator():
             images.append(x.reshape(len(x), -1))
             labels.append(y)
         pixels.append((np.concatenate(images), np.concatenate(labels)))
@@ -152,33 +156,3 @@ def evaluate_demo(workdir, config=None, *, train_examples=TRAIN_EXAMPLES, test_e
     metrics["table"] = table
     return metrics
 
-
-def _num_classes(config):
-    try:
-        return int(linear_probe.data.load_source(config.dataset, "test").num_classes)
-    except (ValueError, KeyError):
-        return 0
-
-
-def main(argv):
-    import sys  # pylint: disable=import-outside-toplevel
-    from absl import app  # pylint: disable=import-outside-toplevel
-
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        evaluate_demo(_WORKDIR.value, train_examples=_TRAIN.value, test_examples=_TEST.value)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    from absl import app as _app
-    from absl import flags as _flags
-
-    _WORKDIR = _flags.DEFINE_string("workdir", None, "The demo's pre-training workdir.")
-    _TRAIN = _flags.DEFINE_integer("train_examples", TRAIN_EXAMPLES, "Memory bank / probe training images.")
-    _TEST = _flags.DEFINE_integer("test_examples", TEST_EXAMPLES, "Test images (0 = the whole test split).")
-    _flags.mark_flags_as_required(["workdir"])
-    _app.run(main)

@@ -1,12 +1,14 @@
-"""Frozen-backbone features of a labelled split: the input of the kNN monitor and of the kNN evaluation.
+"""Frozen-backbone features of a labelled split: the input of kNN (monitor and evaluation), the probe and the demo.
 
 Images go through `augment.eval_preprocess` (resize the shorter side to image_size * 256 / 224, centre crop, ImageNet
 normalisation; grayscale becomes RGB there) and the backbone runs in inference mode. The features are the raw [CLS]
 vectors (not L2-normalised; `knn.py` normalises).
 
-A subset (`fraction` < 1 or `max_examples`) is a seeded permutation of the whole split, the same for every class:
-the first round(fraction * N) (then at most max_examples) indices of `np.random.default_rng(seed).permutation(N)`,
+A subset (`fraction` < 1 or `max_examples`) is `order.subset_indices`: a seeded permutation prefix of the whole split,
 kept in the split's order. The same arguments always give the same examples.
+
+`features_of` is the one embedding loop (kNN, the linear probe, the demo): it pads the last batch to one shape (one
+XLA compilation) and shows its progress (`Progress`) on a terminal line or as printed lines.
 
 Example:
 
@@ -19,67 +21,33 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tf_mocov3.data import augment
-from tf_mocov3.data import sources as data
+from tf_mocov3.data import order
+from tf_mocov3.data import pipelines
+from tf_mocov3.data import sources
 
 # Show a progress line only for extractions that have already taken this long.
 PROGRESS_AFTER_SECONDS = 3.0
-
-
-# === Subset selection ===
-
-
-def subset_indices(num_examples, fraction=1.0, seed=0, max_examples=None):
-    """Sorted int64 indices of the deterministic subset of a split of `num_examples` examples (module docstring)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    count = num_examples if fraction >= 1 else max(1, int(round(fraction * num_examples)))
-    if max_examples:
-        count = min(count, int(max_examples))
-    if count >= num_examples:
-        return np.arange(num_examples, dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(num_examples)
-    return np.sort(order[:count]).astype(np.int64)
-
-
-def labeled_subset(dataset_config, split, *, image_size, fraction=1.0, seed=0, max_examples=None):
-    """(tf.data.Dataset of (preprocessed float32 [S, S, 3] image, int64 label), num_classes, num_selected)."""
-    ds, num_classes, num_examples = data.load_labeled(dataset_config, split)
-    indices = subset_indices(num_examples, fraction, seed, max_examples)
-    if len(indices) < num_examples:
-        keep = np.zeros([num_examples], bool)
-        keep[indices] = True
-        keep = tf.constant(keep)
-
-        def selected(index, example):
-            del example
-            return tf.gather(keep, index)
-
-        def drop_index(index, example):
-            del index
-            return example
-
-        ds = ds.enumerate().filter(selected).map(drop_index)
-
-    def preprocess(image, label):
-        return augment.eval_preprocess(image, image_size), tf.cast(label, tf.int64)
-
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds, num_classes, len(indices)
+# How often a progress line is printed where "\r" cannot rewrite it (log files, print_fn).
+PRINT_INTERVAL_SECONDS = 30.0
 
 
 # === Progress display ===
 
 
 class Progress:
-    """One line, rewritten in place ("\\r"), once the work has taken more than PROGRESS_AFTER_SECONDS."""
+    """One line, rewritten in place ("\\r"), once the work has taken more than PROGRESS_AFTER_SECONDS.
 
-    def __init__(self, title, total, stream=None, after_seconds=PROGRESS_AFTER_SECONDS):
+    With `print_fn`, one printed line every PRINT_INTERVAL_SECONDS instead (a command's log).
+    """
+
+    def __init__(self, title, total, stream=None, after_seconds=PROGRESS_AFTER_SECONDS, print_fn=None):
         self.title, self.total = title, total
         self.stream = stream or sys.stderr
         self.after_seconds = after_seconds
+        self.print_fn = print_fn
         # In a log file (no terminal) "\r" does not rewrite the line: update rarely there.
-        self.interval = 1.0 if getattr(self.stream, "isatty", lambda: False)() else 30.0
+        terminal = print_fn is None and getattr(self.stream, "isatty", lambda: False)()
+        self.interval = 1.0 if terminal else PRINT_INTERVAL_SECONDS
         self.start = self._last = time.perf_counter()
         self.shown = False
 
@@ -90,7 +58,11 @@ class Progress:
         self._last = now
         rate = done / max(now - self.start, 1e-9)
         left = (self.total - done) / max(rate, 1e-9)
-        self.stream.write(f"\r{self.title}: {done}/{self.total} images, {rate:.0f} img/s, {left:.0f}s left   ")
+        line = f"{self.title}: {done}/{self.total} images, {rate:.0f} img/s, {left:.0f}s left"
+        if self.print_fn is not None:
+            self.print_fn(f"  {line}")
+            return
+        self.stream.write(f"\r{line}   ")
         self.stream.flush()
         self.shown = True
 
@@ -112,8 +84,8 @@ def make_forward(backbone, image_size, jit_compile=True):
     """A plain tf.function: normalised images [B, S, S, 3] -> float32 features [B, D], inference mode.
 
     Called outside any replica context, so it also runs a backbone whose variables were created under a
-    tf.distribute strategy (MirroredVariables are read through their local copy). XLA compiles it once per batch
-    shape (the full batches and the last one).
+    tf.distribute strategy (MirroredVariables are read through their local copy). XLA compiles it once
+    (`features_of` pads the last batch). `forward.feature_dim` is the backbone's output width.
     """
 
     @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)],
@@ -121,12 +93,17 @@ def make_forward(backbone, image_size, jit_compile=True):
     def forward(images):
         return tf.cast(backbone(images, training=False), tf.float32)
 
+    forward.feature_dim = int(backbone.output.shape[-1])
     return forward
 
 
-def features_of(forward, batches, total, *, title="features", stream=None, progress=True):
-    """Runs `forward` over an iterable of (images, labels) batches -> (features float32 np, labels int64 np)."""
-    progress = Progress(title, total, stream, after_seconds=PROGRESS_AFTER_SECONDS if progress else float("inf"))
+def features_of(forward, batches, total, *, title="features", stream=None, progress=True, print_fn=None):
+    """Runs `forward` over an iterable of (images, labels) batches -> (features float32 np [N, D], labels int64 np).
+
+    Progress goes to `stream` (default stderr), or to `print_fn` as lines; `progress=False` shows none.
+    """
+    progress = Progress(title, total, stream, after_seconds=PROGRESS_AFTER_SECONDS if progress else float("inf"),
+                        print_fn=print_fn)
     features, labels, done, width = [], [], 0, None
     with tf.device(_local_device()):
         for images, batch_labels in batches:
@@ -140,8 +117,20 @@ def features_of(forward, batches, total, *, title="features", stream=None, progr
             progress.update(done)
     progress.close()
     if not features:
-        return np.zeros([0, 0], np.float32), np.zeros([0], np.int64)
+        return np.zeros([0, getattr(forward, "feature_dim", 0)], np.float32), np.zeros([0], np.int64)
     return np.concatenate(features).astype(np.float32), np.concatenate(labels)
+
+
+def features_of_source(backbone, source, *, image_size, batch_size=256, indices=None, title="features",
+                       stream=None, print_fn=None, forward=None):
+    """[CLS] features of `indices` (sorted; None = all) of an opened labelled source -> (features [N, D], labels [N]).
+
+    `forward`: a `make_forward(backbone, image_size)` to reuse (one compilation for several calls).
+    """
+    total = source.num_examples if indices is None else len(indices)
+    batches = pipelines.eval_dataset(source, image_size, batch_size, indices)
+    return features_of(forward or make_forward(backbone, image_size), batches, total, title=title, stream=stream,
+                       print_fn=print_fn)
 
 
 def extract_features(backbone, dataset_config, split, *, image_size, batch_size=256, fraction=1.0, seed=0,
@@ -150,7 +139,7 @@ def extract_features(backbone, dataset_config, split, *, image_size, batch_size=
 
     Args:
       backbone: keras.Model, normalised images [B, S, S, 3] -> [B, D] (e.g. pretrained.load_backbone(path)).
-      dataset_config: a ConfigDict / dict with the data set's name, path, data_dir (see data.load_source).
+      dataset_config: a ConfigDict / dict with the data set's name, path, data_dir (see sources.open_labelled).
       split: 'train', 'test', ...
       image_size: S, the eval_preprocess crop size (the size the backbone was built for).
       batch_size: images per backbone call.
@@ -161,8 +150,7 @@ def extract_features(backbone, dataset_config, split, *, image_size, batch_size=
     Returns:
       (features float32 np [N, D], labels int64 np [N]).
     """
-    ds, _, total = labeled_subset(dataset_config, split, image_size=image_size, fraction=fraction, seed=seed,
-                                  max_examples=max_examples)
-    ds = ds.batch(batch_size).prefetch(2)
-    forward = make_forward(backbone, image_size)
-    return features_of(forward, ds.as_numpy_iterator(), total, title=f"features of {split}", stream=stream)
+    source = sources.open_labelled(dataset_config, split)
+    indices = order.subset_indices(source.num_examples, fraction, seed, max_examples)
+    return features_of_source(backbone, source, image_size=image_size, batch_size=batch_size, indices=indices,
+                              title=f"features of {split}", stream=stream)

@@ -17,7 +17,6 @@ config.knn.every_steps steps against a fixed memory bank of config.knn.train_fra
 import collections
 import json
 import os
-import sys
 import time
 
 import keras
@@ -25,6 +24,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from tf_mocov3.data import order
+from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources as data
 from tf_mocov3.evaluation import features as features_lib
 
@@ -96,38 +97,34 @@ def knn_top1(train_features, train_labels, test_features, test_labels, num_class
 
 
 def _labelled_source(dataset_config, split, key):
-    """(num_classes, num_examples) of a split, or a ValueError naming `key` and the fix."""
+    """The opened labelled split (sources.open_labelled), or a ValueError naming `key` and the fix."""
     try:
-        source = data.load_source(dataset_config, split)
+        return data.open_labelled(dataset_config, split)
     except (ValueError, OSError, tf.errors.OpError) as err:
+        reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         raise ValueError(f"The kNN data set {key} (name={dataset_config.get('name')!r}, split={split!r}) cannot be "
-                         f"read ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); "
-                         f"point {key} at a labelled data set or set config.knn.enabled=False.") from err
-    if source.num_classes < 2 or source.num_examples == 0:
-        raise ValueError(f"The kNN data set {key} (name={dataset_config.get('name')!r}, split={split!r}) has no "
-                         f"class labels ({source.num_classes} classes); point {key} at a labelled data set with "
-                         f"one class per sub-folder, or set config.knn.enabled=False.")
-    return source.num_classes, source.num_examples
+                         f"used ({reason}); point {key} at a labelled data set or set config.knn.enabled=False."
+                         ) from err
 
 
 class ImageSet:
-    """A fixed, preprocessed subset of a labelled split, held in memory when small enough."""
+    """A fixed, eval-preprocessed subset (`indices`) of an opened labelled source, held in memory when small enough."""
 
-    def __init__(self, dataset_config, split, *, image_size, fraction, seed, max_examples, batch_size,
-                 cache_limit_bytes=CACHE_LIMIT_BYTES):
-        self.dataset_config, self.split = dataset_config, split
-        self.image_size, self.fraction, self.seed = image_size, fraction, seed
-        self.max_examples, self.batch_size = max_examples, batch_size
-        ds, self.num_classes, self.size = features_lib.labeled_subset(
-            dataset_config, split, image_size=image_size, fraction=fraction, seed=seed, max_examples=max_examples)
+    def __init__(self, source, indices, *, image_size, batch_size, cache_limit_bytes=CACHE_LIMIT_BYTES):
+        self.source, self.indices = source, indices
+        self.image_size, self.batch_size = image_size, batch_size
+        self.num_classes, self.size = source.num_classes, len(indices)
         self.images = self.labels = None
         if self.size * image_size * image_size * 3 * 4 <= cache_limit_bytes:
             images, labels = [], []
-            for x, y in ds.batch(1024).prefetch(2).as_numpy_iterator():
+            for x, y in self._dataset(1024).as_numpy_iterator():
                 images.append(x)
                 labels.append(y)
             self.images = tf.constant(np.concatenate(images))
             self.labels = np.concatenate(labels)
+
+    def _dataset(self, batch_size):
+        return pipelines.eval_dataset(self.source, self.image_size, batch_size, self.indices)
 
     @property
     def cached(self):
@@ -138,10 +135,7 @@ class ImageSet:
             for start in range(0, self.size, self.batch_size):
                 yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
             return
-        ds, _, _ = features_lib.labeled_subset(self.dataset_config, self.split, image_size=self.image_size,
-                                               fraction=self.fraction, seed=self.seed,
-                                               max_examples=self.max_examples)
-        yield from ds.batch(self.batch_size).prefetch(2).as_numpy_iterator()
+        yield from self._dataset(self.batch_size).as_numpy_iterator()
 
 
 def _step(model):
@@ -192,14 +186,13 @@ class KNNMonitor(keras.callbacks.Callback):
         """Chooses and preprocesses the memory bank and the evaluation images (once); errors name config.knn keys."""
         if self.bank is not None:
             return
-        _labelled_source(self.dataset_config, self.train_split, "config.knn.dataset / config.knn.train_split")
-        _labelled_source(self.dataset_config, self.eval_split, "config.knn.dataset / config.knn.eval_split")
-        self.bank = ImageSet(self.dataset_config, self.train_split, image_size=self.image_size,
-                             fraction=self.train_fraction, seed=self.seed, max_examples=None,
-                             batch_size=self.batch_size)
-        self.queries = ImageSet(self.dataset_config, self.eval_split, image_size=self.image_size, fraction=1.0,
-                                seed=self.seed, max_examples=self.max_eval_examples or None,
-                                batch_size=self.batch_size)
+        train = _labelled_source(self.dataset_config, self.train_split, "config.knn.dataset / config.knn.train_split")
+        test = _labelled_source(self.dataset_config, self.eval_split, "config.knn.dataset / config.knn.eval_split")
+        self.bank = ImageSet(train, order.subset_indices(train.num_examples, self.train_fraction, self.seed),
+                             image_size=self.image_size, batch_size=self.batch_size)
+        self.queries = ImageSet(test, order.subset_indices(test.num_examples, 1.0, self.seed,
+                                                           self.max_eval_examples or None),
+                                image_size=self.image_size, batch_size=self.batch_size)
 
     # --- evaluation ---
 
@@ -318,6 +311,13 @@ def make_monitor(config, metrics_writer, *, chief=True, print_fn=None):
     return monitor
 
 
+def monitor_callbacks(config, trainer):
+    """`make_callbacks` for training.pretrain.run_pretraining: [the kNN monitor] when config.knn.enabled and this
+    is the chief, else []. The monitor logs through the run's MetricsWriter (`trainer.metrics`)."""
+    monitor = make_monitor(config, trainer.metrics, chief=trainer.chief, print_fn=trainer.say)
+    return [monitor] if monitor is not None else []
+
+
 # === Command line ===
 
 
@@ -338,65 +338,36 @@ def evaluate_pretrained(path, *, dataset=None, data_path=None, data_dir=None, tr
     if not dataset_config.get("name"):
         raise ValueError(f"Pretrained path {path} names no data set in its config.json; pass --dataset.")
     dataset_config = ml_collections.ConfigDict(dataset_config)
-    num_classes, _ = _labelled_source(dataset_config, train_split, "--dataset / --train_split")
-    _labelled_source(dataset_config, eval_split, "--dataset / --eval_split")
+    train = _labelled_source(dataset_config, train_split, "--dataset / --train_split")
+    test = _labelled_source(dataset_config, eval_split, "--dataset / --eval_split")
     size = int(image_size or run.dataset.image_size)
     backbone = pretrained.load_backbone(path, image_size=size)
     start = time.perf_counter()
-    train_x, train_y = features_lib.extract_features(backbone, dataset_config, train_split, image_size=size,
-                                                     batch_size=batch_size, stream=stream)
-    test_x, test_y = features_lib.extract_features(backbone, dataset_config, eval_split, image_size=size,
-                                                   batch_size=batch_size, stream=stream)
-    accuracy = knn_top1(train_x, train_y, test_x, test_y, num_classes, k=k, temperature=temperature)
+    train_x, train_y = features_lib.features_of_source(backbone, train, image_size=size, batch_size=batch_size,
+                                                       title=f"features of {train_split}", stream=stream)
+    test_x, test_y = features_lib.features_of_source(backbone, test, image_size=size, batch_size=batch_size,
+                                                     title=f"features of {eval_split}", stream=stream)
+    accuracy = knn_top1(train_x, train_y, test_x, test_y, train.num_classes, k=k, temperature=temperature)
     return {"knn_top1": accuracy, "k": k, "temperature": temperature, "dataset": dataset_config.name,
             "train_split": train_split, "eval_split": eval_split, "num_train": int(len(train_y)),
             "num_eval": int(len(test_y)), "image_size": size, "checkpoint": resolved.prefix,
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _define_flags():
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    flags.DEFINE_string("pretrained", None, "Workdir, checkpoint prefix or converted official directory.")
-    flags.DEFINE_string("dataset", None, "Data set name (default: the pre-training data set of the run).")
-    flags.DEFINE_string("data_path", None, "dataset.path (image_folder, fashion_mnist_idx).")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-    flags.DEFINE_string("train_split", "train", "Memory-bank split (all of it).")
-    flags.DEFINE_string("eval_split", "test", "Evaluated split (all of it).")
-    flags.DEFINE_integer("k", 200, "Neighbours.")
-    flags.DEFINE_float("temperature", 0.07, "Vote weight exp(similarity / temperature).")
-    flags.DEFINE_integer("image_size", None, "Crop size (default: the pre-training size).")
-    flags.DEFINE_integer("batch_size", 256, "Images per backbone call.")
-    flags.mark_flag_as_required("pretrained")
-    return flags.FLAGS
-
-
-def main(argv):
-    from absl import app  # pylint: disable=import-outside-toplevel
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    flag = FLAGS
-    path = flag.pretrained
-    try:
-        record = evaluate_pretrained(path, dataset=flag.dataset, data_path=flag.data_path, data_dir=flag.data_dir,
-                                     train_split=flag.train_split, eval_split=flag.eval_split, k=flag.k,
-                                     temperature=flag.temperature, image_size=flag.image_size,
-                                     batch_size=flag.batch_size)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+def evaluate_and_report(path, *, print_fn=None, **kwargs):
+    """`evaluate_pretrained(path, **kwargs)` printed as a table and, when `path` is a workdir, written to
+    PATH/knn.json; returns the record. This is what `python -m tf_mocov3.knn` runs."""
     from tf_mocov3.training import reports  # pylint: disable=import-outside-toplevel
+
+    say = print_fn or (lambda line: print(line, flush=True))
+    record = evaluate_pretrained(path, **kwargs)
     row = {"dataset": record["dataset"], "bank": f"{record['train_split']} ({record['num_train']})",
            "eval": f"{record['eval_split']} ({record['num_eval']})", "k": record["k"], "T": record["temperature"],
            "kNN top-1 (%)": record["knn_top1"]}
-    print(reports.format_table([row]), flush=True)
+    say(reports.format_table([row]))
     if os.path.isdir(path):
         out = os.path.join(path, KNN_FILE)
         with open(out, "w") as f:
             json.dump(record, f, indent=2)
-        print(f"wrote {out}", flush=True)
-
-
-if __name__ == "__main__":
-    from absl import app as _app  # pylint: disable=ungrouped-imports
-    FLAGS = _define_flags()
-    _app.run(main)
+        say(f"wrote {out}")
+    return record

@@ -1,0 +1,273 @@
+"""The input pipelines: what each command feeds its model, built from a source (sources.py) and the order (order.py).
+
+- `build_pretrain_dataset`: MoCo v3's two asymmetric views, per-replica batches, resumable (the contract is
+  order.py's; replica layout below).
+- `labelled_train_dataset`: one training crop per labelled example (`train_crop`: RandomResizedCrop + flip +
+  normalise + optional random erasing, all from the example's seed), optionally mixup / cutmix per global step:
+  fine-tuning, and the linear probe on augmented images.
+- `cached_feature_dataset`: the linear probe on features embedded once.
+- `eval_examples` / `eval_dataset`: the eval preprocessing (resize, centre crop, normalise) of a labelled split or a
+  subset of it, in index order: evaluation, kNN, features.
+
+Replica layout of the pre-training pipeline: replica r of a global batch takes rows [r*n, (r+1)*n), n = B /
+replicas; input pipeline p serves replicas p*R .. p*R+R-1 (R = replicas / pipelines) and emits, for each global
+step, their R per-replica batches in replica order.
+
+Bad files: an encoded source also ignores decoding errors as a last resort (`Dataset.ignore_errors`, logged by TF),
+so a file that passes sources.py's integrity check but fails to decode costs one example (and shifts that
+pipeline's rows by one), never the run.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tf_mocov3.data import augment
+from tf_mocov3.data import erasing
+from tf_mocov3.data import mixup
+from tf_mocov3.data import order as order_lib
+from tf_mocov3.data import sources
+
+# Keeps the per-step mixup seeds apart from the per-example seeds.
+MIX_SEED_SALT = 0x6D697875
+DEFAULT_SHUFFLE_BUFFER = 10_000
+
+_get = sources.setting
+
+
+def _options(threads=0, auto_shard=tf.data.experimental.AutoShardPolicy.OFF):
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = auto_shard
+    if int(threads or 0) > 0:
+        options.threading.private_threadpool_size = int(threads)
+    return options
+
+
+# === Pre-training: two views ===
+
+
+def _layout(config, input_context):
+    """-> (per-replica batch n, local replicas R, this pipeline's row offset within a global batch)."""
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    batch = config.batch_size
+    if batch % replicas:
+        raise ValueError(f"batch_size {batch} is not divisible by the {replicas} replicas: "
+                         f"choose a multiple of {replicas}.")
+    if replicas % pipelines:
+        raise ValueError(f"{replicas} replicas cannot be split evenly over {pipelines} input pipelines.")
+    n = batch // replicas
+    local = replicas // pipelines
+    return n, local, pipeline * local * n
+
+
+def build_pretrain_dataset(config, *, input_context=None, start_step=0):
+    """Infinite tf.data.Dataset of per-replica batches (view1, view2), float32 [n, S, S, 3].
+
+    Args:
+        config: the experiment ConfigDict (seed, batch_size, dataset.*).
+        input_context: a tf.distribute.InputContext (None: one replica, one pipeline).
+        start_step: first global step to produce (resume), see order.py.
+    """
+    dcfg = config.dataset
+    n, local, offset = _layout(config, input_context)
+    seed = int(config.seed)
+    image_size = int(_get(dcfg, "image_size", 224))
+    crop_min = float(_get(dcfg, "crop_min", 0.08))
+    jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", False))
+    jpeg_dct_scaling = bool(_get(dcfg, "jpeg_dct_scaling", False))
+    source = sources.load_source(dcfg)
+    try:
+        order = order_lib.ExampleOrder(source.num_examples, config.batch_size, seed, start_step=start_step,
+                                       rows=local * n, row_offset=offset)
+    except ValueError as err:
+        raise ValueError(f"The {source.name} split: {err}") from err
+
+    def augment_example(image, position, epoch):
+        # Step 1 (decode, crop, resize) and the random numbers of steps 2-7, per example; steps 2-7 run once per
+        # batch below (`augment.augment_two_view_batch`: same pixels to float round-off, much less CPU).
+        return augment.two_view_inputs(image, order_lib.example_seed(seed, epoch, position), image_size=image_size,
+                                       crop_min=crop_min, is_encoded=source.is_encoded,
+                                       jpeg_decode_once=jpeg_decode_once, jpeg_dct_scaling=jpeg_dct_scaling)
+
+    if source.kind != "stream":
+        ds = order.epochs(order.epoch)
+        ds = ds.map(lambda i, pos, e: augment_example(source.fetch(i), pos, e),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        buffer = int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
+        ds = order.epochs(lambda e: order.streamed_epoch(source.stream(), e, buffer))
+        ds = ds.map(lambda ex, pos, e: augment_example(ex[0], pos, e), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
+    if source.is_encoded:
+        ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(n, drop_remainder=True)
+    ds = ds.map(augment.augment_two_view_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = _options(_get(dcfg, "threads", 0))
+    # One thread per op inside the map functions: the pipeline's parallelism is across examples (parallel map);
+    # intra-op threads only add hand-off and spin-wait CPU time.
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options)
+
+
+# === Labelled examples ===
+
+
+def labelled_examples(source, indices=None):
+    """Dataset of (image, int64 label) of `indices` (sorted; None = all) of a source, in index order.
+
+    The image is what the source holds (uint8 HWC array or encoded bytes); random-access sources read only the
+    selected examples, streamed ones read the stream up to the last selected example.
+    """
+    if source.kind == "stream":
+        ds = source.stream()
+        if indices is not None:
+            keep = np.zeros(source.num_examples, bool)
+            keep[np.asarray(indices, np.int64)] = True
+            keep = tf.constant(keep)
+            ds = ds.take(int(np.max(indices)) + 1 if len(indices) else 0).enumerate()
+            ds = ds.filter(lambda i, ex: tf.gather(keep, i)).map(lambda i, ex: ex)
+        return ds.map(lambda image, label: (image, tf.cast(label, tf.int64)))
+    labels = tf.constant(source.labels, tf.int64)
+    index = tf.range(source.num_examples, dtype=tf.int64) if indices is None else tf.constant(indices, tf.int64)
+    return tf.data.Dataset.from_tensor_slices(index).map(
+        lambda i: (source.fetch(i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def eval_examples(source, image_size, indices=None):
+    """Dataset of (`augment.eval_preprocess` float32 [S, S, 3] image, int64 label) of `indices`, in order."""
+    preprocess = tf.autograph.experimental.do_not_convert(
+        lambda image, label: (augment.eval_preprocess(image, image_size), label))
+    return labelled_examples(source, indices).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                                                  deterministic=True)
+
+
+def eval_dataset(source, image_size, batch_size, indices=None):
+    """`eval_examples` in batches of `batch_size` (the last one partial), prefetched."""
+    return eval_examples(source, image_size, indices).batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+
+
+# === Labelled training: one crop per example ===
+
+
+def train_crop(image, seed, *, image_size, scale=(0.08, 1.0), random_erasing=0.0):
+    """One training image: RandomResizedCrop(S, scale) + horizontal flip + normalise (+ random erasing).
+
+    Every random choice comes from `seed` ([2] ints): the crop window from fold(seed, 0), the flip (p = 0.5) from
+    fold(seed, 1), random erasing (probability `random_erasing`) from fold(seed, 2). `image` is a decoded HWC
+    image (1 or 3 channels) or a scalar string of encoded bytes; a JPEG decodes only its crop window.
+    """
+    fold = tf.random.experimental.stateless_fold_in
+    image = tf.convert_to_tensor(image)
+    crop_seed = fold(seed, 0)
+
+    def from_decoded(img):
+        shape = tf.shape(img)
+        window = augment.random_resized_crop_window(crop_seed, shape[0], shape[1], scale)
+        return augment.crop_and_resize(img, window, image_size)
+
+    if image.dtype == tf.string:
+        def from_jpeg():
+            shape = tf.io.extract_jpeg_shape(image)
+            window = augment.random_resized_crop_window(crop_seed, shape[0], shape[1], scale)
+            return augment.decode_crop_and_resize_jpeg(image, window, image_size)
+
+        crop = tf.cond(tf.io.is_jpeg(image), from_jpeg, lambda: from_decoded(augment.decode_image(image)))
+    else:
+        crop = from_decoded(augment.to_rgb_uint8(image))
+    crop.set_shape([image_size, image_size, 3])
+    flip = tf.random.stateless_uniform([], fold(seed, 1)) < 0.5
+    crop = tf.cond(flip, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
+    out = augment.normalize(crop)
+    if random_erasing > 0:
+        out = erasing.random_erasing(out, fold(seed, 2), p=random_erasing)
+    return out
+
+
+def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale=(0.08, 1.0), random_erasing=0.0,
+                           start_step=0, indices=None, keep_partial_batch=False, end_epoch=None, mix=None,
+                           shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, threads=0):
+    """Global batches (images [B, S, S, 3], labels) of `train_crop`s in the order of order.py.
+
+    Args:
+      source: a labelled sources.Source.
+      global_batch, seed, start_step, keep_partial_batch: order.ExampleOrder's.
+      image_size, crop_scale, random_erasing: `train_crop`'s.
+      indices: the sorted subset of the source to train on (None = all).
+      end_epoch: stop before this epoch (None = forever).
+      mix: None (labels int64 [B]) or mixup.mix_batch's keyword arguments (num_classes, mixup_alpha, cutmix_alpha,
+        prob, switch_prob, smoothing): each global step t is mixed with a seed made from (seed, t), and the labels
+        become soft targets float32 [B, num_classes].
+      shuffle_buffer: the epoch shuffle of a streamed source.
+      threads: tf.data's private thread pool (0 = TF's).
+    """
+    num = source.num_examples if indices is None else len(indices)
+    order = order_lib.ExampleOrder(num, global_batch, seed, start_step=start_step,
+                                   keep_partial_batch=keep_partial_batch)
+    image_size, scale, random_erasing = int(image_size), tuple(float(s) for s in crop_scale), float(random_erasing)
+
+    @tf.autograph.experimental.do_not_convert
+    def crop(image, label, position, epoch):
+        image = train_crop(image, order_lib.example_seed(seed, epoch, position), image_size=image_size, scale=scale,
+                           random_erasing=random_erasing)
+        return image, label
+
+    if source.kind == "stream":
+        stream = labelled_examples(source, indices)
+
+        @tf.autograph.experimental.do_not_convert
+        def example(ex, position, epoch):
+            return crop(ex[0], ex[1], position, epoch)
+
+        def one_epoch(epoch):
+            return order.streamed_epoch(stream, epoch, shuffle_buffer)
+    else:
+        labels = tf.constant(source.labels, tf.int64)
+        subset = None if indices is None else tf.constant(indices, tf.int64)
+
+        @tf.autograph.experimental.do_not_convert
+        def example(i, position, epoch):
+            index = i if subset is None else tf.gather(subset, i)
+            return crop(source.fetch(index), tf.gather(labels, index), position, epoch)
+
+        one_epoch = order.epoch
+
+    if keep_partial_batch:  # batches end with the epoch
+        ds = order.epochs(lambda e: one_epoch(e).map(example, num_parallel_calls=tf.data.AUTOTUNE,
+                                                     deterministic=True).batch(global_batch), end_epoch)
+    else:
+        ds = order.epochs(one_epoch, end_epoch).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(global_batch, drop_remainder=True)
+    if mix is not None:
+        mix = dict(mix)
+
+        @tf.autograph.experimental.do_not_convert
+        def mix_step(step, images_labels):
+            images, y = images_labels
+            mix_seed = tf.random.experimental.stateless_fold_in(
+                tf.stack([tf.constant(seed, tf.int64), step]), MIX_SEED_SALT)
+            images, targets, _ = mixup.mix_batch(images, y, mix_seed, **mix)
+            return images, targets
+
+        ds = tf.data.Dataset.zip(tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max), ds)
+        ds = ds.map(mix_step, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options(threads, tf.data.experimental.AutoShardPolicy.DATA))
+
+
+def cached_feature_dataset(features, labels, *, batch_size, seed, start_step=0, end_epoch=None):
+    """Batches (features float32 [b, D], labels int64 [b]) of features computed once, in the order of order.py
+    with a last partial batch per epoch (ceil(N / batch_size) steps per epoch)."""
+    features = tf.constant(features, tf.float32)
+    labels = tf.constant(labels, tf.int64)
+    order = order_lib.ExampleOrder(int(labels.shape[0]), batch_size, seed, start_step=start_step,
+                                   keep_partial_batch=True)
+
+    def one_epoch(epoch):
+        index = tf.gather(order.permutation(epoch), order.positions(epoch))
+        return tf.data.Dataset.from_tensor_slices((tf.gather(features, index), tf.gather(labels, index))).batch(
+            int(batch_size))
+
+    return order.epochs(one_epoch, end_epoch).prefetch(tf.data.AUTOTUNE)
