@@ -42,10 +42,16 @@ class TrainClock:
     def __init__(self, config):
         import keras  # pylint: disable=import-outside-toplevel
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        from tf_mocov3.training import pretrain as training  # pylint: disable=import-outside-toplevel
+        from tf_mocov3.models import moco  # pylint: disable=import-outside-toplevel
+        from tf_mocov3.training import optim, trainer  # pylint: disable=import-outside-toplevel
 
-        self.model = training.build_model_and_optimizer(config, tf.distribute.get_strategy(), steps_per_epoch=234,
-                                                        total_steps=702)
+        steps_per_epoch, total_steps = 234, 702
+        run = trainer.Trainer(None, total_steps=total_steps, global_batch=config.batch_size)
+        self.model = run.build(
+            lambda: moco.build_moco(config.model, image_size=config.dataset.image_size, total_steps=total_steps),
+            lambda: optim.build_optimizer(config.optim, global_batch=config.batch_size,
+                                          steps_per_epoch=steps_per_epoch, total_steps=total_steps),
+            seed=config.seed, jit_compile=trainer.resolve_jit_compile(config, tf.distribute.get_strategy()))
         size = config.dataset.image_size
         views = tf.random.normal([2, config.batch_size, size, size, 3], seed=0)
         self.dataset = tf.data.Dataset.from_tensors((views[0], views[1])).repeat()

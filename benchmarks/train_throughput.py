@@ -91,7 +91,7 @@ def main(argv):
     from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
     from tf_mocov3.models import moco  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import optim  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.training import pretrain as training  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import trainer  # pylint: disable=import-outside-toplevel
 
     if _INTRA.value:
         tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
@@ -103,7 +103,7 @@ def main(argv):
     keras.config.set_dtype_policy(_PRECISION.value)
     config = config_lib.base_config()
     config.jit_compile = _XLA.value
-    use_xla = training.resolve_jit_compile(config, tf.distribute.get_strategy())
+    use_xla = trainer.resolve_jit_compile(config, tf.distribute.get_strategy())
     config.model.arch = _ARCH.value
     config.model.mlp_dim = _MLP.value
     config.model.moco_dim = _DIM.value

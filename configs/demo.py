@@ -4,7 +4,7 @@ r"""A tiny ViT pre-trained with MoCo v3 on Fashion-MNIST, on a laptop-class CPU 
 
 (`bash scripts/demo.sh` sets everything up first and runs exactly this.) Reads the offline Fashion-MNIST IDX files of
 the Debian package dataset-fashion-mnist; on a machine with internet `--config.dataset.name=fashion_mnist` reads the
-same data through TFDS. Everything else is the paper's recipe scaled down: the same two asymmetric views (at 32 px),
+same data through TFDS. Everything else is the paper's recipe scaled down: the same two asymmetric views (at 28 px),
 random frozen patch projection, BN heads, cosine momentum, symmetrized loss with 2*tau, AdamW with warmup + cosine.
 """
 

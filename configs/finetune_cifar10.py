@@ -9,11 +9,11 @@ AdamW lr 3e-4 * batch / 512, batch 1024, 100 epochs (3 warmup), wd 0.1, drop-pat
 --config.dataset.data_dir (training never downloads).
 """
 
-from tf_mocov3.evaluation import finetune
+from tf_mocov3 import config_lib
 
 
 def get_config():
-    config = finetune.base_config()
+    config = config_lib.finetune_config()
     config.dataset.name = "cifar10"
     config.dataset.train_split = "train"
     config.dataset.eval_split = "test"

@@ -8,11 +8,11 @@ drop-path 0.1, label smoothing 0.1, no random erasing, RandomResizedCrop(224, sc
 Needs TFDS cifar100 prepared in --config.dataset.data_dir.
 """
 
-from tf_mocov3.evaluation import finetune
+from tf_mocov3 import config_lib
 
 
 def get_config():
-    config = finetune.base_config()
+    config = config_lib.finetune_config()
     config.dataset.name = "cifar100"
     config.dataset.train_split = "train"
     config.dataset.eval_split = "test"

@@ -11,11 +11,11 @@ folder instead: --config.dataset.name=image_folder --config.dataset.path=DIR (on
 and DIR/val are used when present, with --config.dataset.eval_split=val).
 """
 
-from tf_mocov3.evaluation import finetune
+from tf_mocov3 import config_lib
 
 
 def get_config():
-    config = finetune.base_config()
+    config = config_lib.finetune_config()
     config.batch_size = 256
     config.epochs = 3
     config.image_size = 32

@@ -10,11 +10,11 @@ only 1 step (the remainder of 2,040 is dropped each epoch, as with DeiT's drop_l
 oxford_flowers102 prepared in --config.dataset.data_dir.
 """
 
-from tf_mocov3.evaluation import finetune
+from tf_mocov3 import config_lib
 
 
 def get_config():
-    config = finetune.base_config()
+    config = config_lib.finetune_config()
     config.dataset.name = "oxford_flowers102"
     config.dataset.train_split = "train+validation"
     config.dataset.eval_split = "test"

@@ -8,11 +8,11 @@ label smoothing 0.1, no random erasing; AdamW lr 3e-4 * batch / 512, batch 1024,
 RandomResizedCrop(224, scale 0.05-1) + flip. Needs TFDS oxford_iiit_pet prepared in --config.dataset.data_dir.
 """
 
-from tf_mocov3.evaluation import finetune
+from tf_mocov3 import config_lib
 
 
 def get_config():
-    config = finetune.base_config()
+    config = config_lib.finetune_config()
     config.dataset.name = "oxford_iiit_pet"
     config.dataset.train_split = "train"   # TFDS's "train" is the official trainval list
     config.dataset.eval_split = "test"

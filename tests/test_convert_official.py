@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from absl import flags
 from absl.testing import flagsaver
 
-from tf_mocov3.weights import convert_official
+from tf_mocov3 import convert_official as convert_command  # the command; defines --input, --output
 from tf_mocov3.models import moco
 from tf_mocov3.training import optim
+from tf_mocov3.weights import convert_official
 from tf_mocov3.weights import pretrained
 
 MICRO = {"embed_dim": 32, "depth": 2, "num_heads": 2}   # vit_micro: patch 4, image 16 -> 4 x 4 grid
@@ -329,7 +330,7 @@ def test_round_trip_linear_probe_and_pretraining_step(tmp_path):
         flags.FLAGS.mark_as_parsed()
     with flagsaver.flagsaver(input=save(tmp_path, "b.pth.tar", {"state_dict": sd}), output=out, arch="vit_micro",
                              model_overrides=json.dumps(MICRO)):
-        convert_official.main([])
+        convert_command.main([])
 
     # Linear probe: a Dense on the frozen features, one SGD step.
     backbone = pretrained.load_backbone(out)

@@ -6,17 +6,14 @@ import os
 import pytest
 from PIL import Image
 
+from conftest import needs_fmnist
 from tf_mocov3.evaluation import demo as demo_eval
-from tf_mocov3.training import pretrain as training
-
-from test_training import needs_fmnist, tiny_config  # pylint: disable=wrong-import-order
 
 
 @needs_fmnist
-def test_evaluate_demo_reports_all_numbers(tmp_path):
-    config, _ = tiny_config(tmp_path)
-    workdir = str(tmp_path / "run")
-    training.run_pretraining(config, workdir, print_fn=lambda line: None)
+def test_evaluate_demo_reports_all_numbers(pretrained_run, pretrained_workdir):
+    _, config, _ = pretrained_run  # the session's tiny 4-step run; the demo writes into a private copy of it
+    workdir = pretrained_workdir
     lines = []
     result = demo_eval.evaluate_demo(workdir, config, train_examples=600, test_examples=300, probe_epochs=5,
                                      print_fn=lines.append)

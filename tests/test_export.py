@@ -14,14 +14,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from conftest import ROOT, needs_fmnist
 from export import saved_model as sm
 from tf_mocov3.data import augment
 from tf_mocov3.models import heads
-from tf_mocov3.weights import plain_keras
 from tf_mocov3.models import vit
+from tf_mocov3.weights import plain_keras
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FMNIST = "/usr/share/datasets/fashion-mnist"
 SIZE = 32
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 ATOL = 1e-5
@@ -250,18 +249,11 @@ def test_pretrained_loader_accepts_the_keras_file(exported):
     np.testing.assert_allclose(loaded(x).numpy(), backbone(x).numpy(), atol=ATOL, rtol=0)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")),
-                    reason="scripts/setup.sh installs dataset-fashion-mnist")
-def test_command_exports_a_pretraining_workdir(tmp_path):
-    from test_training import tiny_config  # pylint: disable=import-outside-toplevel
-
+@needs_fmnist
+def test_command_exports_a_pretraining_workdir(tmp_path, pretrained_run):
     from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.training import pretrain as training  # pylint: disable=import-outside-toplevel
 
-    config, _ = tiny_config(tmp_path)
-    config.max_steps = 2
-    workdir = str(tmp_path / "run")
-    training.run_pretraining(config, workdir, print_fn=lambda s: None)
+    workdir = pretrained_run[0]  # the session's tiny pre-training run; the export only reads it
 
     out = str(tmp_path / "serving")
     cmd = [sys.executable, "-m", "export.saved_model", f"--pretrained={workdir}", f"--output={out}",

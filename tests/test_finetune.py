@@ -11,18 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_mocov3.training import checkpointing
+from conftest import FMNIST, ROOT, checkpoint_tensors, needs_fmnist
+from tests.fixtures_data import write_image_folder as _write_folder
 from tf_mocov3 import config_lib
 from tf_mocov3.evaluation import finetune
 from tf_mocov3.models import moco
+from tf_mocov3.models import vit
+from tf_mocov3.training import checkpointing
 from tf_mocov3.training import optim
 from tf_mocov3.weights import pretrained
-from tf_mocov3.models import vit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FMNIST = "/usr/share/datasets/fashion-mnist"
-needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")),
-                                  reason="scripts/setup.sh installs dataset-fashion-mnist")
 PRE_SIZE = 16
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
@@ -50,7 +48,7 @@ def pretrained_dir(tmp_path_factory):
 
 
 def tiny_config(**dataset):
-    c = finetune.base_config()
+    c = config_lib.finetune_config()
     c.batch_size, c.max_steps, c.image_size = 4, 4, PRE_SIZE
     c.strategy, c.jit_compile = "one_device", "false"
     c.log_every_steps, c.checkpoint_every_steps = 1, 2
@@ -106,11 +104,7 @@ def test_head_init_is_normal_002_with_zero_bias(pretrained_dir):
 
 
 def _weights(workdir):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
-    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith("model/"))
-    return {k: reader.get_tensor(k) for k in keys}
+    return checkpoint_tensors(workdir)  # every tensor: the trained weights live under optimizer/ in Keras 3
 
 
 @needs_fmnist
@@ -140,16 +134,6 @@ def test_resume_gives_the_same_weights_and_report(pretrained_dir, tmp_path):
     assert metrics["top1"] == second["top1"] == full["top1"] and metrics["step"] == 4
     assert metrics["eval_top1_curve"][-1] == [4, full["top1"]]
     assert os.path.exists(os.path.join(resumed_dir, "finetune.png"))
-
-
-def _write_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 24)):
-    rng = np.random.default_rng(0)
-    for label, name in enumerate(classes):
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 255, size + (3,), dtype=np.uint8)
-            ext = "png" if i % 2 else "jpg"
-            Image.fromarray(pixels).save(os.path.join(root, name, f"{i}.{ext}"))
 
 
 def test_image_folder_run_of_two_steps(pretrained_dir, tmp_path):
@@ -191,9 +175,9 @@ def test_errors_before_any_work(pretrained_dir, tmp_path):
 
 def test_command_prints_one_error_line_and_exits_1(pretrained_dir, tmp_path):
     config = tmp_path / "cfg.py"
-    config.write_text("from tf_mocov3.evaluation import finetune\n"
+    config.write_text("from tf_mocov3 import config_lib\n"
                       "def get_config():\n"
-                      "    c = finetune.base_config()\n"
+                      "    c = config_lib.finetune_config()\n"
                       "    c.model.arch = 'vit_base'\n"
                       "    return c\n")
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")

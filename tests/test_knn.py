@@ -1,6 +1,5 @@
 """Weighted kNN (Wu et al. / InstDisc; the MoCo kNN monitor): hand-computed votes, the monitor in a run, the CLI."""
 
-import gzip
 import json
 import math
 import os
@@ -12,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3.training import distribute
 from tf_mocov3.evaluation import knn
+from tf_mocov3.training import distribute
 from tf_mocov3.training import pretrain as training
-from tests.test_training import FMNIST, ROOT, needs_fmnist, tiny_config
+from conftest import FMNIST, ROOT, needs_fmnist
+from tests.fixtures_data import write_idx as _write_idx
 
 # A 2-D memory bank: the query q = [2, 0] is L2-normalised to [1, 0].
 #   a = [1, 0]      class 0   cos(q, a) = 1
@@ -92,7 +92,7 @@ def test_dip_warning_names_step_accuracy_best_and_grad_norms():
     assert len(lines) == 1
 
 
-def test_make_monitor_defaults_and_errors(tmp_path):
+def test_make_monitor_defaults_and_errors(tmp_path, tiny_config):
     config, _ = tiny_config(tmp_path)
     assert knn.make_monitor(config, None) is None                              # no config.knn: disabled
     config.knn = ml_collections.ConfigDict({"enabled": True})
@@ -111,14 +111,8 @@ def test_make_monitor_defaults_and_errors(tmp_path):
         knn.make_monitor(config, None)
 
 
-def _write_idx(path, array):
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
-
-
 @pytest.fixture(scope="module")
-def monitored_run(tmp_path_factory):
+def monitored_run(tmp_path_factory, tiny_config):
     """A 5-step MirroredStrategy pre-training run (2 logical CPUs) with the kNN monitor every 2 steps."""
     tmp = tmp_path_factory.mktemp("knn_run")
     config, _ = tiny_config(tmp)
@@ -129,10 +123,12 @@ def monitored_run(tmp_path_factory):
     workdir = str(tmp / "run")
     os.makedirs(workdir)
     lines = []
-    # config.knn.enabled: run_pretraining builds the monitor and logs through the run's MetricsWriter.
+    # config.knn.enabled: knn.monitor_callbacks builds the monitor, which logs through the run's MetricsWriter.
     strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
-    result = training.run_pretraining(config, workdir, strategy=strategy, print_fn=lines.append)
-    return workdir, lines, result["knn_monitor"]
+    result = training.run_pretraining(config, workdir, strategy=strategy, make_callbacks=knn.monitor_callbacks,
+                                      print_fn=lines.append)
+    [monitor] = result["callbacks"]
+    return workdir, lines, monitor
 
 
 @needs_fmnist

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import ROOT, needs_fmnist
+from tf_mocov3 import config_lib
+from tf_mocov3.data import order
+from tf_mocov3.data import pipelines
 from tf_mocov3.evaluation import linear_probe
 from tf_mocov3.models import moco
 from tf_mocov3.weights import pretrained
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FMNIST = "/usr/share/datasets/fashion-mnist"
-needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")),
-                                  reason="scripts/setup.sh installs dataset-fashion-mnist")
 
 
 def _load_config(name):
@@ -88,8 +87,7 @@ def test_sweep_heads_train_like_the_head_alone():
 
     def train(head_lrs):
         probe = linear_probe.build_probe(8, 5, head_lrs, steps_per_epoch=3, epochs=4, seed=1)
-        ds = linear_probe.cached_train_dataset(features, labels, batch_size=32, seed=0, start_step=0,
-                                               steps_per_epoch=3, epochs=4)
+        ds = pipelines.cached_feature_dataset(features, labels, batch_size=32, seed=0, start_step=0, end_epoch=4)
         probe.fit(ds, epochs=1, steps_per_epoch=12, verbose=0)
         kernel, bias = (w.numpy() for w in probe.classifier.weights)
         return kernel.reshape(8, len(head_lrs), 5), bias.reshape(len(head_lrs), 5)
@@ -116,18 +114,18 @@ def test_sgd_is_pytorch_sgd_with_the_lr_outside_the_velocity():
 
 
 def test_holdout_is_disjoint_and_from_the_training_split():
-    train, hold = linear_probe.holdout_split(1000, holdout_fraction=0.1, seed=0)
+    train, hold = order.holdout_split(1000, holdout_fraction=0.1, seed=0)
     assert len(hold) == 100 and len(train) == 900 and not set(train) & set(hold)
     assert sorted(set(train) | set(hold)) == list(range(1000))
-    _, hold_abs = linear_probe.holdout_split(60000, holdout_examples=10000, seed=0)
+    _, hold_abs = order.holdout_split(60000, holdout_examples=10000, seed=0)
     assert len(hold_abs) == 10000
     bad = tiny_probe_config()
     bad.dataset.eval_split = "train"
-    with pytest.raises(linear_probe.ProbeError, match="eval_split"):
-        linear_probe._check_config(bad)
+    with pytest.raises(config_lib.ConfigError, match="eval_split"):
+        config_lib.validate(bad, kind="probe")
     bad = tiny_probe_config(holdout_fraction=0.0)
-    with pytest.raises(linear_probe.ProbeError, match="holdout"):
-        linear_probe._check_config(bad)
+    with pytest.raises(config_lib.ConfigError, match="holdout"):
+        config_lib.validate(bad, kind="probe")
 
 
 @needs_fmnist

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3.training import distribute
 from tf_mocov3.models import losses
 from tf_mocov3.models import moco
+from tf_mocov3.training import distribute
 from tf_mocov3.training import optim
 
 IMAGE = 16

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from tf_mocov3.training import checkpointing
 from tf_mocov3 import config_lib
 from tf_mocov3.models import moco
+from tf_mocov3.training import checkpointing
 from tf_mocov3.training import optim
 from tf_mocov3.weights import pretrained
 

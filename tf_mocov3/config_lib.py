@@ -1,6 +1,13 @@
-"""Checks of a pre-training config before any work starts, and the shared defaults every recipe builds on.
+"""Every run's configuration: the defaults of pre-training, fine-tuning and the linear probe, and their checks.
 
-Each problem is one sentence that names the config key and the fix; `validate` raises ConfigError with all of them.
+The recipe files in configs/ start from one of the three defaults here (`base_config` for pre-training,
+`finetune_config`, `probe_config`) and change what the recipe changes; the command line overrides any key
+(`--config.batch_size=1024`). `validate(config, kind=...)` is the one place that checks a config before any work:
+each problem is one sentence that names the key and the fix, and ConfigError carries all of them.
+
+Where this module sits: it reads the names that models/ (architectures) and data/ (data sets) define, and the
+training code (optimizers, strategies) reads the names defined here, so imports keep pointing one way. It imports
+no TensorFlow itself (models/ and data/ are imported when a check needs them), so configs and `--help` stay fast.
 """
 
 import json
@@ -10,19 +17,23 @@ import tempfile
 import ml_collections
 
 OPTIMIZERS = ("adamw", "lamb", "lars")
+DECAY_CONVENTIONS = ("lr_scaled", "decoupled")
+DECAY_EXCLUDE_MODES = ("none", "bias_norm_cls")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+KINDS = ("pretrain", "finetune", "probe")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message says which key to change and how."""
 
 
-def base_config():
-    """The defaults shared by every pre-training recipe (the official ViT-B/16 recipe, batch 4096)."""
-    c = ml_collections.ConfigDict()
+# === Defaults ===
+
+
+def _run_defaults(c):
+    """The keys every training loop shares: seed, batch, length, strategy, precision, logging, checkpoints."""
     c.seed = 0
-    c.batch_size = 4096               # global, over all replicas
-    c.epochs = 300
     c.max_steps = 0                   # > 0: stop after this many steps (the schedules then span them)
     c.strategy = "auto"               # auto | one_device | mirrored | multi_worker | tpu
     c.num_cpu_devices = 0             # mirrored on a machine without GPUs: split the CPU into this many devices
@@ -31,10 +42,18 @@ def base_config():
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
+    return c
+
+
+def base_config():
+    """The defaults shared by every pre-training recipe (the official ViT-B/16 recipe, batch 4096)."""
+    c = _run_defaults(ml_collections.ConfigDict())
+    c.batch_size = 4096               # global, over all replicas
+    c.epochs = 300
     # Start from these weights (a workdir, a checkpoint or a tf_mocov3.convert_official directory) instead of a
     # random initialisation: continued pre-training. Ignored when the workdir already has a checkpoint (resume).
     c.pretrained = ""
-    # After pre-training, evaluate as the demo does (tf_mocov3/demo_eval.py): kNN and a linear probe of the
+    # After pre-training, evaluate as the demo does (tf_mocov3/evaluation/demo.py): kNN and a linear probe of the
     # backbone beside raw-pixel kNN and a randomly initialised backbone. Needs a labelled data set.
     c.demo_eval = False
 
@@ -63,7 +82,7 @@ def base_config():
     c.optim.beta_2 = 0.999
     c.optim.epsilon = 1e-8
     # 'lr_scaled': w -= lr_t * wd * w (the paper, PyTorch, JAX).  'decoupled': w -= wd_t * w (TF Addons), with
-    # wd_t = weight_decay * lr_t built for you, so both give the same run; tf_mocov3/optim.py says how to convert.
+    # wd_t = weight_decay * lr_t built for you, so both give the same run; training/optim.py says how to convert.
     c.optim.decay_convention = "lr_scaled"
     c.optim.decay_exclude = "none"    # none (official: decay all) | bias_norm_cls
 
@@ -99,33 +118,127 @@ def base_config():
     return c
 
 
-def _lookup(tree, dotted):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
+def finetune_config():
+    """The official transfer recipe (ViT-B, DeiT's main.py) as used for CIFAR-10; configs/finetune_*.py adapt it."""
+    c = _run_defaults(ml_collections.ConfigDict())
+    c.batch_size = 1024               # global
+    c.epochs = 100
+    c.image_size = 224
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "vit_base"         # the architecture the pretrained weights must have ("" = any)
+    c.model.drop_path_rate = 0.1
+    c.model.head_init_std = 0.02
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"
+    c.optim.base_lr = 1.5e-4          # per 256 images = the recipe's 3e-4 per 512
+    c.optim.weight_decay = 0.1
+    c.optim.warmup_epochs = 3
+    c.optim.beta_1 = 0.9
+    c.optim.beta_2 = 0.999
+    c.optim.epsilon = 1e-8
+    c.optim.decay_convention = "lr_scaled"
+    c.optim.decay_exclude = "bias_norm_cls"  # timm: no decay on 1-D params and the [CLS] token
+
+    c.aug = ml_collections.ConfigDict()
+    c.aug.crop_min = 0.05
+    c.aug.random_erasing = 0.0
+    c.aug.mixup_alpha = 0.8
+    c.aug.cutmix_alpha = 1.0
+    c.aug.mix_prob = 1.0
+    c.aug.switch_prob = 0.5
+    c.aug.label_smoothing = 0.1
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "cifar10"
+    c.dataset.path = ""
+    c.dataset.data_dir = ""
+    c.dataset.train_split = "train"   # "a+b" concatenates splits (Flowers: train+validation)
+    c.dataset.eval_split = "test"
+    c.dataset.in_memory = True
+    c.dataset.validate_files = True
+    c.dataset.threads = 0
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_epochs = 1
+    c.eval.batch_size = 256
+    c.eval.max_examples = 0           # 0 = the whole eval split
+    return c
 
 
-def check_resume_compatible(workdir, config, keys, *, config_file="config.json", kind="run",
-                            error_cls=ConfigError, key_prefix="config."):
-    """Raises `error_cls` if WORKDIR/config_file records a run whose `keys` (dotted) differ from `config`'s.
+def probe_config():
+    """The official linear probe (main_lincls.py for ViTs) on ImageNet; configs/linear_*.py adapt it."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 1024
+    c.eval_batch_size = 256
+    c.epochs = 90
+    c.base_lrs = (3.0,)               # lr = base_lr * batch_size / 256; several: one head each, side by side
+    c.momentum = 0.9
+    c.holdout_examples = 0            # > 0: this many training images choose the lr (wins over the fraction)
+    c.holdout_fraction = 0.0
+    c.train_examples = 0              # > 0: a seeded subset of the training split (quick probes, tests)
+    c.eval_examples = 0               # > 0: a seeded subset of the evaluation split (smoke tests only)
+    c.cache_features = False          # True: embed once without augmentation (fast, not the official protocol)
+    c.jit_compile = "false"
+    c.log_every_steps = 100
+    c.keep_checkpoints = 3
 
-    `config` is a ConfigDict or a plain dict (what the command writes to config_file).
-    """
-    path = os.path.join(workdir, config_file)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    current = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
-    for key in keys:
-        if _lookup(saved, key) != _lookup(current, key):
-            raise error_cls(f"--workdir={workdir} holds a {kind} with {key_prefix}{key}={_lookup(saved, key)!r}, "
-                            f"not {_lookup(current, key)!r}; resume with the same config or choose a new --workdir.")
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = ""                 # "" = any; e.g. "vit_base" refuses weights of another architecture
+    c.model.pretrain_image_size = 0   # 0 = any; else refuse weights pre-trained at another size
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "imagenet2012"
+    c.dataset.path = ""
+    c.dataset.data_dir = ""
+    c.dataset.train_split = "train"
+    c.dataset.eval_split = "validation"
+    c.dataset.image_size = 224        # 0 = the pre-training size
+    c.dataset.crop_min = 0.08         # RandomResizedCrop scale (0.08, 1), torchvision's default
+    c.dataset.validate_files = True
+    c.dataset.in_memory = False
+    return c
 
 
-def backbone_overrides(model_config):
-    """config.model.overrides without the unset (None) entries: the keyword arguments for vit.build_backbone."""
-    return {k: v for k, v in dict(model_config.get("overrides", {}) or {}).items() if v is not None}
+# === Checks ===
+
+
+def _get(cfg, key, default=None):
+    try:
+        value = cfg.get(key, default)
+    except AttributeError:
+        value = getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def optim_problems(optim_config):
+    """The problems of `config.optim` (one sentence each); build_optimizer and validate both use this."""
+    problems = []
+    name = str(_get(optim_config, "name", "adamw")).lower()
+    if name not in OPTIMIZERS:
+        problems.append(f"config.optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
+    base_lr = float(_get(optim_config, "base_lr", 0.0))
+    if not base_lr > 0:
+        problems.append(f"config.optim.base_lr must be positive, got {base_lr}; it is the learning rate for a "
+                        f"batch of 256 (the ViT recipes use 1.5e-4).")
+    weight_decay = float(_get(optim_config, "weight_decay", 0.0))
+    if weight_decay < 0:
+        problems.append(f"config.optim.weight_decay must be >= 0, got {weight_decay}; e.g. 0.1 for ViT AdamW "
+                        f"(paper convention).")
+    warmup = float(_get(optim_config, "warmup_epochs", 0.0))
+    if warmup < 0:
+        problems.append(f"config.optim.warmup_epochs must be >= 0, got {warmup}.")
+    convention = str(_get(optim_config, "decay_convention", "lr_scaled"))
+    if convention not in DECAY_CONVENTIONS:
+        problems.append(f"config.optim.decay_convention={convention!r} is unknown; choose one of "
+                        f"{', '.join(DECAY_CONVENTIONS)}.")
+    exclude = str(_get(optim_config, "decay_exclude", "none"))
+    if exclude not in DECAY_EXCLUDE_MODES:
+        problems.append(f"config.optim.decay_exclude={exclude!r} is unknown; choose one of "
+                        f"{', '.join(DECAY_EXCLUDE_MODES)}.")
+    return problems
 
 
 def check_workdir(workdir):
@@ -139,54 +252,132 @@ def check_workdir(workdir):
     return None
 
 
-def validate(config, *, num_replicas=1, workdir=None):
-    """Raises ConfigError listing every problem of `config` (one sentence each)."""
-    from tf_mocov3.data import sources as data  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.training import distribute  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
-
+def _run_problems(config, num_replicas):
+    """Checks of the keys that _run_defaults adds (every loop but the probe, which runs on one device)."""
     problems = []
-    if not isinstance(config.batch_size, int) or config.batch_size <= 0:
-        problems.append(f"config.batch_size must be a positive integer, got {config.batch_size!r}.")
-    elif config.batch_size % num_replicas:
-        problems.append(f"config.batch_size={config.batch_size} is not divisible by the {num_replicas} replicas; "
-                        f"set --config.batch_size to a multiple of {num_replicas}.")
-    if config.max_steps < 0:
-        problems.append(f"config.max_steps must be >= 0 (0 trains for config.epochs), got {config.max_steps}.")
-    if config.max_steps == 0 and config.epochs <= 0:
-        problems.append(f"config.epochs must be positive when config.max_steps is 0, got {config.epochs}.")
-    if config.model.arch not in vit.ARCHS:
-        problems.append(f"config.model.arch={config.model.arch!r} is unknown; choose one of "
-                        f"{', '.join(sorted(vit.ARCHS))}.")
-    if config.optim.name not in OPTIMIZERS:
-        problems.append(f"config.optim.name={config.optim.name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
-    if not config.optim.base_lr > 0:
-        problems.append(f"config.optim.base_lr must be positive, got {config.optim.base_lr}; the ViT recipes use 1.5e-4.")
-    if config.optim.weight_decay < 0:
-        problems.append(f"config.optim.weight_decay must be >= 0, got {config.optim.weight_decay}.")
-    if config.optim.warmup_epochs < 0:
-        problems.append(f"config.optim.warmup_epochs must be >= 0, got {config.optim.warmup_epochs}.")
     if config.mixed_precision not in PRECISIONS:
         problems.append(f"config.mixed_precision={config.mixed_precision!r} is unknown; choose one of "
                         f"{', '.join(PRECISIONS)}.")
-    if config.strategy not in distribute.STRATEGIES:
-        problems.append(f"config.strategy={config.strategy!r} is unknown; choose one of "
-                        f"{', '.join(distribute.STRATEGIES)}.")
-    if config.dataset.name not in data.SOURCE_NAMES:
-        problems.append(f"config.dataset.name={config.dataset.name!r} is unknown; choose one of "
-                        f"{', '.join(data.SOURCE_NAMES)}.")
-    if not 0 < config.model.temperature:
-        problems.append(f"config.model.temperature must be positive, got {config.model.temperature}.")
-    if not 0 <= config.model.momentum <= 1:
-        problems.append(f"config.model.momentum must be in [0, 1], got {config.model.momentum}.")
+    if config.strategy not in STRATEGIES:
+        problems.append(f"config.strategy={config.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}.")
     if str(config.jit_compile).lower() not in ("auto", "true", "false"):
         problems.append(f"config.jit_compile={config.jit_compile!r} is unknown; use auto, true or false.")
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         if config[key] <= 0:
             problems.append(f"config.{key} must be positive, got {config[key]}.")
+    if config.max_steps < 0:
+        problems.append(f"config.max_steps must be >= 0 (0 trains for config.epochs), got {config.max_steps}.")
+    if config.max_steps == 0 and config.epochs <= 0:
+        problems.append(f"config.epochs must be positive when config.max_steps is 0, got {config.epochs}.")
+    if isinstance(config.batch_size, int) and config.batch_size > 0 and config.batch_size % num_replicas:
+        problems.append(f"config.batch_size={config.batch_size} is not divisible by the {num_replicas} replicas; "
+                        f"set --config.batch_size to a multiple of {num_replicas}.")
+    return problems + optim_problems(config.optim)
+
+
+def _pretrain_problems(config):
+    from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
+
+    problems = []
+    if config.model.arch not in vit.ARCHS:
+        problems.append(f"config.model.arch={config.model.arch!r} is unknown; choose one of "
+                        f"{', '.join(sorted(vit.ARCHS))}.")
+    if not 0 < config.model.temperature:
+        problems.append(f"config.model.temperature must be positive, got {config.model.temperature}.")
+    if not 0 <= config.model.momentum <= 1:
+        problems.append(f"config.model.momentum must be in [0, 1], got {config.model.momentum}.")
+    return problems
+
+
+def _finetune_problems(config):
+    problems = []
+    if not 0.0 <= config.model.drop_path_rate < 1.0:
+        problems.append(f"config.model.drop_path_rate must be in [0, 1), got {config.model.drop_path_rate}.")
+    for key in ("mixup_alpha", "cutmix_alpha", "label_smoothing", "random_erasing"):
+        if config.aug[key] < 0:
+            problems.append(f"config.aug.{key} must be >= 0, got {config.aug[key]}.")
+    if not 0 < config.aug.crop_min <= 1:
+        problems.append(f"config.aug.crop_min must be in (0, 1], got {config.aug.crop_min}.")
+    return problems
+
+
+def _probe_problems(config):
+    problems = []
+    if not config.base_lrs or any(float(lr) <= 0 for lr in config.base_lrs):
+        problems.append(f"config.base_lrs must be a non-empty list of positive rates, got {config.base_lrs!r}.")
+    if config.epochs <= 0:
+        problems.append("config.batch_size and config.epochs must be positive.")
+    has_holdout = config.holdout_examples > 0 or config.holdout_fraction > 0
+    if len(config.base_lrs) > 1 and not has_holdout:
+        problems.append("An lr sweep (several config.base_lrs) needs a holdout of the training split to choose "
+                        "the lr: set config.holdout_fraction (e.g. 0.1) or config.holdout_examples.")
+    if not 0 <= config.holdout_fraction < 1:
+        problems.append(f"config.holdout_fraction must be in [0, 1), got {config.holdout_fraction}.")
+    if config.dataset.eval_split == config.dataset.train_split:
+        problems.append(f"config.dataset.eval_split equals the train split {config.dataset.train_split!r}: the "
+                        f"test top-1 must come from another split.")
+    return problems
+
+
+def validate(config, *, kind="pretrain", num_replicas=1, workdir=None):
+    """Raises ConfigError listing every problem of `config` (one sentence each) before any work.
+
+    Args:
+      config: a config of `kind` (base_config, finetune_config or probe_config and what a recipe changed).
+      kind: "pretrain", "finetune" or "probe".
+      num_replicas: the strategy's replicas; the global batch must split evenly over them.
+      workdir: when given, it must be creatable and writable.
+    """
+    from tf_mocov3.data import sources  # pylint: disable=import-outside-toplevel
+
+    if kind not in KINDS:
+        raise ValueError(f"validate(kind={kind!r}): kind must be one of {', '.join(KINDS)}.")
+    problems = []
+    if not isinstance(config.batch_size, int) or config.batch_size <= 0:
+        problems.append(f"config.batch_size must be a positive integer, got {config.batch_size!r}.")
+    if config.dataset.name not in sources.SOURCE_NAMES:
+        problems.append(f"config.dataset.name={config.dataset.name!r} is unknown; choose one of "
+                        f"{', '.join(sources.SOURCE_NAMES)}.")
+    if kind == "probe":
+        problems += _probe_problems(config)
+    else:
+        problems += _run_problems(config, num_replicas)
+        problems += _pretrain_problems(config) if kind == "pretrain" else _finetune_problems(config)
     if workdir is not None:
         problem = check_workdir(workdir)
         if problem:
             problems.append(problem)
     if problems:
         raise ConfigError(" ".join(problems))
+
+
+# === Resuming ===
+
+
+def _lookup(tree, dotted):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def as_record(config):
+    """A config as the plain dict that a run writes to its config file."""
+    return config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
+
+
+def check_resume_compatible(workdir, config, keys, *, config_file="config.json", kind="run",
+                            error_cls=ConfigError, key_prefix="config."):
+    """Raises `error_cls` if WORKDIR/config_file records a run whose `keys` (dotted) differ from `config`'s.
+
+    `config` is a ConfigDict or a plain dict (what the command writes to config_file).
+    """
+    path = os.path.join(workdir, config_file)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    current = as_record(config)
+    for key in keys:
+        if _lookup(saved, key) != _lookup(current, key):
+            raise error_cls(f"--workdir={workdir} holds a {kind} with {key_prefix}{key}={_lookup(saved, key)!r}, "
+                            f"not {_lookup(current, key)!r}; resume with the same config or choose a new --workdir.")

@@ -21,7 +21,6 @@ on those features: a fast probe for small data sets (not the official protocol, 
 Running the same command again resumes from WORKDIR/checkpoints (the heads and their optimizer, saved every epoch).
 """
 
-import json
 import math
 import os
 import time
@@ -30,13 +29,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_mocov3.data import augment
-from tf_mocov3.training import callbacks as callbacks_lib
-from tf_mocov3.training import checkpointing
 from tf_mocov3 import config_lib
+from tf_mocov3.data import order
+from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources as data
+from tf_mocov3.evaluation import features as features_lib
+from tf_mocov3.training import trainer as trainer_lib
 from tf_mocov3.weights import pretrained
-from tf_mocov3.training import reports
 
 CONFIG_FILE = "linear_config.json"
 REPORT_NAME = "linear_probe"
@@ -182,9 +181,10 @@ class LinearProbe(keras.Model):
         grads = tape.gradient(total, variables)
         factor = tf.identity(self.optimizer.learning_rate)  # the factor this step uses
         self.optimizer.apply_gradients(zip(grads, variables))
-        self.loss_tracker.update_state(tf.reduce_mean(per_head))
-        # "loss": mean over the heads, averaged since the epoch began; "lr": the lr of the first head.
-        return {"loss": self.loss_tracker.result(), "lr": factor * self.optimizer.column_lrs[0]}
+        loss = tf.reduce_mean(per_head)
+        self.loss_tracker.update_state(loss)  # the epoch's mean, read by the holdout callback
+        # "loss": this step's loss, the mean over the heads; "lr": the lr of the first head.
+        return {"loss": loss, "lr": factor * self.optimizer.column_lrs[0]}
 
 
 def build_probe(feature_dim, num_classes, init_lrs, *, steps_per_epoch, epochs, momentum=0.9, backbone=None,
@@ -207,133 +207,12 @@ def heads_top1(probe, features, labels, batch_size=4096):
     return list(100.0 * correct / max(len(features), 1))
 
 
-# === Data ===
-
-
-def holdout_split(num_examples, *, holdout_examples=0, holdout_fraction=0.0, seed=0):
-    """(train indices, holdout indices), both sorted, of the TRAINING split: a seeded random holdout."""
-    count = int(holdout_examples) if holdout_examples else int(round(num_examples * float(holdout_fraction)))
-    if count < 0 or count >= num_examples:
-        raise ProbeError(f"The holdout of {count} examples does not fit the {num_examples} training examples; "
-                         f"lower config.holdout_examples / config.holdout_fraction.")
-    order = np.random.default_rng(seed).permutation(num_examples)
-    return np.sort(order[count:]), np.sort(order[:count])
-
-
-def _subset(source, indices):
-    """(image, label) of `indices` (sorted) of a source, in index order."""
-    if source.kind == "stream":
-        mask = np.zeros(source.num_examples, bool)
-        mask[indices] = True
-        mask = tf.constant(mask)
-        ds = source.stream().enumerate().filter(lambda i, ex: tf.gather(mask, i))
-        return ds.map(lambda i, ex: ex)
-    labels = tf.constant(source.labels)
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(indices, tf.int64))
-    return ds.map(lambda i: (source.fetch(i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
-
-
-def eval_images(source, indices, image_size, batch_size):
-    """Batches of eval-preprocessed images (resize S*256/224, centre crop S) and labels of `indices`."""
-    ds = _subset(source, indices)
-    ds = ds.map(lambda img, y: (augment.eval_preprocess(img, image_size), y), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def train_crop(image, seed, image_size, scale=(0.08, 1.0)):
-    """RandomResizedCrop(S, scale) + horizontal flip (p=0.5) + normalise, from a stateless seed [2]."""
-    image = tf.convert_to_tensor(image)
-    image = augment.decode_image(image) if image.dtype == tf.string else augment.to_rgb_uint8(image)
-    shape = tf.shape(image)
-    window = augment.random_resized_crop_window(tf.random.experimental.stateless_fold_in(seed, 0),
-                                                shape[0], shape[1], scale=scale)
-    image = augment.crop_and_resize(image, window, image_size)
-    flip = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1)) < 0.5
-    image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-    image.set_shape([image_size, image_size, 3])
-    return augment.normalize(image)
-
-
-def _epoch_order(indices, seed, epoch):
-    """`indices` shuffled by a permutation seeded by (seed, epoch) (a tensor op, usable inside tf.data)."""
-    keys = tf.random.stateless_uniform([len(indices)], tf.stack([tf.cast(seed, tf.int64), epoch]))
-    return tf.gather(tf.constant(indices, tf.int64), tf.argsort(keys))
-
-
-def augmented_train_dataset(source, indices, *, image_size, batch_size, seed, start_step, steps_per_epoch,
-                            epochs, scale=(0.08, 1.0), shuffle_buffer=10000):
-    """Epochs start_step // steps_per_epoch .. epochs-1 of augmented (image, label) batches (last batch partial).
-
-    Epoch e visits `indices` in a permutation seeded by (seed, e); example i of epoch e is augmented with the
-    seed [seed, e * 2**32 + i]. Streamed sources are filtered and shuffled with a seeded buffer instead.
-    """
-    start_epoch = start_step // steps_per_epoch
-    labels = None if source.kind == "stream" else tf.constant(source.labels)
-
-    def one_epoch(epoch):
-        if source.kind == "stream":
-            ds = _subset(source, indices).enumerate().shuffle(shuffle_buffer, seed=seed * 100003 + epoch)
-            ds = ds.map(lambda i, ex: (i, ex[0], ex[1]))
-        else:
-            ds = tf.data.Dataset.from_tensor_slices(_epoch_order(indices, seed, epoch))
-            ds = ds.map(lambda i: (i, source.fetch(i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE)
-
-        def crop(i, img, y):
-            example_seed = tf.stack([tf.cast(seed, tf.int64), epoch * (2 ** 32) + tf.cast(i, tf.int64)])
-            return train_crop(img, example_seed, image_size, scale), y
-
-        ds = ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size)
-
-    ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
-    return ds.skip(start_step - start_epoch * steps_per_epoch).prefetch(tf.data.AUTOTUNE)
-
-
-def cached_train_dataset(features, labels, *, batch_size, seed, start_step, steps_per_epoch, epochs):
-    """As augmented_train_dataset, on cached features [N, D]."""
-    start_epoch = start_step // steps_per_epoch
-    features = tf.constant(features, tf.float32)
-    labels = tf.constant(labels, tf.int64)
-    positions = np.arange(len(labels))
-
-    def one_epoch(epoch):
-        order = _epoch_order(positions, seed, epoch)
-        return tf.data.Dataset.from_tensor_slices((tf.gather(features, order), tf.gather(labels, order))).batch(
-            batch_size)
-
-    ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
-    return ds.skip(start_step - start_epoch * steps_per_epoch).prefetch(tf.data.AUTOTUNE)
-
-
-def embed(backbone, batches, *, print_fn=None, what="images", total=None):
-    """[CLS] features (numpy float32 [N, D]) and labels of a dataset of (image batch, label batch)."""
-
-    @tf.function
-    def forward(images):
-        return tf.cast(backbone(images, training=False), tf.float32)
-
-    feats, labels, done, start, last = [], [], 0, time.perf_counter(), time.perf_counter()
-    for images, y in batches:
-        feats.append(forward(images).numpy())
-        labels.append(y.numpy())
-        done += len(y)
-        if print_fn and time.perf_counter() - last > 30:
-            last = time.perf_counter()
-            print_fn(f"  embedded {done}{'/' + str(total) if total else ''} {what} "
-                     f"({done / (last - start):.0f}/s)")
-    dim = backbone.output.shape[-1]
-    if not feats:
-        return np.zeros((0, dim), np.float32), np.zeros((0,), np.int64)
-    return np.concatenate(feats), np.concatenate(labels).astype(np.int64)
-
-
 # === Training the heads ===
 
 
 class _HoldoutCurves(keras.callbacks.Callback):
-    """After every epoch: holdout top-1 of every head (logged, kept for the report's curves)."""
+    """After every epoch: the epoch's mean training loss and the holdout top-1 of every head (logged, and kept for
+    the report's curves)."""
 
     def __init__(self, features, labels, steps_per_epoch, writer, print_fn, lrs):
         super().__init__()
@@ -346,44 +225,27 @@ class _HoldoutCurves(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         if step % self.steps_per_epoch:
             return
+        record = {"step": step, "epoch": step // self.steps_per_epoch,
+                  "train_loss_epoch": float(self.model.loss_tracker.result())}
         self.model.loss_tracker.reset_state()
-        if not len(self.labels):
-            return
-        top1 = heads_top1(self.model, self.features, self.labels)
-        record = {"step": step, "epoch": step // self.steps_per_epoch}
+        self.curves.setdefault("train loss (epoch mean)", []).append((step, record["train_loss_epoch"]))
+        top1 = heads_top1(self.model, self.features, self.labels) if len(self.labels) else []
         for lr, acc in zip(self.lrs, top1):
             self.curves.setdefault(f"holdout top-1, lr {lr:g}", []).append((step, acc))
             record[f"holdout_top1/lr_{lr:g}"] = acc
-        if self.writer is not None:
-            self.writer.write(record)
-        if self.print_fn:
+        self.writer.write(record)
+        if self.print_fn and top1:
             self.print_fn(f"epoch {record['epoch']}: holdout top-1 "
                           + ", ".join(f"{acc:.2f} (lr {lr:g})" for lr, acc in zip(self.lrs, top1)))
 
 
-def fit_heads(probe, dataset, *, total_steps, start_step, steps_per_epoch, holdout, init_lrs, workdir=None,
-              checkpointer=None, log_every_steps=50, batch_size=1024, print_fn=None):
-    """Trains `probe` from `start_step` to `total_steps` on `dataset`; returns {curve name: [(step, value)]}."""
-    guard = callbacks_lib.NonFiniteLossGuard()
-    writer = None
-    cbs = [guard]
-    if workdir is not None:
-        writer = callbacks_lib.MetricsWriter(workdir, log_every_steps, total_steps, batch_size)
-        cbs.append(writer)
-    if print_fn is not None:
-        cbs.append(callbacks_lib.ProgressLogger(total_steps, batch_size, log_every_steps, print_fn=print_fn))
-    curves = _HoldoutCurves(holdout[0], holdout[1], steps_per_epoch, writer, print_fn, init_lrs)
-    cbs.append(curves)
-    if checkpointer is not None:
-        cbs.append(callbacks_lib.CheckpointSaver(checkpointer, steps_per_epoch, guard))
-    if total_steps > start_step:
-        history = probe.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step, callbacks=cbs, verbose=0,
-                             shuffle=False)
-        if guard.bad_step is not None:
-            raise ProbeError(f"The probe's loss became NaN or Inf at step {guard.bad_step}; lower config.base_lrs.")
-        losses = history.history.get("loss", [])
-        if losses:
-            curves.curves["train loss (last)"] = [(total_steps, float(losses[-1]))]
+def fit_heads(probe, dataset, *, trainer, start_step, steps_per_epoch, holdout, init_lrs):
+    """Trains `probe` from `start_step` to trainer.total_steps on `dataset` with the shared trainer (checkpoints
+    every epoch when trainer.restore was called); returns {curve name: [(step, value)]}."""
+    curves = _HoldoutCurves(holdout[0], holdout[1], steps_per_epoch, trainer.metrics,
+                            trainer.say if trainer.workdir else None, init_lrs)
+    if trainer.total_steps > start_step:
+        trainer.fit(probe, dataset, start_step=start_step, callbacks=[curves], diverged_hint="lower config.base_lrs")
     return curves.curves
 
 
@@ -409,10 +271,10 @@ def probe_on_features(train, holdout, test, num_classes, *, base_lrs, batch_size
     spe = math.ceil(len(train[1]) / batch_size)
     probe = build_probe(train[0].shape[1], num_classes, init_lrs, steps_per_epoch=spe, epochs=epochs,
                         momentum=momentum, seed=seed)
-    ds = cached_train_dataset(train[0], train[1], batch_size=batch_size, seed=seed, start_step=0,
-                              steps_per_epoch=spe, epochs=epochs)
-    curves = fit_heads(probe, ds, total_steps=spe * epochs, start_step=0, steps_per_epoch=spe, holdout=holdout,
-                       init_lrs=init_lrs, batch_size=batch_size, print_fn=None)
+    ds = pipelines.cached_feature_dataset(train[0], train[1], batch_size=batch_size, seed=seed, end_epoch=epochs)
+    trainer = trainer_lib.Trainer(None, total_steps=spe * epochs, global_batch=batch_size, print_fn=print_fn)
+    curves = fit_heads(probe, ds, trainer=trainer, start_step=0, steps_per_epoch=spe, holdout=holdout,
+                       init_lrs=init_lrs)
     hold = heads_top1(probe, *holdout) if len(holdout[1]) else None
     rows, chosen = sweep_table(init_lrs, base_lrs, hold, heads_top1(probe, *test))
     return {"table": rows, "chosen": chosen, "top1": rows[chosen]["test_top1"], "lr": init_lrs[chosen],
@@ -420,48 +282,6 @@ def probe_on_features(train, holdout, test, num_classes, *, base_lrs, batch_size
 
 
 # === The command ===
-
-
-def _check_config(config):
-    problems = []
-    if not config.base_lrs or any(float(lr) <= 0 for lr in config.base_lrs):
-        problems.append(f"config.base_lrs must be a non-empty list of positive rates, got {config.base_lrs!r}.")
-    if config.batch_size <= 0 or config.epochs <= 0:
-        problems.append("config.batch_size and config.epochs must be positive.")
-    has_holdout = config.holdout_examples > 0 or config.holdout_fraction > 0
-    if len(config.base_lrs) > 1 and not has_holdout:
-        problems.append("An lr sweep (several config.base_lrs) needs a holdout of the training split to choose "
-                        "the lr: set config.holdout_fraction (e.g. 0.1) or config.holdout_examples.")
-    if not 0 <= config.holdout_fraction < 1:
-        problems.append(f"config.holdout_fraction must be in [0, 1), got {config.holdout_fraction}.")
-    if config.dataset.eval_split == config.dataset.train_split:
-        problems.append(f"config.dataset.eval_split equals the train split {config.dataset.train_split!r}: the "
-                        f"test top-1 must come from another split.")
-    if config.dataset.name not in data.SOURCE_NAMES:
-        problems.append(f"config.dataset.name={config.dataset.name!r} is unknown; choose one of "
-                        f"{', '.join(data.SOURCE_NAMES)}.")
-    if problems:
-        raise ProbeError(" ".join(problems))
-
-
-def _limit(num_examples, count, seed):
-    """Sorted indices of a seeded subset of `count` examples (0 = all): quick probes and tests."""
-    if not count or count >= num_examples:
-        return np.arange(num_examples)
-    return np.sort(np.random.default_rng(seed + 1).permutation(num_examples)[:int(count)])
-
-
-def _open_labeled(dataset_config, split):
-    try:
-        source = data.load_source(dataset_config, split)
-    except KeyError as err:
-        raise ProbeError(f"Data set {dataset_config.name} ({split}) has no labels ({err}); a linear probe needs a "
-                         f"labelled data set.") from err
-    if source.num_classes < 2 or (source.kind != "stream" and (source.labels is None or len(source.labels) == 0)):
-        raise ProbeError(f"Data set {dataset_config.name} ({split}) has no labels (found {source.num_classes} "
-                         f"classes); a linear probe needs a labelled data set, e.g. an image folder with one "
-                         f"sub-folder per class.")
-    return source
 
 
 def load_pretrained_backbone(path, config):
@@ -480,68 +300,71 @@ def load_pretrained_backbone(path, config):
 
 def run_probe(config, pretrained_path, workdir, *, print_fn=None):
     """Runs (or resumes) the linear probe; returns the final metrics dict (also written to metrics.json)."""
-    say = print_fn or (lambda line: print(line, flush=True))
-    _check_config(config)
-    train_source = _open_labeled(config.dataset, config.dataset.train_split)
-    test_source = _open_labeled(config.dataset, config.dataset.eval_split)
+    config_lib.validate(config, kind="probe", workdir=workdir)
+    train_source = data.open_labelled(config.dataset, config.dataset.train_split)
+    test_source = data.open_labelled(config.dataset, config.dataset.eval_split)
     backbone, image_size, run = load_pretrained_backbone(pretrained_path, config)
-    os.makedirs(workdir, exist_ok=True)
-
-    record = json.loads(config.to_json_best_effort())
+    record = config_lib.as_record(config)
     record.update(pretrained=os.path.abspath(pretrained_path), image_size=image_size)
-    config_lib.check_resume_compatible(workdir, record, _RESUME_KEYS, config_file=CONFIG_FILE, kind="probe",
-                                       error_cls=ProbeError, key_prefix="")
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        json.dump(record, f, indent=2)
 
-    keras.utils.set_random_seed(config.seed)
     num_classes = train_source.num_classes
-    pool = _limit(train_source.num_examples, config.get("train_examples", 0), config.seed)
-    train_pos, hold_pos = holdout_split(len(pool), holdout_examples=config.holdout_examples,
-                                        holdout_fraction=config.holdout_fraction, seed=config.seed)
+    # seed + 1: the subset is independent of the holdout's permutation (seed).
+    pool = order.subset_indices(train_source.num_examples, seed=config.seed + 1,
+                                max_examples=config.get("train_examples", 0))
+    train_pos, hold_pos = order.holdout_split(len(pool), holdout_examples=config.holdout_examples,
+                                              holdout_fraction=config.holdout_fraction, seed=config.seed)
     train_idx, hold_idx = pool[train_pos], pool[hold_pos]
-    test_idx = _limit(test_source.num_examples, config.get("eval_examples", 0), config.seed)
+    test_idx = order.subset_indices(test_source.num_examples, seed=config.seed + 1,
+                                    max_examples=config.get("eval_examples", 0))
     init_lrs = lr_values(config.base_lrs, config.batch_size)
     batch = config.batch_size
     spe = math.ceil(len(train_idx) / batch)
     total_steps = spe * config.epochs
     eval_batch = config.eval_batch_size
+    trainer = trainer_lib.Trainer(workdir, total_steps=total_steps, global_batch=batch,
+                                  log_every_steps=config.log_every_steps, checkpoint_every_steps=spe,
+                                  keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="probe",
+                                  print_fn=print_fn)
+    trainer.check_resume(record, _RESUME_KEYS, error_cls=ProbeError, key_prefix="")
+    trainer.write_config(record)
+    say = trainer.say
     say(f"Linear probe of {run.model.arch} ({pretrained_path}) at {image_size}px on {config.dataset.name}: "
         f"{len(train_idx)} train / {len(hold_idx)} holdout (from '{config.dataset.train_split}') / "
         f"{len(test_idx)} test ('{config.dataset.eval_split}'); {len(init_lrs)} head(s), "
         f"lr {', '.join(f'{lr:g}' for lr in init_lrs)}; {config.epochs} epochs of {spe} steps.")
 
     cached = bool(config.cache_features)
+    keras.utils.set_random_seed(config.seed)
     probe = build_probe(backbone.output.shape[-1], num_classes, init_lrs, steps_per_epoch=spe,
                         epochs=config.epochs, momentum=config.momentum, seed=config.seed,
                         backbone=None if cached else backbone,
                         jit_compile=str(config.jit_compile).lower() == "true")
-    checkpointer = checkpointing.Checkpointer(workdir, model=probe.classifier, optimizer=probe.optimizer,
-                                              keep=config.keep_checkpoints)
-    start_step = checkpointer.restore_latest()
-    if start_step:
-        say(f"Resuming from step {start_step} ({checkpointer.latest_path()}).")
+    start_step = trainer.restore(probe, checkpoint_model=probe.classifier)
 
     t0 = time.perf_counter()
+    forward = features_lib.make_forward(backbone, image_size)
+
+    def split_features(source, indices, what):
+        return features_lib.features_of_source(backbone, source, image_size=image_size, batch_size=eval_batch,
+                                               indices=indices, title=f"embedding {what}", print_fn=say,
+                                               forward=forward)
+
     if cached:
-        all_f, all_y = embed(backbone, eval_images(train_source, pool, image_size, eval_batch), print_fn=say,
-                             what="train images", total=len(pool))
+        all_f, all_y = split_features(train_source, pool, "train images")
         holdout = (all_f[hold_pos], all_y[hold_pos])
-        dataset = cached_train_dataset(all_f[train_pos], all_y[train_pos], batch_size=batch, seed=config.seed,
-                                       start_step=start_step, steps_per_epoch=spe, epochs=config.epochs)
+        dataset = pipelines.cached_feature_dataset(all_f[train_pos], all_y[train_pos], batch_size=batch,
+                                                   seed=config.seed, start_step=start_step, end_epoch=config.epochs)
         say(f"Cached {len(all_y)} train features in {time.perf_counter() - t0:.0f}s.")
     else:
-        holdout = embed(backbone, eval_images(train_source, hold_idx, image_size, eval_batch), print_fn=say,
-                        what="holdout images", total=len(hold_idx))
-        dataset = augmented_train_dataset(train_source, train_idx, image_size=image_size, batch_size=batch,
-                                          seed=config.seed, start_step=start_step, steps_per_epoch=spe,
-                                          epochs=config.epochs, scale=(config.dataset.crop_min, 1.0))
-    curves = fit_heads(probe, dataset, total_steps=total_steps, start_step=start_step, steps_per_epoch=spe,
-                       holdout=holdout, init_lrs=init_lrs, workdir=workdir, checkpointer=checkpointer,
-                       log_every_steps=config.log_every_steps, batch_size=batch, print_fn=say)
+        holdout = split_features(train_source, hold_idx, "holdout images")
+        dataset = pipelines.labelled_train_dataset(
+            train_source, indices=train_idx, global_batch=batch, seed=config.seed, image_size=image_size,
+            crop_scale=(config.dataset.crop_min, 1.0), start_step=start_step, keep_partial_batch=True,
+            end_epoch=config.epochs)
+    curves = fit_heads(probe, dataset, trainer=trainer, start_step=start_step, steps_per_epoch=spe,
+                       holdout=holdout, init_lrs=init_lrs)
 
-    test = embed(backbone, eval_images(test_source, test_idx, image_size, eval_batch), print_fn=say,
-                 what="test images", total=len(test_idx))
+    test = split_features(test_source, test_idx, "test images")
     hold_top1 = heads_top1(probe, *holdout) if len(hold_idx) else None
     rows, chosen = sweep_table(init_lrs, config.base_lrs, hold_top1, heads_top1(probe, *test))
     metrics = {"linear_probe_top1": rows[chosen]["test_top1"], "linear_probe_lr": init_lrs[chosen],
@@ -549,35 +372,8 @@ def run_probe(config, pretrained_path, workdir, *, print_fn=None):
                "linear_probe_holdout_top1": rows[chosen]["holdout_top1"], "linear_probe_table": rows,
                "linear_probe_pretrained": os.path.abspath(pretrained_path),
                "linear_probe_epochs": int(config.epochs), "linear_probe_step": int(probe.optimizer.iterations.numpy())}
-    summary = reports.write_report(workdir, name=REPORT_NAME, metrics=metrics, curves=curves, table=rows)
-    say(summary)
+    trainer.report(name=REPORT_NAME, metrics=metrics, curves=curves, table=rows)
     say(f"Test top-1 {metrics['linear_probe_top1']:.2f}% (lr {metrics['linear_probe_lr']:g}, chosen on the "
         f"holdout); {time.perf_counter() - t0:.0f}s. Report: {os.path.join(workdir, 'metrics.json')}.")
     return metrics
 
-
-def main(argv):
-    import sys  # pylint: disable=import-outside-toplevel
-    from absl import app  # pylint: disable=import-outside-toplevel
-
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        run_probe(_CONFIG.value, _PRETRAINED.value, _WORKDIR.value)
-    except (ValueError, OSError) as err:  # ProbeError, pretrained.py's and data.py's one-sentence errors
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    from absl import app as _app
-    from absl import flags as _flags
-    from ml_collections import config_flags as _config_flags
-
-    _CONFIG = _config_flags.DEFINE_config_file("config", None, "Config file (configs/linear_*.py).",
-                                               lock_config=True)
-    _PRETRAINED = _flags.DEFINE_string("pretrained", None, "Pre-training workdir, checkpoint prefix or "
-                                       "converted official directory.")
-    _WORKDIR = _flags.DEFINE_string("workdir", None, "Directory for the probe's checkpoints and report.")
-    _flags.mark_flags_as_required(["config", "pretrained", "workdir"])
-    _app.run(main)

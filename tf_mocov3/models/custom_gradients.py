@@ -6,8 +6,8 @@ kernels: the slices of ``qkv`` each get a zero-padded gradient that is summed
 back, the softmax gradient is four passes over the ``[B, heads, N, N]`` scores
 and the GELU gradient recomputes the erf. On a CPU these passes cost more than
 the matmuls around them. The functions here compute the same values and the
-same gradients (to float round-off; tests/test_vit.py checks both against the
-plain ops) with fewer, larger kernels:
+same gradients (to float round-off; tests/test_custom_gradients.py checks both
+against the plain ops) with fewer, larger kernels:
 
 * ``attention_core``: scaled dot-product attention on a fused qkv tensor,
   whose backward is written out with transposed matmuls

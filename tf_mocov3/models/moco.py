@@ -19,11 +19,10 @@ Under tf.distribute, Keras sums gradients across replicas in `optimizer.apply`, 
 import keras
 import tensorflow as tf
 
-from tf_mocov3 import config_lib
 from tf_mocov3.models import heads
 from tf_mocov3.models import losses
-from tf_mocov3.training import schedules
 from tf_mocov3.models import vit
+from tf_mocov3.training import schedules
 
 
 def _is_moving_statistic(variable):
@@ -238,7 +237,7 @@ def _all_layers(model):
 
 def build_moco(model_config, *, image_size, total_steps):
     """MoCoV3 from `config.model` (arch, overrides, train_patch_embed, moco_dim, mlp_dim, temperature, momentum)."""
-    overrides = config_lib.backbone_overrides(model_config)
+    overrides = vit.config_overrides(model_config)
     train_patch_embed = bool(model_config.get("train_patch_embed", False))
 
     def encoder(prefix):

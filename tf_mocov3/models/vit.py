@@ -16,12 +16,12 @@ The backbone maps normalised float32 NHWC images ``[B, S, S, 3]`` to the
   ``sqrt(6 / (3 p^2 + D))``.
 
 Weights are resolution-independent: position embeddings are constants, so a
-backbone built at 224 px can load the weights of one built at 32 px (same arch).
+backbone built at 224 px can load the weights of one built at 28 px (same arch).
 
 Example:
 
     backbone = build_backbone("vit_small")            # [B, 224, 224, 3] -> [B, 384]
-    micro = build_backbone("vit_micro", image_size=32)  # tests / CPU demo
+    micro = build_backbone("vit_micro", image_size=28)  # the CPU demo (Fashion-MNIST at 28 px)
 """
 
 import math
@@ -498,6 +498,11 @@ def backbone_has_batchnorm(arch):
     own (per-view batch statistics); BN-free backbones may batch both views.
     """
     return bool(_arch_entry(arch)["conv_stem"])
+
+
+def config_overrides(model_config):
+    """`config.model.overrides` without its unset (None) entries: the keyword arguments for build_backbone."""
+    return {k: v for k, v in dict(model_config.get("overrides", {}) or {}).items() if v is not None}
 
 
 def _arch_entry(arch):

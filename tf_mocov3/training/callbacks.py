@@ -1,8 +1,13 @@
-"""Keras callbacks of a pre-training run: progress, metrics (metrics.jsonl + TensorBoard), checkpoints, NaN guard.
+"""The Keras callbacks every training loop uses: the NaN guard, the log (metrics.jsonl, TensorBoard and the progress
+line), the learning-rate entry, and the checkpoint saver. training/trainer.py puts them together.
 
-They all read the global step from `model.optimizer.iterations` (the number of updates applied so far, restored
-with the checkpoint), never from Keras' per-epoch batch index, so a resumed run logs the same step numbers as an
-uninterrupted one.
+They read the global step from `model.optimizer.iterations` (the number of updates applied so far, restored with the
+checkpoint), never from Keras' per-epoch batch index, so a resumed run logs the same step numbers as an uninterrupted
+one.
+
+What `loss` means in metrics.jsonl and on the progress line, for every loop: the mean of the per-step losses over
+the steps since the previous logged line (this step included). Each model's train step reports its own step's loss
+in `logs["loss"]`; `StepLoss` makes Keras' compiled loss do the same.
 """
 
 import json
@@ -15,11 +20,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_mocov3.training.reports import METRICS_LOG
 
-METRICS_FILE = "metrics.jsonl"
 
-
-def _step(model):
+def global_step(model):
     return int(model.optimizer.iterations.numpy())
 
 
@@ -27,8 +31,8 @@ def _scalars(logs):
     out = {}
     for key, value in (logs or {}).items():
         try:
-            out[key] = float(np.asarray(value))
-        except (TypeError, ValueError):
+            out[key] = float(np.asarray(value).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError):
             continue
     return out
 
@@ -50,86 +54,95 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = _scalars(logs).get("loss")
         if loss is not None and not math.isfinite(loss) and self.bad_step is None:
-            self.bad_step = _step(self.model)
+            self.bad_step = global_step(self.model)
             self.model.stop_training = True
             logging.error("Loss became %s at step %d; stopping. The last good checkpoint is kept.",
                           loss, self.bad_step)
 
 
-class ProgressLogger(keras.callbacks.Callback):
-    """One line every `every_steps` steps: step/total, loss, lr, momentum, images/s and the time left."""
+class LearningRate(keras.callbacks.Callback):
+    """Adds `lr`, the learning rate the step used, to the logs of models whose train step does not report it."""
 
-    def __init__(self, total_steps, global_batch, every_steps, print_fn=None):
-        super().__init__()
-        self.total_steps = total_steps
-        self.global_batch = global_batch
-        self.every_steps = max(int(every_steps), 1)
-        self.print_fn = print_fn or (lambda line: print(line, flush=True))
-
-    def on_train_begin(self, logs=None):
-        self._mark_time = time.perf_counter()
-        self._mark_step = _step(self.model)
-        self._first_step_done = False
+    def on_train_batch_begin(self, batch, logs=None):
+        self._lr = float(self.model.optimizer.learning_rate)  # the schedule at the current step
 
     def on_train_batch_end(self, batch, logs=None):
-        step = _step(self.model)
-        if not self._first_step_done:
-            # The first step includes tracing and compilation; measure speed from the end of it.
-            self._first_step_done = True
-            self._mark_time, self._mark_step = time.perf_counter(), step
-            self._line(step, logs, None)
-            return
-        if step % self.every_steps and step != self.total_steps:
-            return
-        now = time.perf_counter()
-        rate = (step - self._mark_step) / max(now - self._mark_time, 1e-9)
-        self._mark_time, self._mark_step = now, step
-        self._line(step, logs, rate)
+        if logs is not None and "lr" not in logs:
+            logs["lr"] = self._lr
 
-    def _line(self, step, logs, steps_per_second):
-        values = _scalars(logs)
-        parts = [f"step {step}/{self.total_steps}", f"loss {values.get('loss', float('nan')):.4f}"]
-        if "lr" in values:
-            parts.append(f"lr {values['lr']:.3e}")
-        if "momentum" in values:
-            parts.append(f"m {values['momentum']:.5f}")
-        if steps_per_second:
-            parts.append(f"{steps_per_second * self.global_batch:.1f} img/s")
-            parts.append(f"ETA {format_duration((self.total_steps - step) / steps_per_second)}")
-        else:
-            parts.append("(compiling done)")
-        self.print_fn(" | ".join(parts))
+
+class StepLoss(keras.callbacks.Callback):
+    """Resets Keras' running metrics after every step, so `logs["loss"]` of a compiled loss is the step's value.
+
+    Goes last in the callback list (the others have read the step's logs by then).
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.reset_metrics()
 
 
 class MetricsWriter(keras.callbacks.Callback):
-    """Appends one JSON object per logged step to `metrics.jsonl` and writes the same scalars to TensorBoard."""
+    """The log of a run: metrics.jsonl, TensorBoard and the progress line, from the same record.
 
-    def __init__(self, workdir, every_steps, total_steps, global_batch, enabled=True):
+    A record is written at step 1, every `every_steps` steps and at the last step: `step`, `loss` (the mean since
+    the previous record), every other scalar the step reported (its value at this step), and `images_per_second`
+    (measured from the end of the first step, which includes tracing and compilation). `write(record)` lets other
+    callbacks (the kNN monitor, the fine-tuning evaluator) add records to the same sinks.
+    """
+
+    def __init__(self, workdir, every_steps, total_steps, global_batch, enabled=True, print_fn=None):
         super().__init__()
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = os.path.join(workdir, METRICS_LOG) if workdir else None
         self.every_steps = max(int(every_steps), 1)
         self.total_steps = total_steps
         self.global_batch = global_batch
-        self.enabled = enabled
-        self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if enabled else None
+        self.enabled = enabled and workdir is not None
+        self.print_fn = print_fn if enabled else None
+        self._writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+                        if self.enabled else None)
 
     def on_train_begin(self, logs=None):
-        self._mark_time, self._mark_step = time.perf_counter(), _step(self.model)
+        self._mark_time, self._mark_step = None, global_step(self.model)
+        self._loss_sum, self._loss_count = 0.0, 0
 
     def on_train_batch_end(self, batch, logs=None):
-        step = _step(self.model)
-        if not self.enabled or (step % self.every_steps and step != self.total_steps and step != 1):
+        step = global_step(self.model)
+        values = _scalars(logs)
+        if "loss" in values:
+            self._loss_sum += values["loss"]
+            self._loss_count += 1
+        first = self._mark_time is None
+        if not first and step % self.every_steps and step != self.total_steps and step != 1:
             return
-        record = {"step": step}
-        record.update(_scalars(logs))
+        record = {"step": step, **values}
+        if self._loss_count:
+            record["loss"] = self._loss_sum / self._loss_count
+        self._loss_sum, self._loss_count = 0.0, 0
         now = time.perf_counter()
-        if step > self._mark_step:
-            record["images_per_second"] = (step - self._mark_step) * self.global_batch / max(now - self._mark_time, 1e-9)
+        rate = None
+        if not first and step > self._mark_step:
+            rate = (step - self._mark_step) / max(now - self._mark_time, 1e-9)
+            record["images_per_second"] = rate * self.global_batch
         self._mark_time, self._mark_step = now, step
         self.write(record)
+        if self.print_fn is not None:
+            self.print_fn(self._line(record, rate))
+
+    def _line(self, record, steps_per_second):
+        parts = [f"step {record['step']}/{self.total_steps}", f"loss {record.get('loss', float('nan')):.4f}"]
+        if "lr" in record:
+            parts.append(f"lr {record['lr']:.3e}")
+        if "momentum" in record:
+            parts.append(f"m {record['momentum']:.5f}")
+        if steps_per_second:
+            parts.append(f"{steps_per_second * self.global_batch:.1f} img/s")
+            parts.append(f"ETA {format_duration((self.total_steps - record['step']) / steps_per_second)}")
+        else:
+            parts.append("(compiling done)")
+        return " | ".join(parts)
 
     def write(self, record):
-        """Log `record` (a dict with a "step") to both sinks; other callbacks (kNN monitor) use this too."""
+        """Log `record` (a dict with a "step") to both sinks."""
         if not self.enabled:
             return
         with open(self.path, "a") as f:
@@ -151,11 +164,11 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.guard = guard
 
     def on_train_batch_end(self, batch, logs=None):
-        step = _step(self.model)
+        step = global_step(self.model)
         if self.guard.bad_step is None and step % self.every_steps == 0:
             self.checkpointer.save(step)
 
     def on_train_end(self, logs=None):
-        step = _step(self.model)
+        step = global_step(self.model)
         if self.guard.bad_step is None and self.checkpointer.latest_step() != step:
             self.checkpointer.save(step)

@@ -1,4 +1,5 @@
-"""Checkpoints of a pre-training run: model (with the momentum encoder), optimizer, step and data position.
+"""Checkpoints of every training loop: the model (for pre-training with its momentum encoder), the optimizer, the step
+and the input pipeline's position.
 
 Layout: WORKDIR/checkpoints/ckpt-STEP.{index,data-*} plus TensorFlow's `checkpoint` state file; the last
 `keep` are kept. Under MultiWorkerMirroredStrategy every worker must take part in a save; the chief writes to

@@ -15,7 +15,9 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+from tf_mocov3 import config_lib
+
+STRATEGIES = config_lib.STRATEGIES
 
 _KEY_RANGE = 100_000
 _mirrored_made = itertools.count(1)

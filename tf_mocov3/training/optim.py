@@ -34,13 +34,15 @@ Adam step do not interact, so their order within a step does not matter.
 import keras
 from keras import ops
 
+from tf_mocov3 import config_lib
 from tf_mocov3.training import schedules as schedules_lib
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 
-DECAY_CONVENTIONS = ("lr_scaled", "decoupled")
-DECAY_EXCLUDE_MODES = ("none", "bias_norm_cls")
-OPTIMIZERS = ("adamw", "lamb", "lars")
+# The names are defined with the config checks (config_lib), in one place.
+DECAY_CONVENTIONS = config_lib.DECAY_CONVENTIONS
+DECAY_EXCLUDE_MODES = config_lib.DECAY_EXCLUDE_MODES
+OPTIMIZERS = config_lib.OPTIMIZERS
 
 
 # === Weight-decay exclusions ===
@@ -547,39 +549,19 @@ def build_optimizer(optim_config, *, global_batch, steps_per_epoch, total_steps)
     Returns:
         An `AdamW`, `LAMB` or `LARS` instance.
     """
-    name = str(_get(optim_config, "name", "adamw")).lower()
-    if name not in OPTIMIZERS:
-        raise ValueError(
-            f"config.optim.name must be one of {OPTIMIZERS}, got {name!r}."
-        )
-    base_lr = float(_get(optim_config, "base_lr", 0.0))
-    if not base_lr > 0:
-        raise ValueError(
-            f"config.optim.base_lr must be positive, got {base_lr:g}; it is the "
-            "learning rate for a batch of 256 (e.g. 1.5e-4 for ViT AdamW)."
-        )
-    weight_decay = float(_get(optim_config, "weight_decay", 0.0))
-    if weight_decay < 0:
-        raise ValueError(
-            f"config.optim.weight_decay must be non-negative, got {weight_decay:g}; "
-            "e.g. 0.1 for ViT AdamW (paper convention)."
-        )
-    warmup_epochs = float(_get(optim_config, "warmup_epochs", 0.0))
-    if warmup_epochs < 0:
-        raise ValueError(
-            f"config.optim.warmup_epochs must be non-negative, got {warmup_epochs:g}."
-        )
+    problems = config_lib.optim_problems(optim_config)
+    if problems:
+        raise config_lib.ConfigError(" ".join(problems))
     if global_batch <= 0 or steps_per_epoch <= 0 or total_steps <= 0:
         raise ValueError(
             "build_optimizer needs positive global_batch, steps_per_epoch and "
             f"total_steps, got {global_batch}, {steps_per_epoch}, {total_steps}."
         )
+    name = str(_get(optim_config, "name", "adamw")).lower()
+    base_lr = float(_get(optim_config, "base_lr", 0.0))
+    weight_decay = float(_get(optim_config, "weight_decay", 0.0))
+    warmup_epochs = float(_get(optim_config, "warmup_epochs", 0.0))
     convention = str(_get(optim_config, "decay_convention", "lr_scaled"))
-    if convention not in DECAY_CONVENTIONS:
-        raise ValueError(
-            f"config.optim.decay_convention must be one of {DECAY_CONVENTIONS}, "
-            f"got {convention!r}."
-        )
     exclusions = decay_exclusions(str(_get(optim_config, "decay_exclude", "none")))
 
     peak_lr = schedules_lib.lr_for_batch(base_lr, global_batch)

@@ -1,6 +1,7 @@
-"""Evaluation reports: WORKDIR/metrics.json (merged across evaluations), a PNG of the curves, a text table.
+"""Reports of every run: WORKDIR/metrics.json (merged across runs), a PNG of the curves, a text table; and the one
+reader of the step log WORKDIR/metrics.jsonl that training writes (training/callbacks.py).
 
-Every evaluation (kNN, linear probe, fine-tune, the demo report) writes through `write_report`, so one
+Pre-training, fine-tuning, the linear probe, kNN and the demo report all write through `write_report`, so one
 metrics.json per workdir collects all of them and the plots look alike.
 
 Example:
@@ -17,7 +18,8 @@ import os
 
 import numpy as np
 
-METRICS_FILE = "metrics.json"
+REPORT_FILE = "metrics.json"      # the summary of every run in a workdir
+METRICS_LOG = "metrics.jsonl"     # one record per logged step (training/callbacks.MetricsWriter)
 
 
 # === Table ===
@@ -102,7 +104,7 @@ def _merge(old, new):
 
 def read_metrics(workdir):
     """WORKDIR/metrics.json as a dict ({} when absent)."""
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, REPORT_FILE)
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -119,13 +121,36 @@ def merge_metrics(workdir, metrics):
     """Merges `metrics` into WORKDIR/metrics.json (nested dicts merged key by key); returns the result."""
     os.makedirs(workdir, exist_ok=True)
     merged = _merge(read_metrics(workdir), _jsonable(metrics))
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, REPORT_FILE)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(merged, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(tmp, path)
     return merged
+
+
+# === The step log ===
+
+
+def read_log(workdir):
+    """The records of WORKDIR/metrics.jsonl in file order ([] when absent)."""
+    path = os.path.join(workdir, METRICS_LOG)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def log_curves(records, keys):
+    """{key: [(step, value), ...]} of the records holding `key`, by step (a step logged twice keeps its last value,
+    as after a resume), for the `keys` present."""
+    curves = {}
+    for key in keys:
+        by_step = {r["step"]: r[key] for r in records if key in r}
+        if by_step:
+            curves[key] = sorted(by_step.items())
+    return curves
 
 
 # === Plot ===

@@ -40,13 +40,11 @@ import pickle
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app
-from absl import flags
 
 from tf_mocov3 import config_lib
 from tf_mocov3.models import moco
-from tf_mocov3.weights import pretrained
 from tf_mocov3.models import vit
+from tf_mocov3.weights import pretrained
 
 POS_EMBED_TOLERANCE = 1e-4
 INSTALL_HINT = ("tf_mocov3.convert_official reads PyTorch files and needs PyTorch: "
@@ -419,39 +417,3 @@ def convert_file(input_path, output_dir, *, arch=None, overrides=None):
     write_converted(result, output_dir)
     return result["report"]
 
-
-# === Command ===
-
-_INPUT = flags.DEFINE_string("input", None, "The official MoCo v3 checkpoint (.pth.tar).")
-_OUTPUT = flags.DEFINE_string("output", None, "The directory to write (must not hold converted weights yet).")
-_ARCH = flags.DEFINE_string("arch", None, f"One of {', '.join(OFFICIAL_ARCHS)}; inferred from the shapes if unset.")
-_OVERRIDES = flags.DEFINE_string("model_overrides", None,
-                                 "JSON dict of backbone overrides for a custom arch, e.g. '{\"num_heads\": 6}'.")
-
-
-def main(argv):
-    del argv
-    if not _INPUT.value or not _OUTPUT.value:
-        raise app.UsageError("Pass --input=FILE.pth.tar and --output=DIR.")
-    try:
-        _import_torch()
-    except ImportError as err:
-        raise SystemExit(f"error: {err}") from None
-    overrides = None
-    if _OVERRIDES.value:
-        try:
-            overrides = json.loads(_OVERRIDES.value)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"error: --model_overrides is not a JSON dict ({err}); e.g. '{{\"num_heads\": 6}}'.")
-    try:
-        report = convert_file(_INPUT.value, _OUTPUT.value, arch=_ARCH.value, overrides=overrides)
-    except ConversionError as err:
-        raise SystemExit(f"error: {err}") from None
-    print(f"Converted {report['kind']} checkpoint {_INPUT.value} ({report['arch']}, {report['image_size']} px): "
-          f"{report['tensors_converted']} tensors; pos_embed max |diff| vs sin-cos = "
-          f"{report['pos_embed_max_abs_diff']:.2e}; dropped {len(report['keys_dropped'])} num_batches_tracked.")
-    print(f"Wrote {_OUTPUT.value}: use --pretrained={_OUTPUT.value} or tf_mocov3.load_backbone('{_OUTPUT.value}').")
-
-
-if __name__ == "__main__":
-    app.run(main)

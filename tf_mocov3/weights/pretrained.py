@@ -27,10 +27,9 @@ import ml_collections
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from tf_mocov3 import config_lib
 from tf_mocov3.models import heads
-from tf_mocov3.weights import plain_keras
 from tf_mocov3.models import vit
+from tf_mocov3.weights import plain_keras
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -155,7 +154,7 @@ def _build_backbone(resolved, image_size, arch, path):
     try:
         return vit.build_backbone(config.model.arch, size,
                                   train_patch_embed=bool(config.model.get("train_patch_embed", False)),
-                                  name="backbone", **config_lib.backbone_overrides(config.model))
+                                  name="backbone", **vit.config_overrides(config.model))
     except ValueError as err:
         raise ValueError(f"Cannot build the backbone of {path} at image_size={size}: {err}") from err
 

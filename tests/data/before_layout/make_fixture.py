@@ -1,4 +1,9 @@
-"""Writes tiny pre-training, fine-tuning and probe workdirs with the code of the commit it runs in."""
+"""Wrote tests/data/before_layout/{pretrain,finetune}: tiny workdirs made by the code BEFORE the layout change.
+
+Run from a checkout of commit 9be4d01 (the last one with the flat tf_mocov3/ modules) as
+`python make_fixture.py OUT`; it imports that code's module names, so it does not run against today's tree.
+tests/test_checkpoint_compat.py restores what it wrote.
+"""
 import os, sys, json, shutil
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 sys.path.insert(0, os.getcwd())

@@ -1,0 +1,188 @@
+"""One resumable fit for every training loop: pre-training, fine-tuning and the linear probe.
+
+Each loop is its model, its data and one `Trainer` run; the trainer owns what they share, in this order:
+
+    trainer = Trainer(workdir, strategy=..., total_steps=..., global_batch=..., config_file="config.json")
+    trainer.check_resume(record, keys)          # a workdir of another run is refused before any work
+    with precision(config.mixed_precision):     # the dtype policy, restored afterwards
+        model = trainer.build(make_model, make_optimizer, seed=..., jit_compile=...)
+        start = trainer.restore(model)          # newest checkpoint (0 = none)
+        trainer.write_config(record)
+        trainer.fit(model, make_dataset(start), start_step=start, callbacks=[...])
+    trainer.report(name, metrics, curves, table)
+
+`fit` adds the standard callbacks around the loop's own (NaN guard first; the step log -- metrics.jsonl,
+TensorBoard and the progress line -- then the lr entry; the loop's callbacks; the checkpoint saver last) and raises
+TrainingDiverged when the loss stops being finite, after keeping the last good checkpoint. `loss` in metrics.jsonl
+means the same for every loop: the mean of the step losses since the previous logged line (training/callbacks.py).
+Only the chief writes (logs, config file, real checkpoints); every worker takes part in the saves.
+"""
+
+import contextlib
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from tf_mocov3 import config_lib
+from tf_mocov3.training import callbacks as callbacks_lib
+from tf_mocov3.training import checkpointing
+from tf_mocov3.training import distribute
+from tf_mocov3.training import reports
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the message names the step, the checkpoint kept and what to change."""
+
+
+def total_steps_of(config, steps_per_epoch):
+    """config.max_steps when set, else config.epochs * steps_per_epoch."""
+    return int(config.max_steps) if config.max_steps > 0 else int(config.epochs) * int(steps_per_epoch)
+
+
+def resolve_jit_compile(config, strategy):
+    """config.jit_compile resolved: "auto" is XLA on a TPU and on one GPU; not on CPUs, where TensorFlow's
+    oneDNN kernels ran the ViT-S/16 step in 28 CPU-s against 32 under XLA:CPU (BUILD_NOTES.md)."""
+    choice = str(config.jit_compile).lower()
+    if choice == "auto":
+        if isinstance(strategy, tf.distribute.TPUStrategy):
+            return True
+        return distribute.is_single_device(strategy) and bool(tf.config.list_logical_devices("GPU"))
+    return choice == "true"
+
+
+def strategy_for(config, tpu=""):
+    """The strategy config.strategy names (config_lib.ConfigError when it cannot be made)."""
+    try:
+        return distribute.make_strategy(config.strategy, tpu=tpu, num_cpu_devices=config.get("num_cpu_devices", 0))
+    except ValueError as err:
+        raise config_lib.ConfigError(str(err)) from err
+
+
+@contextlib.contextmanager
+def precision(policy):
+    """Keras' global dtype policy set to `policy` ("float32", "mixed_bfloat16", ...) inside the block."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class Trainer:
+    """The shared run loop of one workdir (module docstring).
+
+    Args:
+      workdir: the run's directory (None: nothing is written, as for the demo's in-memory probe).
+      strategy: a tf.distribute.Strategy (None: the default one-device strategy).
+      total_steps: the step the run ends at.
+      global_batch: images per step over all replicas (for images/s).
+      log_every_steps, checkpoint_every_steps, keep_checkpoints: as the config keys of these names.
+      config_file: the file in the workdir that records the run's config (checked on resume).
+      kind: what the run is called in messages ("pre-training run", "fine-tuning run", "probe").
+      print_fn: where the progress lines go (default: print); only the chief prints.
+    """
+
+    def __init__(self, workdir, *, strategy=None, total_steps, global_batch, log_every_steps=50,
+                 checkpoint_every_steps=1000, keep_checkpoints=3, config_file="config.json", kind="run",
+                 print_fn=None):
+        self.workdir = workdir
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.total_steps = int(total_steps)
+        self.global_batch = int(global_batch)
+        self.checkpoint_every_steps = int(checkpoint_every_steps)
+        self.keep_checkpoints = int(keep_checkpoints)
+        self.config_file = config_file
+        self.kind = kind
+        self.chief = distribute.is_chief(self.strategy)
+        self._print = print_fn or (lambda line: print(line, flush=True))
+        # Made now, so that callbacks built before `fit` (the kNN monitor) can write to the same log.
+        self.metrics = callbacks_lib.MetricsWriter(workdir, log_every_steps, self.total_steps, self.global_batch,
+                                                   enabled=self.chief, print_fn=self._print)
+        self.checkpointer = None
+
+    def say(self, line):
+        """Prints `line` on the chief."""
+        if self.chief:
+            self._print(line)
+
+    # --- before any work ---
+
+    def check_resume(self, record, keys, error_cls=config_lib.ConfigError, key_prefix="config."):
+        """Refuses a workdir whose config file records a run that differs from `record` in `keys` (dotted)."""
+        if self.workdir:
+            config_lib.check_resume_compatible(self.workdir, record, keys, config_file=self.config_file,
+                                               kind=self.kind, error_cls=error_cls, key_prefix=key_prefix)
+
+    # --- the model ---
+
+    def build(self, make_model, make_optimizer, *, seed, jit_compile=False, loss=None):
+        """make_model() and make_optimizer(), created under the strategy's scope after seeding, then compiled.
+
+        The initial weights are a function of `seed` alone (the same on every worker and on every restart). The
+        optimizer's slots are built now, so that a checkpoint restores into them.
+        """
+        keras.utils.set_random_seed(int(seed))
+        with self.strategy.scope():
+            model = make_model()
+            model.compile(optimizer=make_optimizer(), loss=loss, jit_compile=bool(jit_compile))
+            model.optimizer.build(model.trainable_variables)
+        return model
+
+    def restore(self, model, checkpoint_model=None):
+        """Restores the newest checkpoint of the workdir into `model` (or `checkpoint_model`, the part of it that
+        is saved) and its optimizer; returns its step, 0 when there is none."""
+        self.checkpointer = checkpointing.Checkpointer(
+            self.workdir, model=checkpoint_model or model, optimizer=model.optimizer, keep=self.keep_checkpoints,
+            is_chief=self.chief, worker_index=distribute.worker_index(self.strategy))
+        start_step = self.checkpointer.restore_latest()
+        if start_step:
+            self.say(f"Resuming from step {start_step} ({self.checkpointer.latest_path()}).")
+        return start_step
+
+    def write_config(self, record):
+        """Writes the run's config (a ConfigDict or a plain dict) to WORKDIR/config_file (chief only)."""
+        if self.chief and self.workdir:
+            with open(os.path.join(self.workdir, self.config_file), "w") as f:
+                json.dump(config_lib.as_record(record), f, indent=2)
+
+    # --- the loop ---
+
+    def fit(self, model, dataset, *, start_step=0, callbacks=(), diverged_hint="lower the learning rate"):
+        """Trains `model` on `dataset` from `start_step` to total_steps; returns Keras' History.
+
+        The loop's `callbacks` run after the step log and before the checkpoint saver. Raises TrainingDiverged
+        (after keeping the last good checkpoint) when the loss stops being finite; `diverged_hint` says what to
+        change.
+        """
+        guard = callbacks_lib.NonFiniteLossGuard()
+        cbs = [guard, callbacks_lib.LearningRate(), self.metrics, *callbacks]
+        if self.checkpointer is not None:
+            cbs.append(callbacks_lib.CheckpointSaver(self.checkpointer, self.checkpoint_every_steps, guard))
+        if getattr(model, "loss", None) is not None:  # a compiled loss: Keras reports its running mean
+            cbs.append(callbacks_lib.StepLoss())
+        history = model.fit(dataset, epochs=1, steps_per_epoch=self.total_steps - int(start_step), callbacks=cbs,
+                            verbose=0, shuffle=False)
+        if guard.bad_step is not None:
+            kept = self.checkpointer.latest_path() if self.checkpointer is not None else None
+            kept = f"the last good checkpoint ({kept}) is kept" if kept else "no checkpoint was written"
+            raise TrainingDiverged(f"The loss became NaN or Inf at step {guard.bad_step}; {kept}. "
+                                   f"{diverged_hint[0].upper()}{diverged_hint[1:]}, then run the same command again "
+                                   f"to resume.")
+        return history
+
+    # --- the end ---
+
+    def read_log(self):
+        """The records of WORKDIR/metrics.jsonl."""
+        return reports.read_log(self.workdir) if self.workdir else []
+
+    def report(self, *, name, metrics, curves=None, table=None):
+        """Writes metrics.json and NAME.png and prints the summary table (chief only); returns the summary."""
+        if not (self.chief and self.workdir):
+            return None
+        summary = reports.write_report(self.workdir, name=name, metrics=metrics, curves=curves, table=table)
+        self._print(summary)
+        return summary
