@@ -5,9 +5,28 @@
     backbone = tf_mocov3.load_backbone("/path/to/workdir")             # pre-trained or converted official weights
 """
 
-from tf_mocov3.models.moco import MoCoV3, build_moco
-from tf_mocov3.weights.pretrained import load_backbone, load_classifier, load_encoder, restore_moco
-from tf_mocov3.models.vit import ARCHS, build_backbone
+import importlib
+
+# The public names, imported on first use (PEP 562) so that `python -m tf_mocov3.<command> --help`, which imports
+# this package first, does not pay for TensorFlow.
+_EXPORTS = {
+    "MoCoV3": "tf_mocov3.models.moco", "build_moco": "tf_mocov3.models.moco",
+    "load_backbone": "tf_mocov3.weights.pretrained", "load_classifier": "tf_mocov3.weights.pretrained",
+    "load_encoder": "tf_mocov3.weights.pretrained", "restore_moco": "tf_mocov3.weights.pretrained",
+    "ARCHS": "tf_mocov3.models.vit", "build_backbone": "tf_mocov3.models.vit",
+}
 
 __all__ = ["ARCHS", "MoCoV3", "build_backbone", "build_moco", "load_backbone", "load_classifier", "load_encoder",
            "restore_moco"]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tf_mocov3' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,48 +1,35 @@
 r"""MoCo v3 pre-training command.
 
   python -m tf_mocov3.train --config=configs/vit_small.py --workdir=/tmp/mocov3_vit_small \
-      [--config.batch_size=1024] [--strategy=mirrored] [--tpu=NAME]
+      [--config.batch_size=1024] [--strategy=mirrored] [--tpu=NAME] [--pretrained=DIR]
 
-Running the same command again resumes from the last checkpoint in --workdir.
+Running the same command again resumes from the last checkpoint in --workdir. With config.knn.enabled the kNN monitor
+runs during training; with config.demo_eval the demo's evaluation report follows it.
 """
 
-import sys
+from tf_mocov3 import cli
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
-_STRATEGY = flags.DEFINE_enum("strategy", None, ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
-                              "Overrides config.strategy.")
-_TPU = flags.DEFINE_string("tpu", "", "Cloud TPU name ('local' on a TPU VM); implies --strategy=tpu.")
-_PRETRAINED = flags.DEFINE_string("pretrained", None, "Start from these weights (continued pre-training): a workdir, "
-                                  "a checkpoint or a tf_mocov3.convert_official directory. Overrides config.pretrained.")
-flags.mark_flags_as_required(["config", "workdir"])
+cli.define_flags(
+    config="Config file (configs/*.py).",
+    workdir="Directory for checkpoints, logs and metrics.",
+    pretrained="Start from these weights (continued pre-training): a workdir, a checkpoint or a "
+               "tf_mocov3.convert_official directory. Overrides config.pretrained.",
+    strategy="Overrides config.strategy.",
+    tpu="Cloud TPU name ('local' on a TPU VM); implies --strategy=tpu.",
+    required=("config", "workdir"))
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run rejects stray arguments
     # Imported here so that `--help` and flag errors do not pay for TensorFlow's start-up.
-    from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.training import pretrain as training  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.evaluation import demo, knn  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import pretrain  # pylint: disable=import-outside-toplevel
 
-    config = _CONFIG.value
-    with config.unlocked():
-        if _STRATEGY.value:
-            config.strategy = _STRATEGY.value
-        elif _TPU.value:
-            config.strategy = "tpu"
-        if _PRETRAINED.value is not None:
-            config.pretrained = _PRETRAINED.value
-    try:
-        training.run_pretraining(config, _WORKDIR.value, tpu=_TPU.value)
-    except (config_lib.ConfigError, training.TrainingDiverged, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    config = cli.configure(cli.FLAGS.config)
+    pretrain.run_pretraining(config, cli.FLAGS.workdir, tpu=cli.FLAGS.tpu, make_callbacks=knn.monitor_callbacks)
+    if config.get("demo_eval"):  # kNN and a linear probe beside raw pixels and a random backbone (configs/demo.py)
+        demo.evaluate_demo(cli.FLAGS.workdir, config)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
