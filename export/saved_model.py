@@ -22,7 +22,8 @@ Signatures (S = --image_size, D = the backbone width; with --with_projector ever
   serving_default     image_bytes: string [batch]  (JPEG / PNG / GIF / BMP, any size, sizes may differ)
   embed_images        images: uint8 [batch, height, width, 3]  (any size)
   embed_preprocessed  images: float32 [batch, S, S, 3]  (already resized, cropped and ImageNet-normalised)
-  -> features: float32 [batch, D], the [CLS] feature after the final LayerNorm.
+  -> features: float32 [batch, D], the [CLS] feature after the final LayerNorm (ViT), or the globally
+     average-pooled feature (ResNet: D = 2048 for ResNet-50).
 
 The first two pre-process inside the graph exactly as the linear-probe evaluation does
 (`tf_mocov3.augment.eval_preprocess`: resize the shorter side to S * 256 / 224, centre crop S, normalise with the
@@ -96,7 +97,7 @@ class FeatureExtractor(tf.Module):
         shape = backbone.input_shape
         if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
             raise ValueError(f"The backbone must take square RGB images [B, S, S, 3] of a static size S, but its "
-                             f"input shape is {shape}; build it with vit.build_backbone(arch, image_size).")
+                             f"input shape is {shape}; build it with backbones.build_backbone(arch, image_size).")
         self.image_size = int(shape[1])
         self.feature_dim = int(backbone.output_shape[-1])
         self.projection_dim = int(projector.output_shape[-1]) if projector is not None else None

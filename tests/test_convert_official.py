@@ -360,3 +360,193 @@ def test_round_trip_linear_probe_and_pretraining_step(tmp_path):
     history = model.fit(data, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     assert not np.array_equal(model.backbone.get_layer("norm").gamma.numpy(), sd["module.base_encoder.norm.weight"])
+
+
+# === ResNet-50 (moco/builder.py MoCo_ResNet, torchvision resnet50, main_lincls.py) ===
+
+R50_BLOCKS, TINY_BLOCKS = (3, 4, 6, 3), (1, 1, 1, 1)
+
+
+def official_resnet(prefix, blocks, width, g):
+    """torchvision ResNet keys (conv1, bn1, layer{s}.{b}.conv{1,2,3} / bn{1,2,3} / downsample.{0,1}), random values:
+    kaiming-normal convs (so activations keep their scale through 16 blocks) and BN with non-trivial statistics."""
+    sd = {}
+
+    def conv(key, cout, cin, k):
+        sd[key] = torch.randn(cout, cin, k, k, generator=g) * (2.0 / (cin * k * k)) ** 0.5
+
+    conv(f"{prefix}conv1.weight", width, 3, 7)
+    _bn(sd, f"{prefix}bn1", width, g)
+    cin = width
+    for stage, n in enumerate(blocks):
+        planes = width * 2 ** stage
+        for b in range(n):
+            key = f"{prefix}layer{stage + 1}.{b}"
+            conv(f"{key}.conv1.weight", planes, cin, 1)
+            _bn(sd, f"{key}.bn1", planes, g)
+            conv(f"{key}.conv2.weight", planes, planes, 3)
+            _bn(sd, f"{key}.bn2", planes, g)
+            conv(f"{key}.conv3.weight", 4 * planes, planes, 1)
+            _bn(sd, f"{key}.bn3", 4 * planes, g)
+            sd[f"{key}.bn3.weight"] *= 0.2  # zero-init residual gammas stay small: activations keep their scale
+            if b == 0:
+                conv(f"{key}.downsample.0.weight", 4 * planes, cin, 1)
+                _bn(sd, f"{key}.downsample.1", 4 * planes, g)
+            cin = 4 * planes
+    return sd
+
+
+def official_resnet_mlp(prefix, in_dim, mlp_dim, out_dim, last_bn, g):
+    """_build_mlp(2, ...): Linear BN ReLU Linear [BN(affine=False) when last_bn]."""
+    sd = {f"{prefix}.0.weight": 0.05 * torch.randn(mlp_dim, in_dim, generator=g)}
+    _bn(sd, f"{prefix}.1", mlp_dim, g)
+    sd[f"{prefix}.3.weight"] = 0.05 * torch.randn(out_dim, mlp_dim, generator=g)
+    if last_bn:
+        _bn(sd, f"{prefix}.4", out_dim, g, affine=False)
+    return sd
+
+
+def official_resnet_pretrain_state(g, blocks=R50_BLOCKS, width=64):
+    sd = {}
+    for enc in ("base_encoder", "momentum_encoder"):
+        sd.update(official_resnet(f"module.{enc}.", blocks, width, g))
+        sd.update(official_resnet_mlp(f"module.{enc}.fc", 32 * width, MLP_DIM, MOCO_DIM, True, g))
+    sd.update(official_resnet_mlp("module.predictor", MOCO_DIM, MLP_DIM, MOCO_DIM, False, g))
+    return sd
+
+
+def torch_resnet_features(sd, prefix, images_nhwc, blocks, training):
+    """torchvision's ResNet forward (Bottleneck, stride on the 3x3 conv) with torch.nn.functional, pooled [B, C]."""
+    p = lambda k: sd[prefix + k]  # noqa: E731
+
+    def bn(x, key):
+        # Copies: training-mode F.batch_norm updates the running statistics in place.
+        return F.batch_norm(x, p(key + ".running_mean").clone(), p(key + ".running_var").clone(),
+                            p(key + ".weight"), p(key + ".bias"), training=training, momentum=0.1, eps=1e-5)
+
+    x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2)
+    x = F.relu(bn(F.conv2d(x, p("conv1.weight"), stride=2, padding=3), "bn1"))
+    x = F.max_pool2d(x, 3, stride=2, padding=1)
+    for stage, n in enumerate(blocks):
+        for b in range(n):
+            key = f"layer{stage + 1}.{b}"
+            stride = 2 if stage > 0 and b == 0 else 1
+            out = F.relu(bn(F.conv2d(x, p(f"{key}.conv1.weight")), f"{key}.bn1"))
+            out = F.relu(bn(F.conv2d(out, p(f"{key}.conv2.weight"), stride=stride, padding=1), f"{key}.bn2"))
+            out = bn(F.conv2d(out, p(f"{key}.conv3.weight")), f"{key}.bn3")
+            if prefix + f"{key}.downsample.0.weight" in sd:
+                x = bn(F.conv2d(x, p(f"{key}.downsample.0.weight"), stride=stride), f"{key}.downsample.1")
+            x = F.relu(out + x)
+    return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def torch_mlp(sd, prefix, x, training, last_bn):
+    def bn(x, key, affine=True):
+        return F.batch_norm(x, sd[key + ".running_mean"].clone(), sd[key + ".running_var"].clone(),
+                            sd[key + ".weight"] if affine else None, sd[key + ".bias"] if affine else None,
+                            training=training, eps=1e-5)
+
+    x = F.relu(bn(F.linear(x, sd[f"{prefix}.0.weight"]), f"{prefix}.1"))
+    x = F.linear(x, sd[f"{prefix}.3.weight"])
+    return bn(x, f"{prefix}.4", affine=False) if last_bn else x
+
+
+@pytest.fixture(scope="module")
+def converted_r50(tmp_path_factory):
+    """A random ResNet-50 pre-training checkpoint in the official layout (r-50-*ep.pth.tar), converted."""
+    tmp = tmp_path_factory.mktemp("r50")
+    sd = official_resnet_pretrain_state(torch.Generator().manual_seed(10))
+    path = save(tmp, "r-50-100ep.pth.tar", {"epoch": 100, "arch": "resnet50", "state_dict": sd,
+                                            "optimizer": {"state": {}, "param_groups": []}})
+    out = str(tmp / "converted")
+    report = convert_official.convert_file(path, out)  # arch inferred from the shapes
+    return sd, out, report
+
+
+def test_r50_pretraining_checkpoint_every_key_used_and_arch_inferred(converted_r50):
+    sd, out, report = converted_r50
+    assert (report["kind"], report["arch"], report["image_size"]) == ("pretrain", "resnet50", 224)
+    # Every key lands in a variable except the BN step counters; the heads' sizes are read from the shapes.
+    assert report["tensors_converted"] + len(report["keys_dropped"]) == len(sd) == report["keys_read"]
+    assert all(k.endswith("num_batches_tracked") for k in report["keys_dropped"])
+    with open(os.path.join(out, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    assert (config.model.arch, config.model.mlp_dim, config.model.moco_dim) == ("resnet50", MLP_DIM, MOCO_DIM)
+    model = moco.build_moco(config.model, image_size=64, total_steps=1)
+    pretrained.restore_moco(model, out)
+    t = lambda k: sd["module." + k].numpy()  # noqa: E731
+    conv = lambda a: a.transpose(2, 3, 1, 0)  # noqa: E731
+    block = model.momentum_backbone.get_layer("block_13")  # layer4.0, with its downsample shortcut
+    np.testing.assert_array_equal(block.get_layer("block_13_conv2").kernel.numpy(),
+                                  conv(t("momentum_encoder.layer4.0.conv2.weight")))
+    np.testing.assert_array_equal(block.get_layer("block_13_downsample_bn").moving_variance.numpy(),
+                                  t("momentum_encoder.layer4.0.downsample.1.running_var"))
+    np.testing.assert_array_equal(model.projector.get_layer("bn_1").moving_mean.numpy(),
+                                  t("base_encoder.fc.4.running_mean"))
+    np.testing.assert_array_equal(model.predictor.get_layer("linear_1").kernel.numpy(), t("predictor.3.weight").T)
+
+
+def test_r50_forward_parity_with_an_independent_pytorch_resnet(converted_r50):
+    sd, out, _ = converted_r50
+    images = _images(64, n=4)
+    encoder = pretrained.load_encoder(out, image_size=64)
+    with open(os.path.join(out, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    model = moco.build_moco(config.model, image_size=64, total_steps=1)
+    pretrained.restore_moco(model, out)
+    for training in (False, True):
+        theirs = torch_resnet_features(sd, "module.base_encoder.", images, R50_BLOCKS, training)
+        ours = encoder.backbone(images, training=training).numpy()
+        assert float(theirs.abs().max()) > 1.0  # not a degenerate comparison (23 in inference, 1.8 in training)
+        assert np.max(np.abs(ours - theirs.numpy())) <= 1e-4, training  # measured 1.5e-5 / 1.3e-5
+        # The momentum encoder and the heads: q = predictor(fc(f)), k = momentum fc(momentum f).
+        q_theirs = torch_mlp(sd, "module.predictor", torch_mlp(sd, "module.base_encoder.fc", theirs, training, True),
+                             training, False)
+        q_ours = model.predictor(model.projector(model.backbone(images, training=training), training=training),
+                                 training=training).numpy()
+        assert np.max(np.abs(q_ours - q_theirs.numpy())) <= 1e-4
+        k_theirs = torch_mlp(sd, "module.momentum_encoder.fc",
+                             torch_resnet_features(sd, "module.momentum_encoder.", images, R50_BLOCKS, training),
+                             training, True)
+        k_ours = model.momentum_projector(model.momentum_backbone(images, training=training),
+                                          training=training).numpy()
+        assert np.max(np.abs(k_ours - k_theirs.numpy())) <= 1e-4
+
+
+def test_r50_linear_checkpoint_gives_the_classifier(tmp_path):
+    g = torch.Generator().manual_seed(11)
+    sd = {"module." + k: v for k, v in official_resnet("", TINY_BLOCKS, 16, g).items()}
+    sd["module.fc.weight"] = 0.01 * torch.randn(5, 512, generator=g)
+    sd["module.fc.bias"] = 0.1 * torch.randn(5, generator=g)
+    path = save(tmp_path, "linear-100ep.pth.tar", {"epoch": 90, "arch": "resnet50", "state_dict": sd,
+                                                   "best_acc1": torch.tensor(12.5)})
+    out = str(tmp_path / "converted")
+    report = convert_official.convert_file(path, out)
+    assert (report["kind"], report["arch"], report["num_classes"]) == ("linear_probe", "resnet_tiny", 5)
+    images = _images(32, n=2)
+    feats = torch_resnet_features(sd, "module.", images, TINY_BLOCKS, False)
+    theirs = (feats @ sd["module.fc.weight"].T + sd["module.fc.bias"]).numpy()
+    np.testing.assert_allclose(pretrained.load_classifier(out, image_size=32)(images).numpy(), theirs, atol=1e-4)
+    with pytest.raises(ValueError, match="holds only a backbone"):
+        pretrained.restore_moco(moco.build_moco(pretrained.resolve(out).config.model, image_size=32,
+                                                total_steps=1), out)
+
+
+def test_r50_every_bad_key_is_named():
+    g = torch.Generator().manual_seed(12)
+    sd = official_resnet_pretrain_state(g, blocks=TINY_BLOCKS, width=16)
+    _bn(sd, "module.predictor.4", MOCO_DIM, g, affine=False)               # a ViT-style last BN: unexpected
+    del sd["module.base_encoder.layer3.0.bn2.running_var"]                  # missing
+    sd["module.momentum_encoder.layer2.0.conv2.weight"] = torch.zeros(32, 32, 1, 1)  # shape mismatch
+    with pytest.raises(convert_official.ConversionError) as err:
+        convert_official.convert_state_dict(convert_official.extract_state_dict({"state_dict": sd}))
+    message = str(err.value)
+    for text in ("unexpected key(s): predictor.4.num_batches_tracked, predictor.4.running_mean",
+                 "missing key(s): base_encoder.layer3.0.bn2.running_var",
+                 "momentum_encoder.layer2.0.conv2.weight: checkpoint (32, 32, 1, 1)"):
+        assert text in message, message
+    with pytest.raises(convert_official.ConversionError, match=r"\[2, 2, 2, 2\] blocks per stage"):
+        convert_official.infer_resnet_arch({"blocks": (2, 2, 2, 2), "width": 64})
+    with pytest.raises(convert_official.ConversionError, match="ViT option"):
+        convert_official.convert_state_dict(convert_official.extract_state_dict({"state_dict": sd}),
+                                            arch="resnet_tiny", overrides={"depth": 2})

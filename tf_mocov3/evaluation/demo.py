@@ -27,6 +27,7 @@ from tf_mocov3.data import sources
 from tf_mocov3.evaluation import features as features_lib
 from tf_mocov3.evaluation import knn
 from tf_mocov3.evaluation import linear_probe
+from tf_mocov3.models import backbones
 from tf_mocov3.models import vit
 from tf_mocov3.training import reports
 from tf_mocov3.weights import pretrained
@@ -50,9 +51,9 @@ def _knn_settings(config):
 def _random_backbone(config, image_size):
     keras.utils.set_random_seed(int(config.seed) + 1)
     overrides = vit.config_overrides(config.model)
-    return vit.build_backbone(config.model.arch, image_size,
-                              train_patch_embed=bool(config.model.get("train_patch_embed", False)),
-                              name="random_backbone", **overrides)
+    return backbones.build_backbone(config.model.arch, image_size,
+                                    train_patch_embed=bool(config.model.get("train_patch_embed", False)),
+                                    name="random_backbone", **overrides)
 
 
 def _evaluate_features(name, train, test, num_classes, *, k, temperature, seed, epochs, print_fn):

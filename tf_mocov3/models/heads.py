@@ -7,6 +7,9 @@ Hidden layers are followed by BatchNorm + ReLU; the last layer, when
 BatchNorm is synchronized across replicas with PyTorch's defaults
 (momentum 0.1 = Keras momentum 0.9, epsilon 1e-5).
 
+MoCo_ViT uses a 3-layer projector and a predictor ending in that BN; MoCo_ResNet a 2-layer projector and a
+predictor without the last BN (models/backbones.head_layout chooses).
+
 Layer names: ``linear_{i}``, ``bn_{i}``, ``relu_{i}`` for i = 0..num_layers-1.
 """
 
@@ -75,11 +78,13 @@ def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True, name="ml
     return keras.Model(inputs, x, name=name)
 
 
-def build_projector(input_dim, mlp_dim=4096, dim=256, name="projector"):
-    """The ViT projector: 3 layers, D -> mlp_dim -> mlp_dim -> dim, last BN without affine."""
-    return build_mlp(3, input_dim, mlp_dim, dim, last_bn=True, name=name)
+def build_projector(input_dim, mlp_dim=4096, dim=256, name="projector", *, num_layers=3):
+    """The projector, last BN without affine: ViT 3 layers (D -> mlp_dim -> mlp_dim -> dim); ResNet
+    (MoCo_ResNet, ``num_layers=2``) 2048 -> mlp_dim -> dim."""
+    return build_mlp(num_layers, input_dim, mlp_dim, dim, last_bn=True, name=name)
 
 
-def build_predictor(dim=256, mlp_dim=4096, name="predictor"):
-    """The ViT predictor: 2 layers, dim -> mlp_dim -> dim, last BN without affine."""
-    return build_mlp(2, dim, mlp_dim, dim, last_bn=True, name=name)
+def build_predictor(dim=256, mlp_dim=4096, name="predictor", *, last_bn=True):
+    """The predictor, 2 layers dim -> mlp_dim -> dim: ViT ends in a BN without affine; ResNet (MoCo_ResNet,
+    ``last_bn=False``) ends in the Dense."""
+    return build_mlp(2, dim, mlp_dim, dim, last_bn=last_bn, name=name)

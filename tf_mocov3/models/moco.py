@@ -10,19 +10,22 @@ One step, in the order of the official `MoCo.forward` (moco/builder.py):
 
 Each view goes through the projector and predictor on its own, so batch-norm statistics are per view. A backbone
 without batch norm (the plain ViT: LayerNorm and attention act per image) gets both views in one call, which is the
-same function and runs faster; a backbone with batch norm (conv-stem ViT) gets one call per view.
+same function and runs faster; a backbone with batch norm (conv-stem ViT, ResNet) gets one call per view.
 
 Under tf.distribute, Keras sums gradients across replicas in `optimizer.apply`, so each replica differentiates
 `loss_local / num_replicas`: the update equals the one-replica update on the same global batch.
 """
 
+import math
+
 import keras
+from keras import ops
 import tensorflow as tf
 
+from tf_mocov3.models import backbones
 from tf_mocov3.models import heads
 from tf_mocov3.models import losses
 from tf_mocov3.models import vit
-from tf_mocov3.training import schedules
 
 
 def _is_moving_statistic(variable):
@@ -37,6 +40,34 @@ def _block_layers(backbone):
         return []
     names.sort(key=lambda n: int(n.split("_")[1]))
     return [backbone.get_layer(names[0]), backbone.get_layer(names[-1])]
+
+
+def momentum_schedule(step, base_momentum, total_steps, cosine=True):
+    """Momentum of the key encoder at step ``step`` (a Python number or tensor).
+
+    ``m_t = 1 - (1 - m0) * (1 + cos(pi * t / T)) / 2`` when ``cosine``: ``m0`` at
+    ``t = 0``, ``(1 + m0) / 2`` at ``t = T / 2`` and 1 at ``t = T`` (held at 1
+    afterwards). Without ``cosine`` the momentum is the constant ``m0``.
+
+    Args:
+        step: Current optimizer step (0-based), int or float, tensor or Python.
+        base_momentum: ``m0``, e.g. 0.99 for the ViT recipes.
+        total_steps: ``T``, the total number of training steps (> 0).
+        cosine: Whether to apply the cosine increase to 1.
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    if total_steps <= 0:
+        raise ValueError(
+            f"momentum_schedule: total_steps must be > 0, got {total_steps}."
+        )
+    m0 = ops.cast(base_momentum, "float32")
+    if not cosine:
+        return ops.convert_to_tensor(m0, dtype="float32")
+    progress = ops.clip(ops.cast(step, "float32") / float(total_steps), 0.0, 1.0)
+    # (1 + cos(pi * p)) / 2 == cos(pi * p / 2)^2, the latter exact near p = 1.
+    return 1.0 - (1.0 - m0) * ops.square(ops.cos(0.5 * math.pi * progress))
 
 
 class MoCoV3(keras.Model):
@@ -124,7 +155,7 @@ class MoCoV3(keras.Model):
         return tf.stop_gradient(k1), tf.stop_gradient(k2)
 
     def momentum_at(self, step):
-        return schedules.momentum_schedule(step, self.base_momentum, self.total_steps, cosine=self.momentum_cosine)
+        return momentum_schedule(step, self.base_momentum, self.total_steps, cosine=self.momentum_cosine)
 
     def update_momentum_encoder(self, m):
         """xi <- m * xi + (1 - m) * theta for every momentum-encoder parameter."""
@@ -236,22 +267,31 @@ def _all_layers(model):
 
 
 def build_moco(model_config, *, image_size, total_steps):
-    """MoCoV3 from `config.model` (arch, overrides, train_patch_embed, moco_dim, mlp_dim, temperature, momentum)."""
+    """MoCoV3 from `config.model` (arch, overrides, train_patch_embed, moco_dim, mlp_dim, temperature, momentum).
+
+    The arch chooses the heads as the official builder.py does (backbones.head_layout): MoCo_ViT's 3-layer projector
+    and BN-ended predictor, or MoCo_ResNet's 2-layer projector and a predictor without a last BN. A backbone with
+    BatchNorm (ResNet, conv-stem ViT) runs each view on its own, so that its batch statistics are per view.
+    """
+    arch = model_config.arch
     overrides = vit.config_overrides(model_config)
     train_patch_embed = bool(model_config.get("train_patch_embed", False))
+    layout = backbones.head_layout(arch)
 
     def encoder(prefix):
-        backbone = vit.build_backbone(model_config.arch, image_size, train_patch_embed=train_patch_embed,
-                                      name=prefix + "backbone", **overrides)
+        backbone = backbones.build_backbone(arch, image_size, train_patch_embed=train_patch_embed,
+                                            name=prefix + "backbone", **overrides)
         feature_dim = backbone.output.shape[-1]
         projector = heads.build_projector(feature_dim, mlp_dim=model_config.mlp_dim, dim=model_config.moco_dim,
-                                          name=prefix + "projector")
+                                          name=prefix + "projector", num_layers=layout["projector_layers"])
         return backbone, projector
 
     backbone, projector = encoder("")
     momentum_backbone, momentum_projector = encoder("momentum_")
-    predictor = heads.build_predictor(dim=model_config.moco_dim, mlp_dim=model_config.mlp_dim, name="predictor")
+    predictor = heads.build_predictor(dim=model_config.moco_dim, mlp_dim=model_config.mlp_dim, name="predictor",
+                                      last_bn=layout["predictor_last_bn"])
     return MoCoV3(backbone, projector, predictor, momentum_backbone, momentum_projector,
                   temperature=model_config.temperature, base_momentum=model_config.momentum,
                   momentum_cosine=model_config.get("momentum_cosine", True), total_steps=total_steps,
+                  batch_views=not backbones.has_batchnorm(arch),
                   monitor_grad_norms=model_config.get("monitor_grad_norms", True), name="moco_v3")

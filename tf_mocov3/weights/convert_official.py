@@ -14,12 +14,17 @@ The output directory has the layout of a pre-training workdir, so every command 
                               tf_mocov3.pretrained.load_classifier)
   DIR/conversion.json         what was read: kind, arch, tensor counts, the position-embedding difference
 
-Inputs (the three layouts the official code writes; ResNet-50 is not supported):
+Inputs (the layouts the official code writes):
   pre-training (main_moco.py)  {'state_dict': module.base_encoder.*, module.momentum_encoder.*, module.predictor.*}
-  linear probe (main_lincls.py) {'state_dict': module.<backbone keys>, module.head.weight / bias}
+                               ViT: projector base_encoder.head.*; ResNet-50 (r-50-100ep/300ep/1000ep.pth.tar):
+                               torchvision keys conv1, bn1, layer1.0.conv1 ... and the projector base_encoder.fc.*
+  linear probe (main_lincls.py) {'state_dict': module.<backbone keys>, module.head.weight / bias}  (ViT)
+                               {'state_dict': module.<torchvision keys>, module.fc.weight / bias}  (ResNet-50:
+                               linear-100ep/300ep/1000ep.pth.tar)
   DeiT layout (convert_to_deit.py) {'model': <backbone keys>}  (base encoder only, head dropped)
-The architecture (vit_small, vit_base, vit_conv_small, vit_conv_base) is inferred from the shapes unless --arch is
-given; the number of heads cannot be seen in the shapes and comes from the arch (12 for all four).
+The architecture (vit_small, vit_base, vit_conv_small, vit_conv_base, resnet50) is inferred from the shapes unless
+--arch is given; the number of heads cannot be seen in the shapes and comes from the arch (12 for all four ViTs).
+ResNet weights are converted at 224 px (any size works: the pooling is global).
 
 Conversions: conv OIHW -> HWIO; Linear [out, in] -> Dense [in, out]; the fused qkv Linear keeps its
 [q | k | v] x heads column order, which our attention splits the same way; LayerNorm weight / bias -> gamma / beta;
@@ -42,7 +47,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf_mocov3 import config_lib
+from tf_mocov3.models import backbones
 from tf_mocov3.models import moco
+from tf_mocov3.models import resnet
 from tf_mocov3.models import vit
 from tf_mocov3.weights import pretrained
 
@@ -50,7 +57,8 @@ POS_EMBED_TOLERANCE = 1e-4
 INSTALL_HINT = ("tf_mocov3.convert_official reads PyTorch files and needs PyTorch: "
                 "pip install -r requirements-convert.txt (torch==2.13.0; the CPU wheel is enough).")
 # Archs whose official checkpoints this converter knows (inferred from the shapes when --arch is not given).
-OFFICIAL_ARCHS = ("vit_small", "vit_base", "vit_conv_small", "vit_conv_base")
+OFFICIAL_ARCHS = ("vit_small", "vit_base", "vit_conv_small", "vit_conv_base", "resnet50")
+RESNET_IMAGE_SIZE = 224
 
 
 class ConversionError(ValueError):
@@ -182,12 +190,30 @@ class _Layout:
         self.add(f"{prefix}norm.weight", norm.gamma)
         self.add(f"{prefix}norm.bias", norm.beta)
 
+    def resnet_backbone(self, prefix, backbone, arch):
+        """resnet.build_resnet <- torchvision's ResNet keys (conv1, bn1, layer{s}.{b}.conv1 ... downsample.{0,1})."""
+        self.add(f"{prefix}conv1.weight", backbone.get_layer("conv1").kernel, _conv)
+        self.batch_norm(f"{prefix}bn1", backbone.get_layer("bn1"))
+        blocks = resnet.blocks_of(backbone)
+        for block, (stage, b) in zip(blocks, resnet.stage_of_blocks(arch)):
+            key = f"{prefix}layer{stage + 1}.{b}"
+            names = {layer.name for layer in block.layers}
+            for j in (1, 2, 3):
+                self.add(f"{key}.conv{j}.weight", block.get_layer(f"{block.name}_conv{j}").kernel, _conv)
+                self.batch_norm(f"{key}.bn{j}", block.get_layer(f"{block.name}_bn{j}"))
+            if f"{block.name}_downsample_conv" in names:
+                self.add(f"{key}.downsample.0.weight", block.get_layer(f"{block.name}_downsample_conv").kernel,
+                         _conv)
+                self.batch_norm(f"{key}.downsample.1", block.get_layer(f"{block.name}_downsample_bn"))
+
     def mlp(self, prefix, mlp):
-        """heads.build_mlp <- the official _build_mlp nn.Sequential ([Linear, BN, ReLU] ..., Linear, BN)."""
-        num_layers = sum(1 for layer in mlp.layers if layer.name.startswith("linear_"))
+        """heads.build_mlp <- the official _build_mlp nn.Sequential ([Linear, BN, ReLU] ..., Linear[, BN])."""
+        names = {layer.name for layer in mlp.layers}
+        num_layers = sum(1 for name in names if name.startswith("linear_"))
         for i in range(num_layers):
             self.add(f"{prefix}.{3 * i}.weight", mlp.get_layer(f"linear_{i}").kernel, _linear)
-            self.batch_norm(f"{prefix}.{3 * i + 1}", mlp.get_layer(f"bn_{i}"))
+            if f"bn_{i}" in names:  # the ResNet predictor ends without BN
+                self.batch_norm(f"{prefix}.{3 * i + 1}", mlp.get_layer(f"bn_{i}"))
 
 
 # === Inferring the architecture ===
@@ -196,9 +222,36 @@ class _Layout:
 def _detect_kind(state):
     if any(k.startswith("base_encoder.") for k in state):
         return "pretrain"
-    if "head.weight" in state:
+    if "head.weight" in state or ("fc.weight" in state and _is_resnet_state(state, "")):
         return "linear_probe"
     return "backbone"
+
+
+def _is_resnet_state(state, prefix):
+    return f"{prefix}layer1.0.conv1.weight" in state
+
+
+def _resnet_dims(state, prefix):
+    """Blocks per stage and stem width of torchvision ResNet keys."""
+    stages = {}
+    for key in state:
+        parts = key[len(prefix):].split(".") if key.startswith(prefix) else []
+        if len(parts) > 2 and parts[0].startswith("layer") and parts[0][5:].isdigit() and parts[1].isdigit():
+            stages.setdefault(int(parts[0][5:]), set()).add(int(parts[1]))
+    blocks = tuple(max(stages[s]) + 1 for s in sorted(stages))
+    conv1 = state.get(prefix + "conv1.weight")
+    return {"blocks": blocks, "width": int(conv1.shape[0]) if conv1 is not None else None}
+
+
+def infer_resnet_arch(dims):
+    """The resnet.ARCHS entry with these blocks per stage and this width; ConversionError when none has them."""
+    for arch, entry in resnet.ARCHS.items():
+        if tuple(entry["blocks"]) == dims["blocks"] and entry["width"] == dims["width"]:
+            return arch
+    raise ConversionError(
+        f"Cannot infer the ResNet from the checkpoint's shapes ({list(dims['blocks'])} blocks per stage, width "
+        f"{dims['width']}); known: {', '.join(sorted(resnet.ARCHS))} (torchvision resnet50 is [3, 4, 6, 3], 64). "
+        f"Pass --arch for a ResNet this converter knows.")
 
 
 def _backbone_dims(state, prefix):
@@ -226,7 +279,7 @@ def _backbone_dims(state, prefix):
 
 def infer_arch(dims):
     """The official arch whose depth, width, patch and stem match `dims`; ConversionError when none does."""
-    for arch in OFFICIAL_ARCHS:
+    for arch in (a for a in OFFICIAL_ARCHS if a in vit.ARCHS):
         entry = vit.ARCHS[arch]
         if (entry["conv_stem"] == dims["conv_stem"] and entry["embed_dim"] == dims["embed_dim"]
                 and entry["depth"] == dims["depth"] and entry["patch_size"] == dims["patch_size"]
@@ -250,8 +303,9 @@ def build_config(kind, arch, overrides, image_size, state, source):
         config.model.overrides[key] = value
     config.dataset.image_size = int(image_size)
     if kind == "pretrain":
-        first = state.get("base_encoder.head.0.weight")
-        last = state.get("base_encoder.head.6.weight")
+        head, last_index = ("fc", 3) if backbones.is_resnet(arch) else ("head", 6)
+        first = state.get(f"base_encoder.{head}.0.weight")
+        last = state.get(f"base_encoder.{head}.{last_index}.weight")
         if first is not None:
             config.model.mlp_dim = int(first.shape[0])
         if last is not None:
@@ -318,7 +372,7 @@ def convert_state_dict(state, *, arch=None, overrides=None, source="official"):
 
     Args:
       state: {key: numpy array}, e.g. from extract_state_dict.
-      arch: a vit.ARCHS name; None infers it from the shapes.
+      arch: a backbones.ARCHS name (ViT or ResNet); None infers it from the shapes.
       overrides: backbone overrides for a custom arch (embed_dim, depth, num_heads, ...).
       source: recorded as config.source.
 
@@ -328,38 +382,54 @@ def convert_state_dict(state, *, arch=None, overrides=None, source="official"):
     """
     kind = _detect_kind(state)
     prefix = "base_encoder." if kind == "pretrain" else ""
-    dims = _backbone_dims(state, prefix)
-    if arch is None:
-        arch = infer_arch(dims)
-    elif arch not in vit.ARCHS:
-        raise ConversionError(f"--arch={arch} is unknown; choose one of {', '.join(OFFICIAL_ARCHS)}.")
     overrides = dict(overrides or {})
-    patch = int(overrides.get("patch_size") or vit.ARCHS[arch]["patch_size"])
-    image_size = (dims["grid"] or 14) * patch
+    if arch is None:
+        if _is_resnet_state(state, prefix):
+            arch = infer_resnet_arch(_resnet_dims(state, prefix))
+        else:
+            arch = infer_arch(_backbone_dims(state, prefix))
+    elif arch not in backbones.ARCHS:
+        raise ConversionError(f"--arch={arch} is unknown; choose one of {', '.join(OFFICIAL_ARCHS)}.")
+    is_resnet = backbones.is_resnet(arch)
+    if is_resnet:
+        problems = backbones.option_problems(arch, overrides=overrides, key_prefix="", overrides_prefix="")
+        if problems:
+            raise ConversionError("--model_overrides: " + " ".join(problems))
+        image_size = RESNET_IMAGE_SIZE
+    else:
+        patch = int(overrides.get("patch_size") or vit.ARCHS[arch]["patch_size"])
+        image_size = (_backbone_dims(state, prefix)["grid"] or 14) * patch
     config = build_config(kind, arch, overrides, image_size, state, source)
+    head_key = "fc" if is_resnet else "head"
+
+    def add_backbone(key_prefix, backbone):
+        if is_resnet:
+            layout.resnet_backbone(key_prefix, backbone, arch)
+        else:
+            layout.backbone(key_prefix, backbone)
 
     layout = _Layout()
     out = {"kind": kind, "config": config}
     try:
         if kind == "pretrain":
             model = moco.build_moco(config.model, image_size=image_size, total_steps=1)
-            layout.backbone("base_encoder.", model.backbone)
-            layout.mlp("base_encoder.head", model.projector)
-            layout.backbone("momentum_encoder.", model.momentum_backbone)
-            layout.mlp("momentum_encoder.head", model.momentum_projector)
+            add_backbone("base_encoder.", model.backbone)
+            layout.mlp(f"base_encoder.{head_key}", model.projector)
+            add_backbone("momentum_encoder.", model.momentum_backbone)
+            layout.mlp(f"momentum_encoder.{head_key}", model.momentum_projector)
             layout.mlp("predictor", model.predictor)
             out["model"] = model
         else:
-            backbone = vit.build_backbone(arch, image_size, name="backbone",
-                                          train_patch_embed=bool(config.model.train_patch_embed), **overrides)
-            layout.backbone("", backbone)
+            backbone = backbones.build_backbone(arch, image_size, name="backbone",
+                                                train_patch_embed=bool(config.model.train_patch_embed), **overrides)
+            add_backbone("", backbone)
             out["backbone"] = backbone
             if kind == "linear_probe":
-                num_classes = int(state["head.weight"].shape[0])
+                num_classes = int(state[f"{head_key}.weight"].shape[0])
                 classifier = keras.layers.Dense(num_classes, name=pretrained.CLASSIFIER_KEY)
                 classifier.build((None, backbone.output.shape[-1]))
-                layout.add("head.weight", classifier.kernel, _linear)
-                layout.add("head.bias", classifier.bias)
+                layout.add(f"{head_key}.weight", classifier.kernel, _linear)
+                layout.add(f"{head_key}.bias", classifier.bias)
                 out["classifier"] = classifier
     except ValueError as err:
         if isinstance(err, ConversionError):
@@ -372,8 +442,8 @@ def convert_state_dict(state, *, arch=None, overrides=None, source="official"):
         "source": source, "kind": kind, "arch": arch, "overrides": overrides, "image_size": image_size,
         "tensors_converted": len(layout.entries), "keys_read": len(state),
         "keys_dropped": sorted(layout.ignored & set(state)),
-        "pos_embed_max_abs_diff": pos_diff,
-        "num_classes": int(state["head.weight"].shape[0]) if kind == "linear_probe" else None,
+        "pos_embed_max_abs_diff": pos_diff,  # 0.0 for a ResNet (no position embedding to compare)
+        "num_classes": int(state[f"{head_key}.weight"].shape[0]) if kind == "linear_probe" else None,
     }
     return out
 

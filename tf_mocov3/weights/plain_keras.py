@@ -4,6 +4,10 @@
 `keras.saving.load_model("backbone.keras")` needs no custom object and no import of tf_mocov3;
 `load_keras_backbone` turns such a file back into a tf_mocov3 backbone (at any image size), which is how every
 `--pretrained` flag accepts it. The export stage (`export/saved_model.py`) writes the file next to the SavedModel.
+
+A ResNet backbone (models/resnet.py) is already built from standard Keras layers only (Conv2D, BatchNormalization,
+ReLU, Add, pooling; each bottleneck a nested functional model), so its plain twin is a fresh build of the same
+arch with the same weights, and reading it back is the reverse.
 """
 
 import re
@@ -12,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_mocov3.models import resnet
 from tf_mocov3.models import vit
 
 _LN_EPSILON = 1e-6
@@ -34,6 +39,11 @@ def to_plain_keras(backbone, name="mocov3_backbone"):
     Returns:
         keras.Model, normalised float32 images [B, S, S, 3] -> [CLS] features [B, D].
     """
+    if _is_resnet_model(backbone):
+        arch = _resnet_arch_of(backbone)
+        plain = resnet.build_resnet(arch, int(backbone.input_shape[1]), name=name)
+        plain.set_weights(backbone.get_weights())
+        return plain
     layout = _layout_of_vit(backbone)
     s, d, heads = layout["image_size"], layout["embed_dim"], layout["num_heads"]
     patch = backbone.get_layer("patch_embed")
@@ -97,6 +107,10 @@ def load_keras_backbone(path, image_size=None):
         raise FileNotFoundError(f"--pretrained={path} does not exist; pass the backbone.keras file that "
                                 f"`python -m export.saved_model` wrote next to the SavedModel.")
     plain = keras.saving.load_model(path, compile=False)
+    if _is_resnet_model(plain):
+        backbone = resnet.build_resnet(_resnet_arch_of(plain), image_size or int(plain.input_shape[1]))
+        backbone.set_weights(plain.get_weights())
+        return backbone
     arch, overrides, layout = _arch_of(_layout_of_plain(plain))
     backbone = vit.build_backbone(arch, image_size or layout["image_size"],
                                   train_patch_embed=layout["train_patch_embed"], **overrides)
@@ -110,7 +124,12 @@ def keras_backbone_config(path):
     `vit.ARCHS` entry the file matches, with no overrides; otherwise the base arch with every size overridden."""
     import ml_collections  # pylint: disable=import-outside-toplevel
 
-    arch, overrides, layout = _arch_of(_layout_of_plain(keras.saving.load_model(path, compile=False)))
+    plain = keras.saving.load_model(path, compile=False)
+    if _is_resnet_model(plain):
+        return ml_collections.ConfigDict({
+            "model": {"arch": _resnet_arch_of(plain), "overrides": {}, "train_patch_embed": False},
+            "dataset": {"image_size": int(plain.input_shape[1])}})
+    arch, overrides, layout = _arch_of(_layout_of_plain(plain))
     return ml_collections.ConfigDict({
         "model": {"arch": arch, "overrides": overrides, "train_patch_embed": layout["train_patch_embed"]},
         "dataset": {"image_size": layout["image_size"]}})
@@ -134,6 +153,28 @@ def _arch_of(layout):
     if rate > 0:
         overrides["drop_path_rate"] = rate
     return name, overrides, layout
+
+
+def _is_resnet_model(model):
+    names = {layer.name for layer in model.layers}
+    return "conv1" in names and "block_0" in names and "patch_embed" not in names
+
+
+def _resnet_arch_of(model):
+    """The resnet.ARCHS name of a ResNet backbone (stages start at the blocks with a downsample shortcut)."""
+    blocks = resnet.blocks_of(model)
+    stages = []
+    for block in blocks:
+        if any(layer.name.endswith("_downsample_conv") for layer in block.layers) or not stages:
+            stages.append(0)
+        stages[-1] += 1
+    width = int(model.get_layer("conv1").filters)
+    for arch, entry in resnet.ARCHS.items():
+        if tuple(entry["blocks"]) == tuple(stages) and entry["width"] == width:
+            return arch
+    raise ValueError(f"{model.name!r} is a ResNet with {stages} blocks per stage and width {width}, which no "
+                     f"tf_mocov3 arch has ({', '.join(sorted(resnet.ARCHS))}); export a backbone built by "
+                     f"tf_mocov3.models.backbones.build_backbone.")
 
 
 def _blocks(model, pattern):

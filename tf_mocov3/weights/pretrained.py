@@ -27,6 +27,7 @@ import ml_collections
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from tf_mocov3.models import backbones
 from tf_mocov3.models import heads
 from tf_mocov3.models import vit
 from tf_mocov3.weights import plain_keras
@@ -152,9 +153,9 @@ def _build_backbone(resolved, image_size, arch, path):
                          f"pass weights of {arch} or ask for {config.model.arch}.")
     size = int(image_size or config.dataset.image_size)
     try:
-        return vit.build_backbone(config.model.arch, size,
-                                  train_patch_embed=bool(config.model.get("train_patch_embed", False)),
-                                  name="backbone", **vit.config_overrides(config.model))
+        return backbones.build_backbone(config.model.arch, size,
+                                        train_patch_embed=bool(config.model.get("train_patch_embed", False)),
+                                        name="backbone", **vit.config_overrides(config.model))
     except ValueError as err:
         raise ValueError(f"Cannot build the backbone of {path} at image_size={size}: {err}") from err
 
@@ -188,7 +189,9 @@ def load_encoder(path, image_size=None, *, arch=None):
     projector = None
     if "projector" in stored:
         projector = heads.build_projector(backbone.output.shape[-1], mlp_dim=resolved.config.model.mlp_dim,
-                                          dim=resolved.config.model.moco_dim, name="projector")
+                                          dim=resolved.config.model.moco_dim, name="projector",
+                                          num_layers=backbones.head_layout(resolved.config.model.arch)[
+                                              "projector_layers"])
         parts["projector"] = projector
     for model in parts.values():
         _check_tracked(model)
@@ -242,7 +245,8 @@ def load_classifier(path, image_size=None):
     kernel = [shape for name, shape in shapes.items() if name.startswith(f"{CLASSIFIER_KEY}/") and len(shape) == 2]
     if CLASSIFIER_KEY not in root or not kernel:
         raise ValueError(f"Pretrained path {path} holds no linear classifier; convert an official linear-probe "
-                         f"checkpoint (linear-vit-*.pth.tar) with tf_mocov3.convert_official, or use load_backbone.")
+                         f"checkpoint (linear-vit-*.pth.tar, or linear-*ep.pth.tar for ResNet-50) with "
+                         f"tf_mocov3.convert_official, or use load_backbone.")
     backbone = _build_backbone(resolved, image_size, None, path)
     classifier = keras.layers.Dense(kernel[0][1], name=CLASSIFIER_KEY)
     classifier.build((None, backbone.output.shape[-1]))
