@@ -14,6 +14,7 @@ from tf_mocov3 import config_lib
 
 def get_config():
     config = config_lib.finetune_config()
+    config.model.train_pos_embed = True   # DeiT trains pos_embed from the sin-cos start (not decayed)
     config.dataset.name = "cifar10"
     config.dataset.train_split = "train"
     config.dataset.eval_split = "test"

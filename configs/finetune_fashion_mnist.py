@@ -16,6 +16,7 @@ from tf_mocov3 import config_lib
 
 def get_config():
     config = config_lib.finetune_config()
+    config.model.train_pos_embed = True   # DeiT trains pos_embed from the sin-cos start (not decayed)
     config.batch_size = 256
     config.epochs = 3
     config.image_size = 32

@@ -196,3 +196,33 @@ def test_errors_are_one_sentence_before_any_work(tmp_path):
             linear_probe.run_probe(config, pre, workdir, print_fn=lambda line: None)
         assert "\n" not in str(err.value)  # one line
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_bn_before_head_off_is_the_plain_linear_layer_and_on_is_maes_affine_free_bn():
+    rng = np.random.default_rng(0)
+    features = rng.normal(2.0, 3.0, size=(16, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, 16)
+    plain = linear_probe.build_probe(8, 4, [0.1, 1.0], steps_per_epoch=1, epochs=2, seed=3)
+    off = linear_probe.build_probe(8, 4, [0.1, 1.0], steps_per_epoch=1, epochs=2, seed=3, bn_before_head=False)
+    assert [v.path for v in off.weights] == [v.path for v in plain.weights] and off.head_norm is None
+    assert off.checkpoint_part() is off.classifier  # the checkpoint layout of today's probes
+    for probe in (plain, off):
+        probe.train_step((tf.constant(features), tf.constant(labels)))
+    for a, b in zip(plain.classifier.weights, off.classifier.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # off changes nothing
+    on = linear_probe.build_probe(8, 4, [0.1], steps_per_epoch=1, epochs=2, seed=3, bn_before_head=True)
+    assert not on.head_norm.trainable_weights  # BatchNorm1d(affine=False)
+    on.train_step((tf.constant(features), tf.constant(labels)))  # moving statistics: 0.9 * init + 0.1 * batch
+    np.testing.assert_allclose(on.head_norm.moving_mean.numpy(), 0.1 * features.mean(0), rtol=1e-4, atol=1e-6)
+    normed = (features - features.mean(0)) / np.sqrt(features.var(0) + 1e-6)  # batch statistics in training
+    want = on.classifier(tf.constant(normed)).numpy().reshape(16, 1, 4)
+    np.testing.assert_allclose(on.head_logits(tf.constant(features), training=True).numpy(), want, atol=1e-4)
+
+
+def test_official_imagenet_config_is_main_lincls():
+    c = _load_config("linear_imagenet_official")
+    config_lib.validate(c, kind="probe")
+    assert (tuple(c.base_lrs), c.holdout_examples, c.holdout_fraction, c.model.bn_before_head) == ((3.0,), 0, 0.0,
+                                                                                                   False)
+    assert (c.batch_size, c.epochs, c.momentum, c.dataset.train_split, c.dataset.eval_split) == (
+        1024, 90, 0.9, "train", "validation")

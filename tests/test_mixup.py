@@ -69,3 +69,28 @@ def test_no_mixing_keeps_the_batch():
     np.testing.assert_array_equal(out.numpy(), images)
     assert float(lam) == 1.0
     np.testing.assert_allclose(targets.numpy(), mixup.smooth_one_hot(labels, C, 0.1).numpy())
+
+
+def test_mixup_groups_draw_independent_lambdas_and_one_group_is_mix_batch():
+    import tensorflow as tf
+
+    images, labels = _batch(b=8)
+    kwargs = dict(num_classes=C, mixup_alpha=0.8, cutmix_alpha=1.0, smoothing=0.1)
+    seed = tf.constant([4, 9], tf.int64)
+    whole = mixup.mix_batch(images, labels, seed, **kwargs)
+    for group in (0, 8):  # one group: today's behaviour, bit for bit
+        out, targets, lams = mixup.mix_groups(images, labels, seed, group_size=group, **kwargs)
+        np.testing.assert_array_equal(out.numpy(), whole[0].numpy())
+        np.testing.assert_array_equal(targets.numpy(), whole[1].numpy())
+        assert lams.numpy().tolist() == [float(whole[2])]
+    out, targets, lams = mixup.mix_groups(images, labels, seed, group_size=4, **kwargs)
+    for g in range(2):  # DeiT: timm's Mixup on each GPU batch -- its own lambda, mixed with its own reverse
+        rows = slice(4 * g, 4 * g + 4)
+        want = mixup.mix_batch(images[rows], labels[rows], tf.random.experimental.stateless_fold_in(seed, g), **kwargs)
+        np.testing.assert_array_equal(out.numpy()[rows], want[0].numpy())
+        np.testing.assert_array_equal(targets.numpy()[rows], want[1].numpy())
+        assert float(lams[g]) == float(want[2])
+    lam_pairs = [mixup.mix_groups(images, labels, [s, 1], group_size=4, **kwargs)[2].numpy() for s in range(20)]
+    assert sum(abs(a - b) > 1e-6 for a, b in lam_pairs) >= 15  # the groups' lambdas differ (independent draws)
+    with pytest.raises(ValueError, match="mixup_group"):
+        mixup.mix_groups(images, labels, seed, group_size=3, **kwargs)

@@ -131,3 +131,46 @@ def test_eval_examples_of_a_subset_are_in_index_order():
     got = list(pipelines.eval_examples(source, 8, indices=np.array([1, 4])).as_numpy_iterator())
     assert [int(y) for _, y in got] == [1, 0]
     np.testing.assert_allclose(got[1][0], augment.eval_preprocess(images[4], 8), atol=1e-6)
+
+
+def _rasampler(perm, num_replicas, rank, repeats=3):
+    """DeiT samplers.RASampler.__iter__ (shuffle=True), transcribed with `perm` as its torch.randperm; its last cut
+    `len // 256 * 256 / R` is N // R here (order.py's docstring says why)."""
+    n = len(perm)
+    num_samples = int(np.ceil(n * repeats / num_replicas))
+    total = num_samples * num_replicas
+    indices = np.repeat(perm, repeats).tolist()
+    indices += indices[:total - len(indices)]
+    indices = indices[rank:total:num_replicas]
+    return indices[:n // num_replicas]
+
+
+def test_repeated_augmentation_is_deits_rasampler_over_the_replicas():
+    n, batch, replicas = 24, 6, 2
+    o = order.ExampleOrder(n, batch, seed=5, repeats=3, num_replicas=replicas)
+    assert o.steps_per_epoch == 4
+    items = _stream(o.epoch(0))
+    perm = o.permutation(0).numpy()
+    assert [p for _, p, _ in items] == list(range(n))  # positions count items of the repeated list
+    index = np.array([i for i, _, _ in items]).reshape(-1, batch)[:, o.batch_rows()]  # rows of each global batch
+    per_replica = batch // replicas
+    for rank in range(replicas):
+        got = index[:, rank * per_replica:(rank + 1) * per_replica].reshape(-1).tolist()
+        assert got == _rasampler(perm, replicas, rank)
+    # Every image of the epoch's first third appears 3 times, its copies on different replicas.
+    counts = np.bincount(index.reshape(-1), minlength=n)
+    assert sorted(set(counts.tolist())) == [0, 3] and (counts == 3).sum() == n // 3
+    # One replica: the plain repeated list; repeats=1 keeps the default order bit for bit.
+    single = order.ExampleOrder(n, batch, seed=5, repeats=3)
+    assert [i for i, _, _ in _stream(single.epoch(0))] == np.repeat(perm, 3)[:n].tolist()
+    assert _stream(order.ExampleOrder(n, batch, seed=5, repeats=1, num_replicas=2).epoch(0)) == _stream(
+        order.ExampleOrder(n, batch, seed=5).epoch(0))
+    with pytest.raises(ValueError, match="repeated_aug"):
+        order.ExampleOrder(n, batch, seed=5, repeats=3, keep_partial_batch=True)
+
+
+def test_repeated_augmentation_of_a_streamed_source_repeats_each_record():
+    stream = tf.data.Dataset.range(12).map(lambda i: (i * 10, i))
+    o = order.ExampleOrder(12, 4, seed=2, repeats=3)
+    labels = [int(ex[1]) for ex, _, _ in o.streamed_epoch(stream, 0, shuffle_buffer=12)]
+    assert len(labels) == 12 and all(labels[3 * k] == labels[3 * k + 1] == labels[3 * k + 2] for k in range(4))

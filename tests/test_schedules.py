@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_mocov3.models import moco
 from tf_mocov3.training import schedules
 
 
@@ -58,13 +59,41 @@ def test_warmup_longer_than_run_is_official_ramp():
 
 def test_momentum_schedule_endpoints_and_midpoint():
     m0, total = 0.99, 1000
-    assert float(schedules.momentum_schedule(0, m0, total)) == pytest.approx(m0, abs=1e-7)
-    assert float(schedules.momentum_schedule(total, m0, total)) == pytest.approx(1.0, abs=1e-7)
-    assert float(schedules.momentum_schedule(total // 2, m0, total)) == pytest.approx((1 + m0) / 2, abs=1e-7)
+    assert float(moco.momentum_schedule(0, m0, total)) == pytest.approx(m0, abs=1e-7)
+    assert float(moco.momentum_schedule(total, m0, total)) == pytest.approx(1.0, abs=1e-7)
+    assert float(moco.momentum_schedule(total // 2, m0, total)) == pytest.approx((1 + m0) / 2, abs=1e-7)
     for t in (1, 123, 777):
-        assert float(schedules.momentum_schedule(tf.constant(t), m0, total)) == pytest.approx(
+        assert float(moco.momentum_schedule(tf.constant(t), m0, total)) == pytest.approx(
             official_momentum(t / 10, m0, total / 10), abs=1e-6
         )
-    assert float(schedules.momentum_schedule(500, m0, total, cosine=False)) == pytest.approx(m0)
-    fn = tf.function(lambda s: schedules.momentum_schedule(s, 0.996, 10), jit_compile=True)
+    assert float(moco.momentum_schedule(500, m0, total, cosine=False)) == pytest.approx(m0)
+    fn = tf.function(lambda s: moco.momentum_schedule(s, 0.996, 10), jit_compile=True)
     assert float(fn(tf.constant(10, tf.int64))) == pytest.approx(1.0, abs=1e-7)
+
+
+def deit_lr_of_epoch(e, peak, warmup_epochs, epochs, warmup_lr=1e-6, min_lr=1e-5):
+    """DeiT main.py with timm's CosineLRScheduler(t_initial=epochs, lr_min, warmup_lr_init, warmup_t, t_in_epochs):
+    the scheduler sets f(0) when built and `lr_scheduler.step(epoch)` runs AFTER epoch `epoch`, so epoch e trains
+    at f(max(e - 1, 0))."""
+    t = max(e - 1, 0)
+    if t < warmup_epochs:
+        return warmup_lr + t * (peak - warmup_lr) / warmup_epochs
+    if t < epochs:
+        return min_lr + 0.5 * (peak - min_lr) * (1 + np.cos(np.pi * t / epochs))
+    return min_lr
+
+
+def test_per_epoch_schedule_is_deits_at_every_epoch_boundary():
+    spe, epochs, warmup = 5, 30, 5
+    peak = 5e-4 * 1024 / 512  # DeiT: lr * batch / 512
+    sched = schedules.EpochWarmupCosine(peak, warmup, epochs, spe)
+    for e in range(epochs + 2):
+        want = deit_lr_of_epoch(e, peak, warmup, epochs)
+        for step in (e * spe, e * spe + spe - 1):  # constant within the epoch
+            assert float(sched(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), (e, step)
+    assert float(sched(0)) == pytest.approx(1e-6) and float(sched(spe)) == pytest.approx(1e-6)  # DeiT's lag
+    assert float(sched(6 * spe)) == pytest.approx(1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * 5 / 30)))
+    fn = tf.function(lambda s: sched(s), jit_compile=True)
+    assert float(fn(tf.constant(17, tf.int64))) == pytest.approx(deit_lr_of_epoch(3, peak, warmup, epochs))
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(sched))
+    assert restored.get_config() == sched.get_config()

@@ -39,6 +39,9 @@ def _run_defaults(c):
     c.num_cpu_devices = 0             # mirrored on a machine without GPUs: split the CPU into this many devices
     c.mixed_precision = "float32"     # float32 | mixed_bfloat16 (TPU) | mixed_float16 (GPU, with loss scaling)
     c.jit_compile = "auto"            # auto (XLA on TPU and one GPU, not on CPU) | true | false
+    # Steps per host call: "auto" (training/trainer.py: 1 on CPU and GPU, 32 on TPU) or a number; the log,
+    # checkpoint and evaluation intervals must be multiples of it.
+    c.steps_per_execution = "auto"
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
@@ -58,13 +61,15 @@ def base_config():
     c.demo_eval = False
 
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "vit_base"
-    # Backbone overrides passed to vit.build_backbone; None keeps the architecture's value.
+    c.model.arch = "vit_base"         # models/backbones.py ARCHS: vit_* or resnet50 / resnet_tiny
+    # ViT overrides passed to backbones.build_backbone; None keeps the architecture's value (a ResNet takes none).
     # (typed placeholders, so that --config.model.overrides.depth=6 works on the command line).
     placeholder = ml_collections.config_dict.placeholder
     c.model.overrides = ml_collections.ConfigDict(dict(
         patch_size=placeholder(int), embed_dim=placeholder(int), depth=placeholder(int),
-        num_heads=placeholder(int), mlp_ratio=placeholder(float)))
+        num_heads=placeholder(int), mlp_ratio=placeholder(float),
+        # Under mixed precision: False runs the residual stream in bfloat16 / float16 (default True keeps float32).
+        float32_residual=placeholder(bool)))
     c.model.train_patch_embed = False  # False: the paper's random, frozen patch projection
     c.model.moco_dim = 256
     c.model.mlp_dim = 4096
@@ -85,6 +90,8 @@ def base_config():
     # wd_t = weight_decay * lr_t built for you, so both give the same run; training/optim.py says how to convert.
     c.optim.decay_convention = "lr_scaled"
     c.optim.decay_exclude = "none"    # none (official: decay all) | bias_norm_cls
+    c.optim.momentum = 0.9            # LARS only (moco/optimizer.py): mu = momentum * mu + d
+    c.optim.trust_coefficient = 0.001  # LARS only: eta of the layer-wise trust ratio
 
     # kNN monitor (paper appendix): weighted kNN top-1 of the backbone's [CLS] features every `every_steps`
     # steps, against a fixed memory bank from a labelled share of the training split; logged as knn_top1.
@@ -129,6 +136,10 @@ def finetune_config():
     c.model.arch = "vit_base"         # the architecture the pretrained weights must have ("" = any)
     c.model.drop_path_rate = 0.1
     c.model.head_init_std = 0.02
+    # True: DeiT's trainable pos_embed, started from the sin-cos table (bicubically interpolated when the grid
+    # differs from pre-training) and not decayed. Every configs/finetune_*.py recipe sets True; the default here
+    # stays False so that fine-tuning workdirs written before this key resume as they were run.
+    c.model.train_pos_embed = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"
@@ -139,7 +150,12 @@ def finetune_config():
     c.optim.beta_2 = 0.999
     c.optim.epsilon = 1e-8
     c.optim.decay_convention = "lr_scaled"
-    c.optim.decay_exclude = "bias_norm_cls"  # timm: no decay on 1-D params and the [CLS] token
+    c.optim.decay_exclude = "bias_norm_cls"  # timm: no decay on 1-D params, the [CLS] token and pos_embed
+    # per_step: warmup from 0 + half-cosine to 0, per step (the MoCo v3 convention). per_epoch: DeiT's timm
+    # CosineLRScheduler stepped after each epoch (warmup from warmup_lr_init, cosine to min_lr; schedules.py).
+    c.optim.schedule = "per_step"
+    c.optim.warmup_lr_init = 1e-6     # per_epoch only (DeiT --warmup-lr)
+    c.optim.min_lr = 1e-5             # per_epoch only (DeiT --min-lr)
 
     c.aug = ml_collections.ConfigDict()
     c.aug.crop_min = 0.05
@@ -149,6 +165,16 @@ def finetune_config():
     c.aug.mix_prob = 1.0
     c.aug.switch_prob = 0.5
     c.aug.label_smoothing = 0.1
+    c.aug.mixup_group = 0             # rows per mixup lambda: 0 = one per global batch; DeiT: 128 (one per GPU batch)
+    c.aug.rand_augment = ""           # "" = none; DeiT ImageNet: "rand-m9-mstd0.5-inc1" (data/randaugment.py)
+    c.aug.repeated_aug = 1            # 1 = none; DeiT ImageNet: 3 (RASampler, data/order.py)
+    c.aug.interpolation = "bilinear"  # train crop and eval resize: bilinear | bicubic (DeiT ImageNet)
+
+    # Model EMA (timm ModelEma, DeiT --model-ema): an exponential moving average of the weights, updated after
+    # every step and evaluated beside the model (logged as eval_top1_ema; DeiT reports the model, not the EMA).
+    c.ema = ml_collections.ConfigDict()
+    c.ema.enabled = False
+    c.ema.decay = 0.99996
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "cifar10"
@@ -157,6 +183,7 @@ def finetune_config():
     c.dataset.train_split = "train"   # "a+b" concatenates splits (Flowers: train+validation)
     c.dataset.eval_split = "test"
     c.dataset.in_memory = True
+    c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (imagenet2012): per-epoch seeded shuffle buffer
     c.dataset.validate_files = True
     c.dataset.threads = 0
 
@@ -164,6 +191,7 @@ def finetune_config():
     c.eval.every_epochs = 1
     c.eval.batch_size = 256
     c.eval.max_examples = 0           # 0 = the whole eval split
+    c.eval.crop_pct = 0.0             # > 0: resize the shorter side to int(S / crop_pct) (DeiT: 0.875); 0 = S*256/224
     return c
 
 
@@ -182,12 +210,16 @@ def probe_config():
     c.eval_examples = 0               # > 0: a seeded subset of the evaluation split (smoke tests only)
     c.cache_features = False          # True: embed once without augmentation (fast, not the official protocol)
     c.jit_compile = "false"
+    c.steps_per_execution = "auto"    # as in pre-training; the epoch length must be a multiple of it
     c.log_every_steps = 100
     c.keep_checkpoints = 3
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = ""                 # "" = any; e.g. "vit_base" refuses weights of another architecture
     c.model.pretrain_image_size = 0   # 0 = any; else refuse weights pre-trained at another size
+    # True: BatchNorm without affine parameters (eps 1e-6) on the features before the linear heads (the MAE
+    # protocol; the moco-v3 maintainers suggest it to make the lr search easier). False: the official plain layer.
+    c.model.bn_before_head = False
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "imagenet2012"
@@ -252,6 +284,13 @@ def check_workdir(workdir):
     return None
 
 
+def _steps_per_execution_problems(config):
+    value = str(config.get("steps_per_execution", "auto")).strip().lower()  # the flag gives a string
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return []
+    return [f"config.steps_per_execution={value!r} must be 'auto' or a positive integer (e.g. 32 on a TPU)."]
+
+
 def _run_problems(config, num_replicas):
     """Checks of the keys that _run_defaults adds (every loop but the probe, which runs on one device)."""
     problems = []
@@ -276,12 +315,16 @@ def _run_problems(config, num_replicas):
 
 
 def _pretrain_problems(config):
-    from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.models import backbones  # pylint: disable=import-outside-toplevel
 
     problems = []
-    if config.model.arch not in vit.ARCHS:
+    if config.model.arch not in backbones.ARCHS:
         problems.append(f"config.model.arch={config.model.arch!r} is unknown; choose one of "
-                        f"{', '.join(sorted(vit.ARCHS))}.")
+                        f"{', '.join(backbones.ARCHS)}.")
+    else:
+        problems += backbones.option_problems(
+            config.model.arch, train_patch_embed=bool(config.model.get("train_patch_embed", False)),
+            overrides=dict(config.model.get("overrides", {}) or {}))
     if not 0 < config.model.temperature:
         problems.append(f"config.model.temperature must be positive, got {config.model.temperature}.")
     if not 0 <= config.model.momentum <= 1:
@@ -298,6 +341,29 @@ def _finetune_problems(config):
             problems.append(f"config.aug.{key} must be >= 0, got {config.aug[key]}.")
     if not 0 < config.aug.crop_min <= 1:
         problems.append(f"config.aug.crop_min must be in (0, 1], got {config.aug.crop_min}.")
+    schedule = str(config.optim.get("schedule", "per_step"))
+    if schedule not in ("per_step", "per_epoch"):
+        problems.append(f"config.optim.schedule={schedule!r} is unknown; choose per_step or per_epoch (DeiT).")
+    aug = config.aug
+    if str(aug.get("interpolation", "bilinear")) not in ("bilinear", "bicubic"):
+        problems.append(f"config.aug.interpolation={aug.interpolation!r} is unknown; choose bilinear or bicubic.")
+    if int(aug.get("repeated_aug", 1)) < 1:
+        problems.append(f"config.aug.repeated_aug must be >= 1 (1 = off, DeiT: 3), got {aug.repeated_aug}.")
+    group = int(aug.get("mixup_group", 0))
+    if group < 0 or (group and isinstance(config.batch_size, int) and config.batch_size % group):
+        problems.append(f"config.aug.mixup_group={group} must be 0 (one lambda per batch) or divide "
+                        f"config.batch_size={config.batch_size}; e.g. the per-replica batch.")
+    if str(aug.get("rand_augment", "") or ""):
+        from tf_mocov3.data import randaugment  # pylint: disable=import-outside-toplevel
+        try:
+            randaugment.RandAugmentSpec(aug.rand_augment)
+        except ValueError as err:
+            problems.append(str(err))
+    if config.get("ema") is not None and config.ema.enabled and not 0 < float(config.ema.decay) < 1:
+        problems.append(f"config.ema.decay must be in (0, 1), got {config.ema.decay}; DeiT uses 0.99996.")
+    crop_pct = float(config.eval.get("crop_pct", 0.0) or 0.0)
+    if not 0 <= crop_pct <= 1:
+        problems.append(f"config.eval.crop_pct must be in (0, 1] (or 0 for S*256/224), got {crop_pct}.")
     return problems
 
 
@@ -338,6 +404,7 @@ def validate(config, *, kind="pretrain", num_replicas=1, workdir=None):
     if config.dataset.name not in sources.SOURCE_NAMES:
         problems.append(f"config.dataset.name={config.dataset.name!r} is unknown; choose one of "
                         f"{', '.join(sources.SOURCE_NAMES)}.")
+    problems += _steps_per_execution_problems(config)
     if kind == "probe":
         problems += _probe_problems(config)
     else:

@@ -11,6 +11,11 @@ Random erasing, the per-image regulariser of the same recipe, is in erasing.py.
   a box of side fraction sqrt(1 - lam) centred uniformly in the image (clipped at the border) is pasted from
   x_rev, and lam is corrected to 1 - box_area / image_area (timm's `correct_lam`). Targets are always
   lam * smooth(y) + (1 - lam) * smooth(y_rev).
+* `mix_groups`: DeiT calls timm's Mixup on each GPU's batch (128 images in its recipe), so every group of that
+  many rows draws its own lambda, its own mixup-or-cutmix choice and box, and is mixed with itself reversed.
+  `mix_groups` splits the global batch into groups of `group_size` consecutive rows (the per-replica slices when
+  group_size = B / replicas) and mixes each with `mix_batch` under the seed fold_in(seed, g); one group (group_size
+  0 or B) is `mix_batch` of the whole batch with `seed` itself, bit for bit.
 """
 
 import tensorflow as tf
@@ -104,3 +109,34 @@ def mix_batch(images, labels, seed, *, num_classes, mixup_alpha=0.0, cutmix_alph
     out = tf.where(apply & use_cutmix, cut_images, tf.where(apply, mixed_images, images))
     targets = lam * y + (1.0 - lam) * tf.reverse(y, axis=[0])
     return out, targets, lam
+
+
+def mix_groups(images, labels, seed, *, group_size=0, **kwargs):
+    """`mix_batch` per group of `group_size` consecutive rows (module docstring); returns (images, targets, lams [G]).
+
+    Args:
+        images: float32 [B, H, W, C] with a static B divisible by group_size.
+        labels: int [B].
+        seed: int tensor [2].
+        group_size: rows per group; 0 (or B) = one group, exactly `mix_batch(images, labels, seed, ...)`.
+        **kwargs: mix_batch's keyword arguments (num_classes, mixup_alpha, cutmix_alpha, prob, switch_prob,
+            smoothing).
+    """
+    batch = images.shape[0]
+    if batch is None:
+        raise ValueError("mix_groups needs a static batch size; batch with drop_remainder=True.")
+    group_size = int(group_size or batch)
+    if group_size >= batch:
+        out, targets, lam = mix_batch(images, labels, seed, **kwargs)
+        return out, targets, tf.reshape(lam, [1])
+    if batch % group_size:
+        raise ValueError(f"The batch of {batch} rows does not split into mixup groups of {group_size}; set "
+                         f"config.aug.mixup_group to a divisor of the per-step batch (or 0 for one group).")
+    outs, targets, lams = [], [], []
+    for g in range(batch // group_size):
+        rows = slice(g * group_size, (g + 1) * group_size)
+        out, target, lam = mix_batch(images[rows], labels[rows], _fold(seed, g), **kwargs)
+        outs.append(out)
+        targets.append(target)
+        lams.append(lam)
+    return tf.concat(outs, 0), tf.concat(targets, 0), tf.stack(lams)

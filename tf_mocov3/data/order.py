@@ -13,6 +13,16 @@ resumed run see the same examples with the same randomness:
   [seed, e * 2**32 + p] and nothing else;
 - `start_step=k` starts at global step k (epoch k // steps_per_epoch) without reading the skipped examples.
 
+Repeated augmentation (`repeats=k`, DeiT's RASampler, k = 3 in its ImageNet recipe): the epoch's permutation is
+repeated element-wise (each index k times in a row), dealt round-robin to the `num_replicas` replicas (replica r
+takes items r, r + R, r + 2R, ... of the repeated list), and each replica's share is cut to N // R items, so an
+epoch still has about N images, about N / k of them distinct, their copies on different replicas with different
+augmentation seeds. Global step b of an epoch takes items [b*B, (b+1)*B) of the repeated list; `batch_rows()` puts
+them in the rows of the global batch (replica r's n = B / R rows hold items r, r + R, ...). Positions then count
+items of the repeated list (the augmentation seed of an item is that of its position). RASampler also rounds the
+epoch down to a multiple of 256 images (`len // 256 * 256 / R` per replica); here the cut is N // R per replica.
+The default (`repeats=1`) is the plain order above, unchanged.
+
 Streamed sources (records in a fixed order, no random access) follow the same positions and seeds, but the
 permutation of an epoch is a shuffle buffer seeded by (seed, e) (`ExampleOrder.streamed_epoch`); resuming then
 reads, but does not decode, the records of the skipped steps of the current epoch.
@@ -44,10 +54,12 @@ class ExampleOrder:
       rows: how many rows of each global batch this pipeline serves (default: all B).
       row_offset: the first of those rows.
       keep_partial_batch: keep the last, shorter batch of an epoch (ceil(N / B) steps per epoch).
+      repeats: repeated augmentation (module docstring); 1 = none.
+      num_replicas: R, the replicas the global batch is split over (used only with repeats > 1).
     """
 
     def __init__(self, num_examples, global_batch, seed, *, start_step=0, rows=None, row_offset=0,
-                 keep_partial_batch=False):
+                 keep_partial_batch=False, repeats=1, num_replicas=1):
         self.num_examples = int(num_examples)
         self.global_batch = int(global_batch)
         self.seed = int(seed)
@@ -56,8 +68,18 @@ class ExampleOrder:
         self.keep_partial_batch = bool(keep_partial_batch)
         if self.global_batch <= 0:
             raise ValueError(f"The global batch must be positive, got {self.global_batch}; set config.batch_size.")
+        self.repeats, self.num_replicas = int(repeats), int(num_replicas)
+        if self.repeats < 1 or self.num_replicas < 1:
+            raise ValueError(f"repeats ({self.repeats}) and num_replicas ({self.num_replicas}) must be >= 1; set "
+                             f"config.aug.repeated_aug to 1 (off) or e.g. 3 (DeiT).")
+        if self.repeats > 1 and (self.keep_partial_batch or self.rows != self.global_batch
+                                 or self.global_batch % self.num_replicas):
+            raise ValueError("Repeated augmentation needs whole global batches served by one pipeline, split evenly "
+                             "over the replicas; set config.aug.repeated_aug=1 for this input.")
         if self.keep_partial_batch:
             self.steps_per_epoch = -(-self.num_examples // self.global_batch)
+        elif self.repeats > 1:  # RASampler: N // R items per replica
+            self.steps_per_epoch = (self.num_examples // self.num_replicas) * self.num_replicas // self.global_batch
         else:
             self.steps_per_epoch = self.num_examples // self.global_batch
         if self.steps_per_epoch == 0:
@@ -84,11 +106,23 @@ class ExampleOrder:
             position = tf.boolean_mask(position, position < self.num_examples)
         return position
 
+    def batch_rows(self):
+        """int64 [B]: row j of a global batch takes item batch_rows()[j] of the step's B items of the repeated list
+        (identity when repeats == 1 or one replica): replica r's rows hold items r, r + R, r + 2R, ..."""
+        n = self.global_batch // self.num_replicas
+        if self.repeats == 1:
+            return np.arange(self.global_batch, dtype=np.int64)
+        rows = np.arange(self.global_batch, dtype=np.int64)
+        return (rows // n) + self.num_replicas * (rows % n)
+
     def epoch(self, epoch):
         """Dataset of (index, position, epoch) of one epoch (random-access sources)."""
         epoch = tf.cast(epoch, tf.int64)
         position = self.positions(epoch)
-        index = tf.gather(self.permutation(epoch), position)
+        if self.repeats > 1:  # the repeated list: item q holds permutation[q // repeats]
+            index = tf.gather(self.permutation(epoch), position // self.repeats)
+        else:
+            index = tf.gather(self.permutation(epoch), position)
         return tf.data.Dataset.from_tensor_slices((index, position, tf.fill(tf.shape(position), epoch)))
 
     def streamed_epoch(self, stream, epoch, shuffle_buffer):
@@ -98,8 +132,17 @@ class ExampleOrder:
         `shuffle_buffer` examples seeded by (seed, epoch). The skipped steps are read, not decoded.
         """
         epoch = tf.cast(epoch, tf.int64)
+        graph = tf.compat.v1.get_default_graph()
+        if not tf.executing_eagerly() and graph.seed == 0:
+            # TF's get_seed compares (graph seed, op seed) with (0, 0) in Python: with a graph seed of 0
+            # (keras.utils.set_random_seed(0), i.e. config.seed = 0) and this tensor op seed it raises
+            # OperatorNotAllowedInGraphError. The op seed alone decides the shuffle, so the graph seed is dropped.
+            graph.seed = None
         ds = stream.shuffle(shuffle_buffer, seed=self.seed * _STREAM_SEED_STRIDE + epoch,
                             reshuffle_each_iteration=False)
+        if self.repeats > 1:  # each record `repeats` times in a row (read once)
+            repeats = self.repeats
+            ds = ds.flat_map(lambda *ex: tf.data.Dataset.from_tensors(ex if len(ex) > 1 else ex[0]).repeat(repeats))
         batch, lo, hi = self.global_batch, self.row_offset, self.row_offset + self.rows
         ds = ds.take(min(self.steps_per_epoch * batch, self.num_examples)).enumerate()
         ds = ds.skip(self._first_step(epoch) * batch)

@@ -2,12 +2,17 @@
 
 - `build_pretrain_dataset`: MoCo v3's two asymmetric views, per-replica batches, resumable (the contract is
   order.py's; replica layout below).
-- `labelled_train_dataset`: one training crop per labelled example (`train_crop`: RandomResizedCrop + flip +
-  normalise + optional random erasing, all from the example's seed), optionally mixup / cutmix per global step:
-  fine-tuning, and the linear probe on augmented images.
+- `labelled_train_dataset`: one training crop per labelled example (`train_crop`: RandomResizedCrop + flip
+  (+ RandAugment) + normalise + optional random erasing, all from the example's seed), optionally repeated
+  augmentation (order.py) and mixup / cutmix per global step or per group of rows: fine-tuning, and the linear
+  probe on augmented images.
 - `cached_feature_dataset`: the linear probe on features embedded once.
 - `eval_examples` / `eval_dataset`: the eval preprocessing (resize, centre crop, normalise) of a labelled split or a
-  subset of it, in index order: evaluation, kNN, features.
+  subset of it, in index order: evaluation, kNN, features (bilinear, or bicubic for DeiT's ImageNet recipe).
+
+Interpolation: "bilinear" is augment.py's (PIL's antialiased bilinear, the MoCo v3 pipelines); "bicubic" is PIL's
+bicubic as DeiT / timm resize (Keys a = -0.5, support widened when downsampling), which is
+`tf.image.resize(method="bicubic", antialias=True)`.
 
 Replica layout of the pre-training pipeline: replica r of a global batch takes rows [r*n, (r+1)*n), n = B /
 replicas; input pipeline p serves replicas p*R .. p*R+R-1 (R = replicas / pipelines) and emits, for each global
@@ -25,6 +30,7 @@ from tf_mocov3.data import augment
 from tf_mocov3.data import erasing
 from tf_mocov3.data import mixup
 from tf_mocov3.data import order as order_lib
+from tf_mocov3.data import randaugment
 from tf_mocov3.data import sources
 
 # Keeps the per-step mixup seeds apart from the per-example seeds.
@@ -136,42 +142,88 @@ def labelled_examples(source, indices=None):
         lambda i: (source.fetch(i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def eval_examples(source, image_size, indices=None):
-    """Dataset of (`augment.eval_preprocess` float32 [S, S, 3] image, int64 label) of `indices`, in order."""
+def eval_preprocess_bicubic(image, image_size=224, resize=None):
+    """`augment.eval_preprocess` with PIL's bicubic resize (DeiT / timm eval: Resize(int(S / crop_pct), bicubic)
+    of the shorter side, CenterCrop(S), normalise)."""
+    if resize is None:
+        resize = int(image_size * 256 / 224)
+    image = tf.convert_to_tensor(image)
+    image = augment.decode_image(image) if image.dtype == tf.string else augment.to_rgb_uint8(image)
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    short = tf.minimum(h, w)
+    new_h = tf.where(h <= w, resize, (resize * h) // short)
+    new_w = tf.where(w <= h, resize, (resize * w) // short)
+    image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bicubic", antialias=True)
+    image = tf.clip_by_value(tf.round(image), 0.0, 255.0)  # PIL returns uint8
+    top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float32) / 2.0), tf.int32)
+    image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
+    image.set_shape([image_size, image_size, 3])
+    return augment.normalize(image * (1.0 / 255.0))
+
+
+def eval_examples(source, image_size, indices=None, *, interpolation="bilinear", crop_pct=None):
+    """Dataset of (eval-preprocessed float32 [S, S, 3] image, int64 label) of `indices`, in order.
+
+    `augment.eval_preprocess` (bilinear) or `eval_preprocess_bicubic`; the shorter side is resized to
+    int(S / crop_pct) (None: S * 256 / 224, the same 256 for S = 224 and crop_pct 0.875).
+    """
+    resize = None if not crop_pct else int(image_size / float(crop_pct))
+    fn = eval_preprocess_bicubic if interpolation == "bicubic" else augment.eval_preprocess
     preprocess = tf.autograph.experimental.do_not_convert(
-        lambda image, label: (augment.eval_preprocess(image, image_size), label))
+        lambda image, label: (fn(image, image_size, resize), label))
     return labelled_examples(source, indices).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
                                                   deterministic=True)
 
 
-def eval_dataset(source, image_size, batch_size, indices=None):
+def eval_dataset(source, image_size, batch_size, indices=None, *, interpolation="bilinear", crop_pct=None):
     """`eval_examples` in batches of `batch_size` (the last one partial), prefetched."""
-    return eval_examples(source, image_size, indices).batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+    return eval_examples(source, image_size, indices, interpolation=interpolation, crop_pct=crop_pct).batch(
+        int(batch_size)).prefetch(tf.data.AUTOTUNE)
 
 
 # === Labelled training: one crop per example ===
 
 
-def train_crop(image, seed, *, image_size, scale=(0.08, 1.0), random_erasing=0.0):
-    """One training image: RandomResizedCrop(S, scale) + horizontal flip + normalise (+ random erasing).
+def _resize_bicubic(crop, image_size):
+    """PIL bicubic resize of a uint8 crop to float32 [S, S, 3] in [0, 1] (uint8-rounded, as PIL returns)."""
+    out = tf.image.resize(crop, [image_size, image_size], method="bicubic", antialias=True)
+    return tf.clip_by_value(tf.round(out), 0.0, 255.0) * (1.0 / 255.0)
+
+
+def train_crop(image, seed, *, image_size, scale=(0.08, 1.0), random_erasing=0.0, interpolation="bilinear",
+               rand_augment=None):
+    """One training image: RandomResizedCrop(S, scale) + horizontal flip (+ RandAugment) + normalise (+ random
+    erasing).
 
     Every random choice comes from `seed` ([2] ints): the crop window from fold(seed, 0), the flip (p = 0.5) from
-    fold(seed, 1), random erasing (probability `random_erasing`) from fold(seed, 2). `image` is a decoded HWC
-    image (1 or 3 channels) or a scalar string of encoded bytes; a JPEG decodes only its crop window.
+    fold(seed, 1), random erasing (probability `random_erasing`) from fold(seed, 2), RandAugment (a
+    randaugment.RandAugmentSpec, or None) from fold(seed, 3). `image` is a decoded HWC image (1 or 3 channels) or a
+    scalar string of encoded bytes; a JPEG decodes only its crop window. `interpolation`: "bilinear" (augment.py)
+    or "bicubic" (PIL's, DeiT's). With RandAugment the crop is rounded to uint8 values first, as timm's PIL image.
     """
     fold = tf.random.experimental.stateless_fold_in
     image = tf.convert_to_tensor(image)
     crop_seed = fold(seed, 0)
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation={interpolation!r} is unknown; use 'bilinear' or 'bicubic'.")
+    bicubic = interpolation == "bicubic"
 
     def from_decoded(img):
         shape = tf.shape(img)
         window = augment.random_resized_crop_window(crop_seed, shape[0], shape[1], scale)
+        if bicubic:
+            return _resize_bicubic(tf.image.crop_to_bounding_box(img, window[0], window[1], window[2], window[3]),
+                                   image_size)
         return augment.crop_and_resize(img, window, image_size)
 
     if image.dtype == tf.string:
         def from_jpeg():
             shape = tf.io.extract_jpeg_shape(image)
             window = augment.random_resized_crop_window(crop_seed, shape[0], shape[1], scale)
+            if bicubic:
+                return _resize_bicubic(tf.io.decode_and_crop_jpeg(image, window, channels=3), image_size)
             return augment.decode_crop_and_resize_jpeg(image, window, image_size)
 
         crop = tf.cond(tf.io.is_jpeg(image), from_jpeg, lambda: from_decoded(augment.decode_image(image)))
@@ -180,6 +232,10 @@ def train_crop(image, seed, *, image_size, scale=(0.08, 1.0), random_erasing=0.0
     crop.set_shape([image_size, image_size, 3])
     flip = tf.random.stateless_uniform([], fold(seed, 1)) < 0.5
     crop = tf.cond(flip, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
+    if rand_augment is not None:
+        pixels = tf.clip_by_value(tf.round(crop * 255.0), 0.0, 255.0)
+        crop = randaugment.rand_augment(pixels, fold(seed, 3), rand_augment) * (1.0 / 255.0)
+        crop.set_shape([image_size, image_size, 3])
     out = augment.normalize(crop)
     if random_erasing > 0:
         out = erasing.random_erasing(out, fold(seed, 2), p=random_erasing)
@@ -188,7 +244,8 @@ def train_crop(image, seed, *, image_size, scale=(0.08, 1.0), random_erasing=0.0
 
 def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale=(0.08, 1.0), random_erasing=0.0,
                            start_step=0, indices=None, keep_partial_batch=False, end_epoch=None, mix=None,
-                           shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, threads=0):
+                           shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, threads=0, interpolation="bilinear",
+                           rand_augment=None, repeats=1, num_replicas=1, mix_group=0):
     """Global batches (images [B, S, S, 3], labels) of `train_crop`s in the order of order.py.
 
     Args:
@@ -202,16 +259,22 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
         become soft targets float32 [B, num_classes].
       shuffle_buffer: the epoch shuffle of a streamed source.
       threads: tf.data's private thread pool (0 = TF's).
+      interpolation, rand_augment: `train_crop`'s ("bilinear" / "bicubic"; None, a timm string such as
+        "rand-m9-mstd0.5-inc1" or a randaugment.RandAugmentSpec).
+      repeats, num_replicas: repeated augmentation (order.py; DeiT's RASampler with repeats=3); 1 = off.
+      mix_group: rows per mixup / cutmix group (mixup.mix_groups; 0 = one lambda per global batch).
     """
     num = source.num_examples if indices is None else len(indices)
     order = order_lib.ExampleOrder(num, global_batch, seed, start_step=start_step,
-                                   keep_partial_batch=keep_partial_batch)
+                                   keep_partial_batch=keep_partial_batch, repeats=repeats, num_replicas=num_replicas)
     image_size, scale, random_erasing = int(image_size), tuple(float(s) for s in crop_scale), float(random_erasing)
+    if rand_augment is not None and not isinstance(rand_augment, randaugment.RandAugmentSpec):
+        rand_augment = randaugment.RandAugmentSpec(rand_augment) if str(rand_augment) else None
 
     @tf.autograph.experimental.do_not_convert
     def crop(image, label, position, epoch):
         image = train_crop(image, order_lib.example_seed(seed, epoch, position), image_size=image_size, scale=scale,
-                           random_erasing=random_erasing)
+                           random_erasing=random_erasing, interpolation=interpolation, rand_augment=rand_augment)
         return image, label
 
     if source.kind == "stream":
@@ -240,15 +303,23 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
     else:
         ds = order.epochs(one_epoch, end_epoch).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(global_batch, drop_remainder=True)
+    if order.repeats > 1 and order.num_replicas > 1:  # the copies of an image go to different replicas (RASampler)
+        rows = tf.constant(order.batch_rows())
+        ds = ds.map(lambda images, labels: (tf.gather(images, rows), tf.gather(labels, rows)),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if mix is not None:
         mix = dict(mix)
+        group = int(mix_group or 0)
 
         @tf.autograph.experimental.do_not_convert
         def mix_step(step, images_labels):
             images, y = images_labels
             mix_seed = tf.random.experimental.stateless_fold_in(
                 tf.stack([tf.constant(seed, tf.int64), step]), MIX_SEED_SALT)
-            images, targets, _ = mixup.mix_batch(images, y, mix_seed, **mix)
+            if group:
+                images, targets, _ = mixup.mix_groups(images, y, mix_seed, group_size=group, **mix)
+            else:
+                images, targets, _ = mixup.mix_batch(images, y, mix_seed, **mix)
             return images, targets
 
         ds = tf.data.Dataset.zip(tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max), ds)

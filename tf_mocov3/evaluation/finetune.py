@@ -18,11 +18,30 @@ The recipe (moco-v3 transfer/README.md, run with DeiT's main.py; ViT-B):
 * per batch: mixup / cutmix with label smoothing (data/mixup.py), soft-target cross-entropy;
 * evaluation: resize the shorter side to image_size * 256 / 224, centre crop, top-1.
 
+ImageNet end-to-end fine-tuning (configs/finetune_imagenet_vit_*.py) is DeiT's main.py recipe, which the same code
+runs with these options (config keys in config_lib.finetune_config):
+* `model.train_pos_embed`: the position table is a trainable weight, as DeiT loads the converted `pos_embed` into
+  its trainable parameter; it starts from the pre-training sin-cos table, bicubically interpolated when the
+  fine-tuning grid differs (`interpolate_pos_embed`: PyTorch's F.interpolate(mode="bicubic",
+  align_corners=False), i.e. cubic convolution with a = -0.75, as DeiT's main.py; tf.image.resize's bicubic uses
+  a = -0.5, so it is not used for this), and it is not decayed (timm's `no_weight_decay()`: pos_embed, cls_token).
+  Every configs/finetune_*.py sets it; False keeps the fixed table;
+* `optim.schedule="per_epoch"`: DeiT's lr (schedules.EpochWarmupCosine: warmup from 1e-6, cosine to 1e-5, stepped
+  after each epoch);
+* `aug.mixup_group`: one mixup / cutmix lambda per group of rows (DeiT: per 128-image GPU batch);
+* `aug.rand_augment` (data/randaugment.py), `aug.repeated_aug` (data/order.py), `aug.interpolation="bicubic"`
+  (train crop and eval resize), `eval.crop_pct` (0.875: resize 256, crop 224), random erasing (data/erasing.py);
+* `ema.enabled`: model EMA (timm ModelEma, decay 0.99996) evaluated beside the model as `eval_top1_ema`; as in
+  DeiT the reported `top1` is the model's.
+metrics.json reports `top1` (the final evaluation) and `top1_best` (the maximum over all evaluations), as DeiT
+prints both.
+
 Head init (documented choice): N(0, 0.02), zero bias. timm's `trunc_normal_(std=.02)` used by DeiT has absolute
 bounds +-2, i.e. +-100 standard deviations, so it is a plain normal; Keras' TruncatedNormal would cut at 2 std.
 Differences from DeiT kept on purpose (the official transfer runs replace DeiT's transform with RandomResizedCrop + flip,
-and the transfer recipe lists none of these): no RandAugment / colour jitter,
-the lr schedule is per step from 0 to 0 (DeiT: per epoch, warmup from 1e-6, floor 1e-5), no repeated augmentation.
+and the transfer recipe lists none of these): no RandAugment / colour jitter, no repeated augmentation. The
+transfer configs keep the per-step lr from 0 to 0 and one mixup lambda per global batch; `optim.schedule` and
+`aug.mixup_group` switch to DeiT's per-epoch lr and per-GPU-batch lambda.
 
 Determinism and resume: epoch e visits the training set in a permutation seeded by (seed, e); the example at
 position p of epoch e is augmented with the seed [seed, e * 2**32 + p]; the mixup/cutmix of global step t uses a
@@ -30,6 +49,7 @@ seed made from (seed, t); the stochastic-depth generators' states are part of th
 step k and restarted gives the weights of an uninterrupted run.
 """
 
+import json
 import os
 
 import keras
@@ -39,9 +59,12 @@ import tensorflow as tf
 from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources as data
+from tf_mocov3.evaluation import features as features_lib
+from tf_mocov3.models import backbones
 from tf_mocov3.models import vit
 from tf_mocov3.training import optim
 from tf_mocov3.training import reports
+from tf_mocov3.training import schedules
 from tf_mocov3.training import trainer as trainer_lib
 from tf_mocov3.weights import pretrained
 
@@ -65,9 +88,10 @@ def load_split(dataset_config, split):
         raise FinetuneError(str(err)) from err
 
 
-def build_train_dataset(config, source, *, start_step=0):
+def build_train_dataset(config, source, *, start_step=0, num_replicas=1):
     """Infinite dataset of global batches (images [B, S, S, 3], soft targets [B, C]) from global step start_step:
-    pipelines.labelled_train_dataset with this recipe's crop, random erasing and mixup / cutmix."""
+    pipelines.labelled_train_dataset with this recipe's crop (interpolation, RandAugment), random erasing, repeated
+    augmentation (spread over `num_replicas`) and mixup / cutmix (per global batch or per aug.mixup_group rows)."""
     aug = config.aug
     mix = dict(num_classes=source.num_classes, mixup_alpha=float(aug.mixup_alpha),
                cutmix_alpha=float(aug.cutmix_alpha), prob=float(aug.mix_prob), switch_prob=float(aug.switch_prob),
@@ -76,7 +100,11 @@ def build_train_dataset(config, source, *, start_step=0):
         return pipelines.labelled_train_dataset(
             source, global_batch=int(config.batch_size), seed=int(config.seed), image_size=int(config.image_size),
             crop_scale=(float(aug.crop_min), 1.0), random_erasing=float(aug.random_erasing), start_step=start_step,
-            mix=mix, threads=int(config.dataset.get("threads", 0) or 0))
+            mix=mix, threads=int(config.dataset.get("threads", 0) or 0),
+            interpolation=str(aug.get("interpolation", "bilinear")), rand_augment=aug.get("rand_augment", "") or None,
+            repeats=int(aug.get("repeated_aug", 1)), num_replicas=int(num_replicas),
+            mix_group=int(aug.get("mixup_group", 0)), shuffle_buffer=int(
+                config.dataset.get("shuffle_buffer", pipelines.DEFAULT_SHUFFLE_BUFFER)))
     except ValueError as err:
         raise FinetuneError(str(err)) from err
 
@@ -86,7 +114,9 @@ def build_eval_dataset(config, source):
     config.eval.max_examples, 0 = all), in order."""
     limit = int(config.eval.max_examples)
     indices = np.arange(min(limit, source.num_examples)) if limit > 0 else None
-    return pipelines.eval_dataset(source, int(config.image_size), int(config.eval.batch_size), indices)
+    return pipelines.eval_dataset(source, int(config.image_size), int(config.eval.batch_size), indices,
+                                  interpolation=str(config.aug.get("interpolation", "bilinear")),
+                                  crop_pct=float(config.eval.get("crop_pct", 0.0) or 0.0) or None)
 
 
 # === Model ===
@@ -107,9 +137,12 @@ def check_pretrained(config, path):
     if want and want != arch:
         raise FinetuneError(f"Pretrained path {path} holds a {arch} backbone but the config fine-tunes {want}; "
                             f"pass {want} weights or set --config.model.arch={arch}.")
+    problems = backbones.option_problems(arch, overrides={"drop_path_rate": float(config.model.drop_path_rate)})
+    if problems:
+        raise FinetuneError(f"Cannot fine-tune the {arch} of {path}: {problems[0]}")
     try:
-        vit.resolve_config(arch, int(config.image_size),
-                           dict(overrides, drop_path_rate=float(config.model.drop_path_rate)))
+        backbones.resolve_config(arch, int(config.image_size),
+                                 dict(overrides, drop_path_rate=float(config.model.drop_path_rate)))
     except ValueError as err:
         raise FinetuneError(f"Cannot fine-tune {path} at image_size={config.image_size}: {err}") from err
     return arch, overrides
@@ -133,8 +166,10 @@ def build_classifier(config, *, arch, overrides, num_classes):
     """
 
 
-    backbone = vit.build_backbone(arch, int(config.image_size), train_patch_embed=True, name="backbone",
-                                  **dict(overrides, drop_path_rate=float(config.model.drop_path_rate)))
+    pos = {"train_pos_embed": True} if backbones.is_vit(arch) and config.model.get("train_pos_embed", False) else {}
+    backbone = backbones.build_backbone(arch, int(config.image_size), train_patch_embed=backbones.is_vit(arch),
+                                        name="backbone",
+                                        **dict(overrides, drop_path_rate=float(config.model.drop_path_rate)), **pos)
     head = keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.RandomNormal(
         stddev=float(config.model.head_init_std)), bias_initializer="zeros", dtype="float32", name="head")
     inputs = keras.Input((int(config.image_size), int(config.image_size), 3), name="images")
@@ -145,15 +180,77 @@ def build_classifier(config, *, arch, overrides, num_classes):
     return model
 
 
+def bicubic_resize(grid, new_h, new_w, a=-0.75):
+    """PyTorch's F.interpolate(mode="bicubic", align_corners=False) of a numpy [H, W, C] grid (float64 math).
+
+    Output index i samples the input at (i + 0.5) * H / new_h - 0.5 with Keys' cubic convolution of parameter a
+    (PyTorch: -0.75) over the 4 nearest rows, indices clamped at the border; no antialiasing. Separable: rows,
+    then columns.
+    """
+    def weights(t):
+        near = lambda x: ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0  # |x| <= 1
+        far = lambda x: ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a  # 1 < |x| < 2
+        return np.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=-1)
+
+    def along(x, new, axis):
+        old = x.shape[axis]
+        src = (np.arange(new, dtype=np.float64) + 0.5) * (old / new) - 0.5
+        base = np.floor(src)
+        w = weights(src - base)  # [new, 4]
+        idx = np.clip(base[:, None].astype(np.int64) + np.arange(-1, 3)[None, :], 0, old - 1)  # [new, 4]
+        taken = np.take(x, idx, axis=axis)  # axis -> (new, 4)
+        shape = [1] * taken.ndim
+        shape[axis], shape[axis + 1] = new, 4
+        return np.sum(taken * w.reshape(shape), axis=axis + 1)
+
+    grid = np.asarray(grid, np.float64)
+    return along(along(grid, int(new_h), 0), int(new_w), 1)
+
+
+def interpolate_pos_embed(table, old_grid, new_grid):
+    """DeiT main.py's pos_embed interpolation: [1, 1 + h*w, D] -> [1, 1 + H*W, D], the [CLS] row kept, the patch
+    rows resized as an (h, w) image with `bicubic_resize` (PyTorch's bicubic). Same grid: unchanged."""
+    table = np.asarray(table)
+    if tuple(old_grid) == tuple(new_grid):
+        return table.astype(np.float32)
+    dim = table.shape[-1]
+    patches = table[0, 1:].reshape(old_grid[0], old_grid[1], dim)
+    resized = bicubic_resize(patches, new_grid[0], new_grid[1]).reshape(1, -1, dim)
+    return np.concatenate([table[:, :1], resized], axis=1).astype(np.float32)
+
+
+def pretrain_image_size(path):
+    """The image size the weights at `path` were pre-trained at (its run config's dataset.image_size)."""
+    try:
+        return int(pretrained.resolve(path).config.dataset.image_size)
+    except (ValueError, AttributeError, KeyError, TypeError) as err:
+        raise FinetuneError(f"Cannot read the pre-training image size of {path} ({err}); pass a pre-training "
+                            f"workdir or a tf_mocov3.convert_official directory.") from err
+
+
+def init_pos_embed(backbone, path):
+    """Sets a trainable position table (if the backbone has one) to the pre-training sin-cos table of `path`,
+    interpolated to this backbone's grid as DeiT does; returns the pre-training grid, or None (no such table)."""
+    layer = next((l for l in backbone.layers if l.name == "cls_pos_embed"), None)  # ViTs only
+    if not getattr(layer, "train_pos_embed", False):
+        return None
+    patch = int(backbone.input.shape[1]) // layer.grid_h
+    old = pretrain_image_size(path) // patch
+    table = vit.sincos_2d_position_embedding(old, old, layer.dim)
+    layer.pos_embed.assign(interpolate_pos_embed(table, (old, old), (layer.grid_h, layer.grid_w)))
+    return (old, old)
+
+
 def copy_pretrained_weights(backbone, path):
-    """Copies the weights of pretrained.load_backbone(path) into `backbone` (same arch, any image size)."""
+    """Copies the weights of pretrained.load_backbone(path) into `backbone` (same arch, any image size) and starts
+    a trainable position table from the pre-training table (init_pos_embed); returns the weights copied."""
 
     try:
         source = pretrained.load_backbone(path, image_size=int(backbone.input.shape[1]))
     except ValueError as err:
         raise FinetuneError(str(err)) from err
     src = {w.path: w for w in source.weights}
-    dst = list(backbone.weights)
+    dst = [w for w in backbone.weights if not w.path.endswith("cls_pos_embed/pos_embed")]  # init_pos_embed's
     if sorted(src) != sorted(w.path for w in dst):
         raise FinetuneError(f"The backbone of {path} has weights {sorted(set(src) ^ {w.path for w in dst})[:3]} "
                             f"that the fine-tuning backbone lacks (or the reverse); this is a tf_mocov3 bug.")
@@ -161,46 +258,139 @@ def copy_pretrained_weights(backbone, path):
         value = src[w.path]
         assert tuple(value.shape) == tuple(w.shape), (w.path, value.shape, w.shape)
         w.assign(value)
+    init_pos_embed(backbone, path)
     return len(dst)
 
 
-def _make_top1_fn(model):
+def build_optimizer(config, *, steps_per_epoch, total_steps):
+    """optim.build_optimizer(config.optim) with the fine-tuning additions: pos_embed is not decayed where the
+    [CLS] token is not (decay_exclude=bias_norm_cls, timm's no_weight_decay), and optim.schedule="per_epoch" swaps
+    the per-step lr for DeiT's schedules.EpochWarmupCosine (the 'decoupled' decay schedule likewise)."""
+    opt = optim.build_optimizer(config.optim, global_batch=int(config.batch_size), steps_per_epoch=steps_per_epoch,
+                                total_steps=total_steps)
+    if str(config.optim.get("decay_exclude", "none")) == "bias_norm_cls":
+        opt.exclude_from_weight_decay(var_names=["pos_embed"])
+    if str(config.optim.get("schedule", "per_step")) == "per_epoch":
+        peak = schedules.lr_for_batch(float(config.optim.base_lr), int(config.batch_size))
 
-    @tf.function(reduce_retracing=True)
-    def correct(images, labels):
-        logits = model(images, training=False)
-        pred = tf.argmax(logits, axis=-1, output_type=tf.int64)
-        return tf.reduce_sum(tf.cast(pred == tf.cast(labels, tf.int64), tf.int64)), tf.size(labels, tf.int64)
+        def epoch_schedule(scale, name):
+            return schedules.EpochWarmupCosine(
+                peak * scale, float(config.optim.warmup_epochs), total_steps / steps_per_epoch, steps_per_epoch,
+                warmup_lr_init=float(config.optim.warmup_lr_init) * scale,
+                min_lr=float(config.optim.min_lr) * scale, name=name)
 
-    return correct
+        opt.learning_rate = epoch_schedule(1.0, "epoch_warmup_cosine")
+        if isinstance(opt.weight_decay, keras.optimizers.schedules.LearningRateSchedule):  # 'decoupled'
+            opt.weight_decay = epoch_schedule(float(config.optim.weight_decay), "weight_decay")
+    return opt
 
 
-def evaluate_top1(correct_fn, dataset):
-    """Top-1 accuracy in percent of the compiled `correct_fn` over `dataset`."""
-    right = total = 0
-    for images, labels in dataset:
-        r, n = correct_fn(images, labels)
-        right, total = right + int(r), total + int(n)
-    return 100.0 * right / max(total, 1)
+def _make_predict_fn(model, image_size):
+    """Images -> predicted class ([B, 1], float32), split over the replicas of the model's strategy."""
+    def predicted(logits):
+        return tf.cast(tf.argmax(logits, axis=-1), tf.float32)[:, None]
+
+    return features_lib.make_forward(model, image_size, jit_compile=False, strategy=model.distribute_strategy,
+                                     postprocess=predicted)
+
+
+def evaluate_top1(predict_fn, dataset, total=0):
+    """Top-1 accuracy in percent of `predict_fn` (_make_predict_fn) over the (images, labels) batches of `dataset`."""
+    predictions, labels = features_lib.features_of(predict_fn, dataset, total, progress=False)
+    return 100.0 * float(np.sum(predictions[:, 0].astype(np.int64) == labels)) / max(len(labels), 1)
 
 
 # === Callbacks ===
 
 
-class Evaluator(keras.callbacks.Callback):
-    """Top-1 on the eval split every `every_steps` steps and at the end; logged as `eval_top1`."""
+class ModelEma:
+    """timm's ModelEma: ema = decay * ema + (1 - decay) * w after every step, over the trainable weights and the
+    float non-trainable ones (BatchNorm statistics), seed-generator states excluded; starts equal to the model.
 
-    def __init__(self, evaluate, every_steps, total_steps, steps_per_epoch, writer, say):
+    `checkpoint_root` is what the trainer saves instead of the model when the EMA is on (the model under "model"
+    as before is not possible, so EMA runs have their own checkpoint layout: classifier + ema variables).
+    """
+
+    def __init__(self, model, decay):
+        self.decay = float(decay)
+        self.weights = [w for w in model.weights
+                        if "seed_generator" not in w.path and "drop_path_rng" not in w.path
+                        and "float" in str(w.dtype)]
+        self.values = [tf.Variable(tf.convert_to_tensor(w), trainable=False, name=f"ema_{i}")
+                       for i, w in enumerate(self.weights)]
+        self.checkpoint_root = tf.Module()
+        self.checkpoint_root.classifier = model
+        self.checkpoint_root.ema = self.values
+
+        @tf.function
+        def update(decay):
+            for e, w in zip(self.values, self.weights):
+                e.assign(decay * e + (1.0 - decay) * tf.cast(tf.convert_to_tensor(w), e.dtype))
+
+        self._update = update
+
+    def update(self, steps=1):
+        """One EMA step per training step; `steps` > 1 (several steps per host call) applies decay ** steps to the
+        weights at the end of the call (the intermediate weights are not seen)."""
+        self._update(tf.constant(self.decay ** max(int(steps), 1), tf.float32))
+
+    def reset(self):
+        """Sets the EMA to the model's current weights (after the pretrained weights are loaded)."""
+        for e, w in zip(self.values, self.weights):
+            e.assign(tf.convert_to_tensor(w))
+
+    def evaluate_with(self, evaluate):
+        """evaluate() with the EMA weights swapped into the model, the model's own restored afterwards."""
+        saved = [tf.identity(tf.convert_to_tensor(w)) for w in self.weights]
+        for e, w in zip(self.values, self.weights):
+            w.assign(tf.convert_to_tensor(e))
+        try:
+            return evaluate()
+        finally:
+            for s_, w in zip(saved, self.weights):
+                w.assign(s_)
+
+
+class EmaUpdate(keras.callbacks.Callback):
+    """Updates a ModelEma after every training step."""
+
+    def __init__(self, ema):
+        super().__init__()
+        self.ema = ema
+        self.last = 0
+
+    def on_train_begin(self, logs=None):
+        self.last = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        self.ema.update(step - self.last)
+        self.last = step
+
+
+class Evaluator(keras.callbacks.Callback):
+    """Top-1 on the eval split every `every_steps` steps and at the end; logged as `eval_top1` (and the EMA's as
+    `eval_top1_ema` when `ema` is given). `best` is the maximum over this process's evaluations."""
+
+    def __init__(self, evaluate, every_steps, total_steps, steps_per_epoch, writer, say, ema=None):
         super().__init__()
         self.evaluate, self.every_steps, self.total_steps = evaluate, max(int(every_steps), 1), total_steps
         self.steps_per_epoch, self.writer, self.say = steps_per_epoch, writer, say
+        self.ema = ema
         self.last = None  # (step, top1)
+        self.last_ema = None
 
     def run(self, step):
         top1 = self.evaluate()
         self.last = (step, top1)
-        self.writer.write({"step": step, "epoch": step / self.steps_per_epoch, "eval_top1": top1})
-        self.say(f"eval step {step} (epoch {step / self.steps_per_epoch:.2f}): top-1 {top1:.2f}%")
+        record = {"step": step, "epoch": step / self.steps_per_epoch, "eval_top1": top1}
+        line = f"eval step {step} (epoch {step / self.steps_per_epoch:.2f}): top-1 {top1:.2f}%"
+        if self.ema is not None:
+            self.last_ema = self.ema.evaluate_with(self.evaluate)
+            record["eval_top1_ema"] = self.last_ema
+            line += f", EMA {self.last_ema:.2f}%"
+        self.writer.write(record)
+        self.say(line)
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
@@ -209,6 +399,23 @@ class Evaluator(keras.callbacks.Callback):
 
 
 # === The run ===
+
+
+def check_resume_options(workdir, config):
+    """Refuses to resume a workdir whose run used another position-embedding mode or EMA setting (their variables
+    differ). A record without the key was written before it existed: a fixed table, no EMA."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    for key, value in (("model.train_pos_embed", bool(config.model.get("train_pos_embed", False))),
+                       ("ema.enabled", bool(config.get("ema") is not None and config.ema.enabled))):
+        section, name = key.split(".")
+        was = bool((saved.get(section) or {}).get(name, False))
+        if was != value:
+            raise FinetuneError(f"--workdir={workdir} holds a fine-tuning run with config.{key}={was}, not {value}; "
+                                f"resume with --config.{key}={was} or choose a new --workdir.")
 
 
 def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", print_fn=None, extra_callbacks=()):
@@ -224,6 +431,7 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
     record["pretrained"] = os.path.abspath(pretrained_path)
     config_lib.check_resume_compatible(workdir, record, _RESUME_KEYS, config_file=CONFIG_FILE,
                                        kind="fine-tuning run", error_cls=FinetuneError)
+    check_resume_options(workdir, config)
     train_source = load_split(config.dataset, config.dataset.train_split)
     eval_source = load_split(config.dataset, config.dataset.eval_split)
     if eval_source.num_classes != train_source.num_classes:
@@ -237,36 +445,49 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
     strategy = strategy or trainer_lib.strategy_for(config, tpu)
     config_lib.validate(config, kind="finetune", num_replicas=strategy.num_replicas_in_sync)
 
+    steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
+    trainer_lib.check_intervals(steps_per_call, log_every_steps=config.log_every_steps,
+                                checkpoint_every_steps=config.checkpoint_every_steps,
+                                evaluation=steps_per_epoch * max(int(config.eval.every_epochs), 1))
     trainer = trainer_lib.Trainer(
         workdir, strategy=strategy, total_steps=total_steps, global_batch=config.batch_size,
         log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps,
         keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="fine-tuning run",
-        print_fn=print_fn)
+        steps_per_execution=steps_per_call, print_fn=print_fn)
     with trainer_lib.precision(config.mixed_precision):
         model = trainer.build(
             lambda: build_classifier(config, arch=arch, overrides=overrides, num_classes=train_source.num_classes),
-            lambda: optim.build_optimizer(config.optim, global_batch=int(config.batch_size),
-                                          steps_per_epoch=steps_per_epoch, total_steps=total_steps),
+            lambda: build_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps),
             seed=config.seed, jit_compile=trainer_lib.resolve_jit_compile(config, strategy),
             loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-        start_step = trainer.restore(model)
+        ema = None
+        if config.get("ema") is not None and config.ema.enabled:
+            with strategy.scope():
+                ema = ModelEma(model, config.ema.decay)
+        start_step = trainer.restore(model, checkpoint_model=ema.checkpoint_root if ema else None)
         if not start_step:
             count = copy_pretrained_weights(model.get_layer("backbone"), pretrained_path)
+            if ema is not None:
+                ema.reset()
             trainer.say(f"Loaded {count} pretrained backbone weights of {arch} from {pretrained_path}.")
         trainer.write_config(record)
 
-        correct_fn = _make_top1_fn(model)
+        correct_fn = _make_predict_fn(model, int(config.image_size))
         eval_ds = build_eval_dataset(config, eval_source)
         evaluator = Evaluator(lambda: evaluate_top1(correct_fn, eval_ds),
                               steps_per_epoch * max(int(config.eval.every_epochs), 1), total_steps,
-                              steps_per_epoch, trainer.metrics, trainer.say)
+                              steps_per_epoch, trainer.metrics, trainer.say, ema=ema)
         if start_step < total_steps:
             trainer.say(f"Fine-tuning {arch} on {config.dataset.name} ({train_source.num_examples} images, "
                         f"{train_source.num_classes} classes) at {config.image_size} px: {total_steps} steps "
                         f"({steps_per_epoch} per epoch), global batch {config.batch_size} on "
                         f"{strategy.num_replicas_in_sync} replica(s), workdir {workdir}.")
-            trainer.fit(model, build_train_dataset(config, train_source, start_step=start_step),
-                        start_step=start_step, callbacks=[evaluator, *extra_callbacks],
+            # Ends at total_steps, so that several steps per host call stop there.
+            train_ds = build_train_dataset(config, train_source, start_step=start_step,
+                                           num_replicas=strategy.num_replicas_in_sync).take(total_steps - start_step)
+            trainer.fit(model, train_ds,
+                        start_step=start_step,
+                        callbacks=[*([EmaUpdate(ema)] if ema else []), evaluator, *extra_callbacks],
                         diverged_hint="lower config.optim.base_lr")
         else:
             trainer.say(f"Fine-tuning already finished: step {start_step} of {total_steps}.")
@@ -274,16 +495,25 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
         if evaluator.last is None or evaluator.last[0] != step:
             evaluator.run(step)
     top1 = evaluator.last[1]
-    curves = reports.log_curves(trainer.read_log(), ("eval_top1", "loss"))
+    curves = reports.log_curves(trainer.read_log(), ("eval_top1", "eval_top1_ema", "loss"))
     curve = curves.get("eval_top1", [])
+    top1_best = max([v for _, v in curve] + [top1])  # every evaluation of the run, before a resume included
+    extra = {}
+    if ema is not None:
+        ema_curve = curves.get("eval_top1_ema", [])
+        extra = {"top1_ema": evaluator.last_ema,
+                 "top1_ema_best": max([v for _, v in ema_curve] + [evaluator.last_ema])}
     summary = trainer.report(
         name=REPORT_NAME,
-        metrics={"finetune": {"top1": top1, "step": step, "epochs": step / steps_per_epoch,
+        metrics={"finetune": {"top1": top1, "top1_best": top1_best, **extra,
+                              "step": step, "epochs": step / steps_per_epoch,
                               "dataset": config.dataset.name, "arch": arch, "image_size": config.image_size,
                               "pretrained": os.path.abspath(pretrained_path),
                               "eval_top1_curve": [[s, v] for s, v in curve]}},
         curves={"eval top-1 (%)": curve, "train loss": curves.get("loss", [])},
         table=[{"dataset": config.dataset.name, "arch": arch, "image size": config.image_size,
-                "epochs": round(step / steps_per_epoch, 2), "steps": step, "top-1": top1}])
-    return {"step": step, "top1": top1, "model": model, "curve": curve, "summary": summary}
+                "epochs": round(step / steps_per_epoch, 2), "steps": step, "top-1": top1, "best top-1": top1_best,
+                **({"EMA top-1": extra["top1_ema"]} if extra else {})}])
+    return {"step": step, "top1": top1, "top1_best": top1_best, "model": model, "curve": curve, "summary": summary,
+            **extra}
 

@@ -15,12 +15,19 @@ group updated with its own lr; the heads share nothing else, so each equals the 
 chosen on a held-out part of the TRAINING split (`config.holdout_examples`, or `config.holdout_fraction` of it),
 never on the evaluation split; the report gives the evaluation top-1 of the chosen head and a table of all heads.
 
+`config.model.bn_before_head=True` puts a BatchNorm without affine parameters (eps 1e-6, PyTorch momentum 0.1) on
+the features before the heads, as MAE's linear probe does (the moco-v3 maintainers suggest it: it makes the probe
+far less sensitive to the lr); it is shared by the heads of a sweep (it has no trainable parameters), uses batch
+statistics in training and its moving statistics in evaluation, and is saved with the heads. Off (the default),
+the probe is the official plain linear layer, unchanged.
+
 `config.cache_features=True` embeds every image once (eval preprocessing, no augmentation) and trains the heads
 on those features: a fast probe for small data sets (not the official protocol, which augments every epoch).
 
 Running the same command again resumes from WORKDIR/checkpoints (the heads and their optimizer, saved every epoch).
 """
 
+import json
 import math
 import os
 import time
@@ -34,6 +41,7 @@ from tf_mocov3.data import order
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources as data
 from tf_mocov3.evaluation import features as features_lib
+from tf_mocov3.training import callbacks as callbacks_lib
 from tf_mocov3.training import trainer as trainer_lib
 from tf_mocov3.weights import pretrained
 
@@ -135,7 +143,8 @@ class LinearProbe(keras.Model):
     With `backbone=None` the inputs are the features themselves (cached-feature probes).
     """
 
-    def __init__(self, feature_dim, num_classes, num_heads, *, backbone=None, seed=0, **kwargs):
+    def __init__(self, feature_dim, num_classes, num_heads, *, backbone=None, seed=0, bn_before_head=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.feature_dim = int(feature_dim)
         self.num_classes = int(num_classes)
@@ -147,7 +156,21 @@ class LinearProbe(keras.Model):
             self.num_classes * self.num_heads, kernel_initializer=TiledNormal(self.num_heads, INIT_STD, seed),
             bias_initializer="zeros", name="classifier")
         self.classifier.build((None, self.feature_dim))
+        self.head_norm = None
+        if bn_before_head:  # MAE: BatchNorm1d(D, affine=False, eps=1e-6)
+            self.head_norm = keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-6, momentum=0.9,
+                                                             dtype="float32", name="head_norm")
+            self.head_norm.build((None, self.feature_dim))
         self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    def checkpoint_part(self):
+        """What the checkpoints hold: the classifier (the official probe) or, with bn_before_head, a module with the
+        classifier and the BatchNorm's moving statistics."""
+        if self.head_norm is None:
+            return self.classifier
+        part = tf.Module()
+        part.classifier, part.head_norm = self.classifier, self.head_norm
+        return part
 
     @property
     def metrics(self):
@@ -158,20 +181,22 @@ class LinearProbe(keras.Model):
             return tf.cast(inputs, tf.float32)
         return tf.stop_gradient(tf.cast(self.backbone(inputs, training=False), tf.float32))
 
-    def head_logits(self, features):
-        """[B, D] features -> [B, n, C] logits of the n heads."""
+    def head_logits(self, features, training=False):
+        """[B, D] features -> [B, n, C] logits of the n heads (after the BatchNorm when bn_before_head)."""
+        if self.head_norm is not None:
+            features = self.head_norm(features, training=training)
         logits = self.classifier(features)
         return tf.reshape(logits, [-1, self.num_heads, self.num_classes])
 
     def call(self, inputs, training=False):
-        return self.head_logits(self.features(inputs))
+        return self.head_logits(self.features(inputs), training=training)
 
     def train_step(self, batch):
         inputs, labels = batch
         features = self.features(inputs)
         labels = tf.cast(labels, tf.int32)
         with tf.GradientTape() as tape:
-            logits = self.head_logits(features)
+            logits = self.head_logits(features, training=True)
             tiled = tf.tile(labels[:, None], [1, self.num_heads])
             per_head = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tiled, logits=logits), axis=0)  # [n]
@@ -182,15 +207,16 @@ class LinearProbe(keras.Model):
         factor = tf.identity(self.optimizer.learning_rate)  # the factor this step uses
         self.optimizer.apply_gradients(zip(grads, variables))
         loss = tf.reduce_mean(per_head)
-        self.loss_tracker.update_state(loss)  # the epoch's mean, read by the holdout callback
+        self.loss_tracker.update_state(loss)  # the running mean the step log and the epoch's mean are read from
         # "loss": this step's loss, the mean over the heads; "lr": the lr of the first head.
         return {"loss": loss, "lr": factor * self.optimizer.column_lrs[0]}
 
 
 def build_probe(feature_dim, num_classes, init_lrs, *, steps_per_epoch, epochs, momentum=0.9, backbone=None,
-                seed=0, jit_compile=False):
+                seed=0, jit_compile=False, bn_before_head=False):
     """A compiled LinearProbe with one head per lr in `init_lrs` (absolute, already scaled by batch/256)."""
-    probe = LinearProbe(feature_dim, num_classes, len(init_lrs), backbone=backbone, seed=seed, name="linear_probe")
+    probe = LinearProbe(feature_dim, num_classes, len(init_lrs), backbone=backbone, seed=seed,
+                        bn_before_head=bn_before_head, name="linear_probe")
     column_lrs = np.repeat(np.asarray(init_lrs, np.float32), num_classes)
     optimizer = SweepSGD(EpochCosine(steps_per_epoch, epochs), column_lrs, momentum=momentum)
     probe.compile(optimizer=optimizer, jit_compile=jit_compile)
@@ -221,13 +247,14 @@ class _HoldoutCurves(keras.callbacks.Callback):
         self.writer, self.print_fn, self.lrs = writer, print_fn, lrs
         self.curves = {}
 
+    def on_train_begin(self, logs=None):
+        self._loss = callbacks_lib.LossSince(self.model.loss_tracker)
+
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         if step % self.steps_per_epoch:
             return
-        record = {"step": step, "epoch": step // self.steps_per_epoch,
-                  "train_loss_epoch": float(self.model.loss_tracker.result())}
-        self.model.loss_tracker.reset_state()
+        record = {"step": step, "epoch": step // self.steps_per_epoch, "train_loss_epoch": self._loss.take()}
         self.curves.setdefault("train loss (epoch mean)", []).append((step, record["train_loss_epoch"]))
         top1 = heads_top1(self.model, self.features, self.labels) if len(self.labels) else []
         for lr, acc in zip(self.lrs, top1):
@@ -272,7 +299,8 @@ def probe_on_features(train, holdout, test, num_classes, *, base_lrs, batch_size
     probe = build_probe(train[0].shape[1], num_classes, init_lrs, steps_per_epoch=spe, epochs=epochs,
                         momentum=momentum, seed=seed)
     ds = pipelines.cached_feature_dataset(train[0], train[1], batch_size=batch_size, seed=seed, end_epoch=epochs)
-    trainer = trainer_lib.Trainer(None, total_steps=spe * epochs, global_batch=batch_size, print_fn=print_fn)
+    # No progress lines: the caller (the demo report) prints one line per probe.
+    trainer = trainer_lib.Trainer(None, total_steps=spe * epochs, global_batch=batch_size, print_fn=lambda _: None)
     curves = fit_heads(probe, ds, trainer=trainer, start_step=0, steps_per_epoch=spe, holdout=holdout,
                        init_lrs=init_lrs)
     hold = heads_top1(probe, *holdout) if len(holdout[1]) else None
@@ -298,6 +326,20 @@ def load_pretrained_backbone(path, config):
     return backbone, image_size, run
 
 
+def _check_bn_resume(workdir, config):
+    """Refuses to resume a probe of the other bn_before_head mode (a record without the key: off)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    was = bool((saved.get("model") or {}).get("bn_before_head", False))
+    now = bool(config.model.get("bn_before_head", False))
+    if was != now:
+        raise ProbeError(f"--workdir={workdir} holds a probe with model.bn_before_head={was}, not {now}; resume with "
+                         f"--config.model.bn_before_head={was} or choose a new --workdir.")
+
+
 def run_probe(config, pretrained_path, workdir, *, print_fn=None):
     """Runs (or resumes) the linear probe; returns the final metrics dict (also written to metrics.json)."""
     config_lib.validate(config, kind="probe", workdir=workdir)
@@ -321,11 +363,14 @@ def run_probe(config, pretrained_path, workdir, *, print_fn=None):
     spe = math.ceil(len(train_idx) / batch)
     total_steps = spe * config.epochs
     eval_batch = config.eval_batch_size
+    steps_per_call = trainer_lib.resolve_steps_per_execution(config, tf.distribute.get_strategy())
+    trainer_lib.check_intervals(steps_per_call, log_every_steps=config.log_every_steps, steps_per_epoch=spe)
     trainer = trainer_lib.Trainer(workdir, total_steps=total_steps, global_batch=batch,
                                   log_every_steps=config.log_every_steps, checkpoint_every_steps=spe,
                                   keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="probe",
-                                  print_fn=print_fn)
+                                  steps_per_execution=steps_per_call, print_fn=print_fn)
     trainer.check_resume(record, _RESUME_KEYS, error_cls=ProbeError, key_prefix="")
+    _check_bn_resume(workdir, config)
     trainer.write_config(record)
     say = trainer.say
     say(f"Linear probe of {run.model.arch} ({pretrained_path}) at {image_size}px on {config.dataset.name}: "
@@ -338,8 +383,9 @@ def run_probe(config, pretrained_path, workdir, *, print_fn=None):
     probe = build_probe(backbone.output.shape[-1], num_classes, init_lrs, steps_per_epoch=spe,
                         epochs=config.epochs, momentum=config.momentum, seed=config.seed,
                         backbone=None if cached else backbone,
-                        jit_compile=str(config.jit_compile).lower() == "true")
-    start_step = trainer.restore(probe, checkpoint_model=probe.classifier)
+                        jit_compile=str(config.jit_compile).lower() == "true",
+                        bn_before_head=bool(config.model.get("bn_before_head", False)))
+    start_step = trainer.restore(probe, checkpoint_model=probe.checkpoint_part())
 
     t0 = time.perf_counter()
     forward = features_lib.make_forward(backbone, image_size)

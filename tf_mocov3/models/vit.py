@@ -100,19 +100,26 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
     """Flattens the patch grid, prepends [CLS] and adds the fixed position table.
 
     The [CLS] token is a trainable weight named ``cls_token`` (~ N(0, 1e-6)).
-    The sin-cos table is a constant recomputed in ``build`` from the grid
-    shape, so it is never a variable (never trained, never decayed, never
-    saved) and any resolution divisible by the patch size works.
+    By default (pre-training) the sin-cos table is a constant recomputed in
+    ``build`` from the grid shape, so it is never a variable (never trained,
+    never decayed, never saved) and any resolution divisible by the patch size
+    works. With ``train_pos_embed=True`` (fine-tuning, as DeiT loads the
+    converted table into its trainable ``pos_embed``) the table is a trainable
+    weight named ``pos_embed`` [1, 1 + grid_h * grid_w, D], initialised to the
+    sin-cos table of this grid (a fine-tuning run may then assign another
+    starting value, e.g. the pre-training table interpolated).
 
     Args:
         cls_init_std: float, standard deviation of the [CLS] initialisation.
+        train_pos_embed: bool, make the position table a trainable weight.
 
     Input: ``[B, grid_h, grid_w, D]``. Output: ``[B, 1 + grid_h * grid_w, D]``.
     """
 
-    def __init__(self, cls_init_std=1e-6, **kwargs):
+    def __init__(self, cls_init_std=1e-6, train_pos_embed=False, **kwargs):
         super().__init__(**kwargs)
         self.cls_init_std = cls_init_std
+        self.train_pos_embed = bool(train_pos_embed)
 
     def build(self, input_shape):
         _, grid_h, grid_w, dim = input_shape
@@ -131,6 +138,13 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=self.cls_init_std),
             trainable=True,
         )
+        if self.train_pos_embed:
+            self.pos_embed = self.add_weight(
+                name="pos_embed",
+                shape=self._pos_embed.shape,
+                initializer=keras.initializers.Constant(self._pos_embed),
+                trainable=True,
+            )
 
     def call(self, inputs):
         batch = ops.shape(inputs)[0]
@@ -139,7 +153,10 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
         cls = ops.cast(self.cls_token, tokens.dtype)
         cls = ops.broadcast_to(cls, (batch, 1, self.dim))
         tokens = ops.concatenate([cls, tokens], axis=1)
-        pos = ops.convert_to_tensor(self._pos_embed, dtype=tokens.dtype)
+        if self.train_pos_embed:
+            pos = ops.cast(self.pos_embed, tokens.dtype)
+        else:
+            pos = ops.convert_to_tensor(self._pos_embed, dtype=tokens.dtype)
         return tokens + pos
 
     def compute_output_shape(self, input_shape):
@@ -149,6 +166,8 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"cls_init_std": self.cls_init_std})
+        if self.train_pos_embed:  # only when set: the default layer's config stays what it was
+            config["train_pos_embed"] = True
         return config
 
 
@@ -271,22 +290,28 @@ class TransformerBlock(keras.layers.Layer):
     xavier-uniform with zero bias. LayerNorms use eps 1e-6 and compute in
     float32. No dropout; optional stochastic depth (``drop_path_rate``).
 
+    Mixed precision as PyTorch autocast runs the official model: with ``dtype="float32"`` and a mixed
+    ``sublayer_dtype`` (build_backbone does this under a mixed global policy), the residual stream x and the adds
+    stay float32, the LayerNorms read it in float32, and attention and the MLP compute in the mixed policy's dtype.
+
     Args:
         num_heads: int, attention heads.
         mlp_ratio: float, hidden width of the MLP relative to D.
         drop_path_rate: float, stochastic-depth rate of both residual branches.
+        sublayer_dtype: dtype policy (name) of the norms, attention and MLP; None = the block's own.
     """
 
-    def __init__(self, num_heads, mlp_ratio=4.0, drop_path_rate=0.0, **kwargs):
+    def __init__(self, num_heads, mlp_ratio=4.0, drop_path_rate=0.0, sublayer_dtype=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
         self.drop_path_rate = drop_path_rate
+        self.sublayer_dtype = sublayer_dtype
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
         hidden = int(dim * self.mlp_ratio)
-        policy = self.dtype_policy
+        policy = self.sublayer_dtype or self.dtype_policy
         self.norm1 = LayerNorm(
             epsilon=_LN_EPSILON, dtype=policy, name="norm1"
         )
@@ -317,9 +342,10 @@ class TransformerBlock(keras.layers.Layer):
         return self.drop_path(x, training=training)
 
     def call(self, inputs, training=False):
-        x = inputs + self._branch(self.attn(self.norm1(inputs)), training)
+        x = inputs  # the residual stream keeps the block's dtype; the branches are cast to it before the add
+        x = x + ops.cast(self._branch(self.attn(self.norm1(x)), training), x.dtype)
         h = custom_gradients.gelu_erf(self.fc1(self.norm2(x)))
-        return x + self._branch(self.fc2(h), training)
+        return x + ops.cast(self._branch(self.fc2(h), training), x.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -331,6 +357,7 @@ class TransformerBlock(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "mlp_ratio": self.mlp_ratio,
                 "drop_path_rate": self.drop_path_rate,
+                "sublayer_dtype": self.sublayer_dtype,
             }
         )
         return config
@@ -432,7 +459,7 @@ class ClassTokenFeature(keras.layers.Layer):
 
 
 def build_backbone(
-    arch, image_size=224, *, train_patch_embed=False, name="backbone", **overrides
+    arch, image_size=224, *, train_patch_embed=False, train_pos_embed=False, name="backbone", **overrides
 ):
     """Builds a MoCo v3 ViT backbone: images ``[B, S, S, 3]`` -> [CLS] feature ``[B, D]``.
 
@@ -442,10 +469,16 @@ def build_backbone(
         train_patch_embed: bool, train the patch projection. False (default) keeps
             the random projection frozen (the paper's trick); ignored by conv stems,
             which are always trained.
+        train_pos_embed: bool, a trainable position table (weight "pos_embed" of
+            "cls_pos_embed", initialised to the sin-cos table; fine-tuning).
+            False (default): the fixed sin-cos constant of pre-training.
         name: str, the model name ("backbone" is what the train step expects).
         **overrides: any of patch_size, embed_dim, depth, num_heads, mlp_ratio,
             drop_path_rate (default 0; stochastic depth rises linearly from 0 in
-            block_0 to drop_path_rate in the last block, identity at inference).
+            block_0 to drop_path_rate in the last block, identity at inference),
+            float32_residual (default True: under a mixed global dtype policy the
+            [CLS] / position-embedding adds and the residual stream stay float32,
+            as under PyTorch autocast; False runs them in the compute dtype).
 
     Returns:
         A functional ``keras.Model``. Layers: "patch_embed" (Conv2D, or ConvStem
@@ -458,6 +491,10 @@ def build_backbone(
     cfg = resolve_config(arch, image_size, overrides)
     dim, patch = cfg["embed_dim"], cfg["patch_size"]
     depth = cfg["depth"]
+    policy = keras.config.dtype_policy()
+    stream = {}  # the dtype of the token stream's layers; float32 under a mixed policy, as autocast keeps it
+    if cfg["float32_residual"] and policy.compute_dtype != "float32":
+        stream = {"dtype": "float32"}
 
     inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
     if cfg["conv_stem"]:
@@ -475,18 +512,21 @@ def build_backbone(
         )
         patch_embed.trainable = bool(train_patch_embed)
         x = patch_embed(inputs)
-    x = ClassTokenPositionEmbedding(name="cls_pos_embed")(x)
+    x = ClassTokenPositionEmbedding(name="cls_pos_embed", train_pos_embed=bool(train_pos_embed), **stream)(x)
     rates = np.linspace(0.0, cfg["drop_path_rate"], depth)  # as timm: 0 in block_0
     for i in range(depth):
         x = TransformerBlock(
             cfg["num_heads"],
             mlp_ratio=cfg["mlp_ratio"],
             drop_path_rate=float(rates[i]),
+            sublayer_dtype=policy.name if stream else None,
             name=f"block_{i}",
+            **stream,
         )(x)
     # LayerNorm acts per token, so norm(x)[:, 0] == norm(x[:, 0]); selecting the
     # [CLS] token first saves normalising the patch tokens nobody reads.
-    x = ClassTokenFeature(name="cls_feature")(x)
+    x = ClassTokenFeature(name="cls_feature", **stream)(x)
+    # The final LayerNorm reads the float32 stream (its statistics are float32) and returns the compute dtype.
     outputs = LayerNorm(epsilon=_LN_EPSILON, name="norm")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -521,6 +561,7 @@ def resolve_config(arch, image_size, overrides):
     """
     cfg = dict(_arch_entry(arch))
     cfg.setdefault("drop_path_rate", 0.0)
+    cfg.setdefault("float32_residual", True)
     unknown = sorted(set(overrides) - set(_OVERRIDABLE))
     if unknown:
         raise ValueError(
@@ -581,7 +622,7 @@ def resolve_config(arch, image_size, overrides):
 # === Config ===
 
 _OVERRIDABLE = (
-    "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "drop_path_rate",
+    "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "drop_path_rate", "float32_residual",
 )
 
 

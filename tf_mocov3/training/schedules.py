@@ -1,4 +1,4 @@
-"""Per-step schedules: learning rate (warmup + half-cosine) and encoder momentum.
+"""Learning-rate schedules: per step (warmup + half-cosine, the official code) and per epoch (DeiT).
 
 Both follow the official MoCo v3 code (main_moco.py), which evaluates its
 schedules at a *fractional* epoch ``epoch + i / iters_per_epoch`` before every
@@ -8,9 +8,12 @@ step ``i``. Written per optimizer step ``t`` (0-based), with
 
     lr_t = peak * t / warmup_steps                                   (t < warmup_steps)
     lr_t = peak * 0.5 * (1 + cos(pi * (t - warmup_steps) / (total_steps - warmup_steps)))
-    m_t  = 1 - (1 - m0) * (1 + cos(pi * t / total_steps)) / 2
+    m_t  = 1 - (1 - m0) * (1 + cos(pi * t / total_steps)) / 2    (the momentum encoder's: models/moco.py)
 
 with ``peak = base_lr * global_batch / 256`` (see `lr_for_batch`).
+
+`EpochWarmupCosine` is DeiT's schedule beside it (timm's CosineLRScheduler stepped once per epoch, constant
+within an epoch; its docstring has the formula).
 
 Everything here is written with `keras.ops`, so it runs on a tensor step inside
 a `tf.function`, under XLA (`jit_compile=True`) and under `tf.distribute`.
@@ -97,32 +100,61 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-# === Momentum encoder ===
+@keras.saving.register_keras_serializable(package="tf_mocov3")
+class EpochWarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """DeiT's learning rate: timm's CosineLRScheduler (t_in_epochs, one cycle), stepped after each epoch.
 
+    timm's value at epoch index t (warmup_prefix False, so the cosine counts from epoch 0, not from the end of
+    the warmup):
 
-def momentum_schedule(step, base_momentum, total_steps, cosine=True):
-    """Momentum of the key encoder at step ``step`` (a Python number or tensor).
+        f(t) = warmup_lr_init + t * (peak - warmup_lr_init) / warmup_epochs               (t < warmup_epochs)
+        f(t) = min_lr + 0.5 * (peak - min_lr) * (1 + cos(pi * t / epochs))                (t < epochs)
+        f(t) = min_lr                                                                      (after)
 
-    ``m_t = 1 - (1 - m0) * (1 + cos(pi * t / T)) / 2`` when ``cosine``: ``m0`` at
-    ``t = 0``, ``(1 + m0) / 2`` at ``t = T / 2`` and 1 at ``t = T`` (held at 1
-    afterwards). Without ``cosine`` the momentum is the constant ``m0``.
+    DeiT's main.py builds the scheduler (which sets f(0)), trains epoch 0, then calls `lr_scheduler.step(epoch)`
+    AFTER each epoch, so epoch e >= 1 trains at f(e - 1): lr during epoch e = f(max(e - 1, 0)), constant within
+    the epoch (e = step // steps_per_epoch). `lag=0` gives f(e) instead (timm's own train.py steps with epoch + 1).
 
     Args:
-        step: Current optimizer step (0-based), int or float, tensor or Python.
-        base_momentum: ``m0``, e.g. 0.99 for the ViT recipes.
-        total_steps: ``T``, the total number of training steps (> 0).
-        cosine: Whether to apply the cosine increase to 1.
-
-    Returns:
-        A float32 scalar tensor.
+        peak_lr: the scaled lr (DeiT: 5e-4 * batch / 512).
+        warmup_epochs, epochs: DeiT's --warmup-epochs (5) and --epochs.
+        steps_per_epoch: optimizer steps per epoch.
+        warmup_lr_init: DeiT --warmup-lr (1e-6).
+        min_lr: DeiT --min-lr (1e-5).
+        lag: 1 = DeiT's step-after-epoch (default), 0 = none.
     """
-    if total_steps <= 0:
-        raise ValueError(
-            f"momentum_schedule: total_steps must be > 0, got {total_steps}."
-        )
-    m0 = ops.cast(base_momentum, "float32")
-    if not cosine:
-        return ops.convert_to_tensor(m0, dtype="float32")
-    progress = ops.clip(ops.cast(step, "float32") / float(total_steps), 0.0, 1.0)
-    # (1 + cos(pi * p)) / 2 == cos(pi * p / 2)^2, the latter exact near p = 1.
-    return 1.0 - (1.0 - m0) * ops.square(ops.cos(0.5 * math.pi * progress))
+
+    def __init__(self, peak_lr, warmup_epochs, epochs, steps_per_epoch, warmup_lr_init=1e-6, min_lr=1e-5, lag=1,
+                 name="epoch_warmup_cosine"):
+        if peak_lr < 0 or warmup_epochs < 0 or epochs <= 0 or steps_per_epoch <= 0:
+            raise ValueError(f"EpochWarmupCosine needs peak_lr >= 0, warmup_epochs >= 0, epochs > 0 and "
+                             f"steps_per_epoch > 0, got {peak_lr}, {warmup_epochs}, {epochs}, {steps_per_epoch}.")
+        self.peak_lr = float(peak_lr)
+        self.warmup_epochs = float(warmup_epochs)
+        self.epochs = float(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.warmup_lr_init = float(warmup_lr_init)
+        self.min_lr = float(min_lr)
+        self.lag = int(lag)
+        self.name = name
+
+    def value_at_epoch(self, t):
+        """timm's f(t) (module docstring) of a float32 epoch index t."""
+        t = ops.cast(t, "float32")
+        step = (self.peak_lr - self.warmup_lr_init) / max(self.warmup_epochs, 1.0)
+        warm = self.warmup_lr_init + t * step
+        cos = self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + ops.cos(math.pi * t / self.epochs))
+        cos = ops.where(t < self.epochs, cos, self.min_lr)
+        return ops.where(t < self.warmup_epochs, warm, cos)
+
+    def __call__(self, step):
+        epoch = ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch)
+        return self.value_at_epoch(ops.maximum(epoch - self.lag, 0))
+
+    def get_config(self):
+        return {"peak_lr": self.peak_lr, "warmup_epochs": self.warmup_epochs, "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch, "warmup_lr_init": self.warmup_lr_init,
+                "min_lr": self.min_lr, "lag": self.lag, "name": self.name}
+
+
+# === Momentum encoder ===
