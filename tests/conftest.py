@@ -6,6 +6,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
@@ -45,6 +46,18 @@ TINY_CONFIG = textwrap.dedent("""
         c.demo_eval = False
         return c
 """)
+
+
+class StopAt(keras.callbacks.Callback):
+    """Stops fit() once the optimizer has made `step` updates (the first half of a resume test)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.step:
+            self.model.stop_training = True
 
 
 def checkpoint_tensors(workdir):

@@ -10,12 +10,11 @@ import json
 import os
 import shutil
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from conftest import FMNIST, checkpoint_tensors, needs_fmnist
+from conftest import checkpoint_tensors, FMNIST, needs_fmnist
 from tf_mocov3 import config_lib
 from tf_mocov3.evaluation import finetune
 from tf_mocov3.training import pretrain
@@ -23,16 +22,6 @@ from tf_mocov3.weights import pretrained
 
 BEFORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "before_layout")
 ATOL = 1e-5
-
-
-class StopAt(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.step:
-            self.model.stop_training = True
 
 
 def pre_config():

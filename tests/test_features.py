@@ -1,5 +1,6 @@
 """Feature extraction: the same numbers as the backbone on eval_preprocess output; a deterministic subset."""
 
+import keras
 import numpy as np
 
 from tf_mocov3.data import augment
@@ -7,6 +8,7 @@ from tf_mocov3.data import order
 from tf_mocov3.data import sources as data
 from tf_mocov3.evaluation import features
 from tf_mocov3.models import vit
+from tf_mocov3.training import distribute
 from conftest import FMNIST, needs_fmnist
 
 
@@ -34,3 +36,24 @@ def test_extract_features_equals_the_backbone_on_eval_preprocess_output():
     expected = backbone(np.stack([augment.eval_preprocess(images[i], 16).numpy() for i in index]),
                         training=False)
     np.testing.assert_allclose(got, np.asarray(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_two_replicas_give_the_features_of_one():
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (23, 16, 16, 3)).astype(np.float32)  # 23: the last batch is partial and odd
+    labels = np.arange(23) % 5
+    batches = [(images[i:i + 8], labels[i:i + 8]) for i in range(0, 23, 8)]
+
+    def backbone():
+        keras.utils.set_random_seed(1)
+        return vit.build_backbone("vit_micro", 16, embed_dim=32, depth=2, num_heads=2)
+
+    one = features.features_of(features.make_forward(backbone(), 16), batches, 23, progress=False)
+    two_replicas = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
+    with two_replicas.scope():
+        mirrored = backbone()
+    forward = features.make_forward(mirrored, 16, strategy=two_replicas)
+    assert forward.replicas == 2
+    two = features.features_of(forward, batches, 23, progress=False)
+    np.testing.assert_array_equal(one[1], two[1])
+    np.testing.assert_allclose(one[0], two[0], atol=1e-5)

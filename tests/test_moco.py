@@ -212,13 +212,24 @@ def test_mixed_precision_step_keeps_float32_loss_and_variables(policy):
         model = build()
         q1, _ = model.queries(*batches(1)[0], training=False)
         assert q1.dtype == policy.split("_")[1]  # the heads compute in the low precision
-        logged = []
-        cb = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: logged.append(logs))
+        logged, scales = [], []
+
+        def log(batch, logs):
+            logged.append(logs)
+            scales.append(float(getattr(model.optimizer, "dynamic_scale", 1.0)))
+
+        cb = keras.callbacks.LambdaCallback(on_train_batch_end=log)
         model.fit(as_dataset(batches(2)), epochs=1, steps_per_epoch=2, verbose=0, callbacks=[cb])
         assert all(np.isfinite(float(l["loss"])) for l in logged)
         assert all(v.dtype == "float32" for v in model.trainable_variables)
         # float16 needs loss scaling (Keras wraps the optimizer); bfloat16 does not.
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
-        assert np.isfinite(float(logged[-1]["grad_norm_first_block"]))
+        # A step whose scaled float16 gradients overflowed is skipped (the loss scale halves) and its gradient norms
+        # are not finite; every applied step's norms are. (With the float32 residual stream of the ViT, fewer
+        # steps overflow than with a float16 stream, which skipped both steps here.)
+        start = [2.0 ** 15 if policy == "mixed_float16" else 1.0]  # Keras' initial loss scale
+        applied = [l for l, before, after in zip(logged, start + scales, scales) if after >= before]
+        assert applied and all(np.isfinite(float(l["grad_norm_first_block"])) for l in applied)
     finally:
         keras.config.set_dtype_policy(previous)
+

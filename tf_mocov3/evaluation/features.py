@@ -15,6 +15,7 @@ Example:
     features, labels = extract_features(backbone, config.dataset, "train", image_size=32, fraction=0.1)
 """
 
+import contextlib
 import sys
 import time
 
@@ -80,20 +81,54 @@ def _local_device():
     return gpus[0].name if gpus else "/cpu:0"
 
 
-def make_forward(backbone, image_size, jit_compile=True):
-    """A plain tf.function: normalised images [B, S, S, 3] -> float32 features [B, D], inference mode.
+def replicas_of(strategy):
+    """The number of replicas a feature extraction can split a batch over: all replicas of a one-host strategy
+    (mirrored GPUs / CPUs, a TPU), 1 otherwise. MultiWorkerMirroredStrategy gives 1: the kNN monitor runs on the
+    chief alone, and a collective there would wait for the other workers."""
+    if strategy is None or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    return int(strategy.num_replicas_in_sync)
 
-    Called outside any replica context, so it also runs a backbone whose variables were created under a
-    tf.distribute strategy (MirroredVariables are read through their local copy). XLA compiles it once
-    (`features_of` pads the last batch). `forward.feature_dim` is the backbone's output width.
+
+def make_forward(backbone, image_size, jit_compile=True, strategy=None, postprocess=None):
+    """A tf.function: normalised images [B, S, S, 3] -> float32 features [B, D], inference mode.
+
+    With a `strategy` of several replicas (`replicas_of`), B must be a multiple of the replicas: replica r computes
+    rows [r * B/R, (r+1) * B/R) and the rows come back in order, so the features equal those of one device. The
+    backbone's variables must then belong to that strategy (built under its scope; a trained model's are).
+    Otherwise it is a plain call outside any replica context, which also runs a backbone whose variables were made
+    under a strategy (MirroredVariables are read through their local copy). XLA compiles it once (`features_of`
+    pads the last batch). `forward.feature_dim` is the backbone's width, `forward.replicas` its replica count.
+    `postprocess` maps the model's float32 output [B, D] to what is returned [B, D'] (e.g. a classifier's logits to
+    its predictions), on the device.
     """
+    replicas = replicas_of(strategy)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)],
-                 jit_compile=jit_compile)
-    def forward(images):
-        return tf.cast(backbone(images, training=False), tf.float32)
+    @tf.autograph.experimental.do_not_convert  # plain TensorFlow calls: nothing for AutoGraph to rewrite
+    def embed(images):
+        out = tf.cast(backbone(images, training=False), tf.float32)
+        return postprocess(out) if postprocess is not None else out
+
+    spec = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32)]
+    if replicas == 1:
+        forward = tf.function(embed, input_signature=spec, jit_compile=jit_compile)
+    else:
+        @tf.autograph.experimental.do_not_convert
+        def shard(images):  # in replica r: its rows of the global batch
+            ctx = tf.distribute.get_replica_context()
+            rows = tf.shape(images)[0] // replicas
+            return embed(images[ctx.replica_id_in_sync_group * rows:(ctx.replica_id_in_sync_group + 1) * rows])
+
+        @tf.function(input_signature=spec)
+        @tf.autograph.experimental.do_not_convert
+        def forward(images):
+            # No XLA here: TensorFlow cannot place an XLA cluster per replica of a one-host multi-device strategy
+            # (keras-team/keras#19005); a TPU compiles every replica's work anyway.
+            out = strategy.run(shard, args=(images,))
+            return strategy.gather(out, axis=0)
 
     forward.feature_dim = int(backbone.output.shape[-1])
+    forward.replicas = replicas
     return forward
 
 
@@ -105,10 +140,11 @@ def features_of(forward, batches, total, *, title="features", stream=None, progr
     progress = Progress(title, total, stream, after_seconds=PROGRESS_AFTER_SECONDS if progress else float("inf"),
                         print_fn=print_fn)
     features, labels, done, width = [], [], 0, None
-    with tf.device(_local_device()):
+    replicas = getattr(forward, "replicas", 1)
+    with tf.device(_local_device()) if replicas == 1 else contextlib.nullcontext():
         for images, batch_labels in batches:
             rows = int(images.shape[0])
-            width = width or rows
+            width = width or -(-rows // replicas) * replicas  # a multiple of the replicas
             if rows < width:  # pad the last batch: one batch shape, one XLA compilation
                 images = tf.concat([images, tf.zeros([width - rows, *images.shape[1:]], images.dtype)], 0)
             features.append(forward(images).numpy()[:rows])
@@ -122,15 +158,16 @@ def features_of(forward, batches, total, *, title="features", stream=None, progr
 
 
 def features_of_source(backbone, source, *, image_size, batch_size=256, indices=None, title="features",
-                       stream=None, print_fn=None, forward=None):
+                       stream=None, print_fn=None, forward=None, strategy=None):
     """[CLS] features of `indices` (sorted; None = all) of an opened labelled source -> (features [N, D], labels [N]).
 
-    `forward`: a `make_forward(backbone, image_size)` to reuse (one compilation for several calls).
+    `forward`: a `make_forward(backbone, image_size)` to reuse (one compilation for several calls); `strategy`:
+    split each batch over its replicas (make_forward).
     """
     total = source.num_examples if indices is None else len(indices)
     batches = pipelines.eval_dataset(source, image_size, batch_size, indices)
-    return features_of(forward or make_forward(backbone, image_size), batches, total, title=title, stream=stream,
-                       print_fn=print_fn)
+    forward = forward or make_forward(backbone, image_size, strategy=strategy)
+    return features_of(forward, batches, total, title=title, stream=stream, print_fn=print_fn)
 
 
 def extract_features(backbone, dataset_config, split, *, image_size, batch_size=256, fraction=1.0, seed=0,

@@ -205,9 +205,10 @@ class KNNMonitor(keras.callbacks.Callback):
         """kNN top-1 (%) of `backbone` on the fixed bank and evaluation images."""
         self.prepare()
         if self._forward_of is not backbone:
-            self._forward = features_lib.make_forward(backbone, self.image_size)
+            # Split over the replicas of the run's strategy (one host); on several workers, the chief alone.
+            strategy = getattr(self.model, "distribute_strategy", None) if self.model is not None else None
+            self._forward = features_lib.make_forward(backbone, self.image_size, strategy=strategy)
             self._forward_of = backbone
-        # A plain call outside the strategy's replica context (fit runs callbacks inside strategy.scope()).
         bank_features, bank_labels = features_lib.features_of(self._forward, self.bank.batches(), self.bank.size,
                                                                progress=False)
         query_features, query_labels = features_lib.features_of(self._forward, self.queries.batches(),

@@ -6,8 +6,13 @@ checkpoint), never from Keras' per-epoch batch index, so a resumed run logs the 
 one.
 
 What `loss` means in metrics.jsonl and on the progress line, for every loop: the mean of the per-step losses over
-the steps since the previous logged line (this step included). Each model's train step reports its own step's loss
-in `logs["loss"]`; `StepLoss` makes Keras' compiled loss do the same.
+the steps since the previous logged line (this step included), read from the model's `loss` Mean metric (its total and
+count), which every step updates.
+
+Several steps per host call (`steps_per_execution` = k, compile's argument): Keras calls the batch hooks once per
+call, with the logs of the call's last step. The trainer requires every interval here (logging, checkpoints,
+evaluations) to be a multiple of k, so the hooks see exactly the steps they act on, and the rows of metrics.jsonl, the
+checkpoint steps and the schedules are those of a run with one step per call.
 """
 
 import json
@@ -60,34 +65,57 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
                           loss, self.bad_step)
 
 
-class LearningRate(keras.callbacks.Callback):
-    """Adds `lr`, the learning rate the step used, to the logs of models whose train step does not report it."""
+def lr_of_last_step(optimizer):
+    """The learning rate the optimizer's last update used: its schedule at step iterations - 1."""
+    schedule = getattr(optimizer, "_learning_rate", None)  # Keras keeps the schedule object here
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0)))
+    return float(optimizer.learning_rate)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self._lr = float(self.model.optimizer.learning_rate)  # the schedule at the current step
+
+class LearningRate(keras.callbacks.Callback):
+    """Adds `lr`, the learning rate the last step used, to the logs of models whose train step does not report it."""
 
     def on_train_batch_end(self, batch, logs=None):
         if logs is not None and "lr" not in logs:
-            logs["lr"] = self._lr
+            logs["lr"] = lr_of_last_step(self.model.optimizer)
 
 
-class StepLoss(keras.callbacks.Callback):
-    """Resets Keras' running metrics after every step, so `logs["loss"]` of a compiled loss is the step's value.
+def loss_metric(model):
+    """The model's Mean metric named "loss" (its own tracker, or Keras' tracker of a compiled loss), or None."""
+    for metric in model.metrics:
+        if metric.name == "loss" and hasattr(metric, "total") and hasattr(metric, "count"):
+            return metric
+    return None
 
-    Goes last in the callback list (the others have read the step's logs by then).
-    """
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.model.reset_metrics()
+class LossSince:
+    """The mean of the step losses since the previous `take()`, from a Mean metric's running total and count."""
+
+    def __init__(self, metric):
+        self.metric = metric
+        self._total, self._count = self._read()
+
+    def _read(self):
+        return float(self.metric.total.numpy()), float(self.metric.count.numpy())
+
+    def take(self):
+        total, count = self._read()
+        if count < self._count:  # the metric was reset (a new fit call): count from zero
+            self._total, self._count = 0.0, 0.0
+        mean = (total - self._total) / (count - self._count) if count > self._count else None
+        self._total, self._count = total, count
+        return mean
 
 
 class MetricsWriter(keras.callbacks.Callback):
     """The log of a run: metrics.jsonl, TensorBoard and the progress line, from the same record.
 
-    A record is written at step 1, every `every_steps` steps and at the last step: `step`, `loss` (the mean since
-    the previous record), every other scalar the step reported (its value at this step), and `images_per_second`
-    (measured from the end of the first step, which includes tracing and compilation). `write(record)` lets other
-    callbacks (the kNN monitor, the fine-tuning evaluator) add records to the same sinks.
+    A record is written every `every_steps` steps and at the last step: `step`, `loss` (the mean since the previous
+    record), every other scalar the step reported (its value at this step), and `images_per_second` (measured from
+    the end of the first host call, which includes tracing and compilation; that moment prints a progress line of
+    its own). `write(record)` lets other callbacks (the kNN monitor, the fine-tuning evaluator) add records to the same
+    sinks.
     """
 
     def __init__(self, workdir, every_steps, total_steps, global_batch, enabled=True, print_fn=None):
@@ -103,27 +131,28 @@ class MetricsWriter(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._mark_time, self._mark_step = None, global_step(self.model)
-        self._loss_sum, self._loss_count = 0.0, 0
+        metric = loss_metric(self.model)
+        self._loss = LossSince(metric) if metric is not None else None
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
         values = _scalars(logs)
-        if "loss" in values:
-            self._loss_sum += values["loss"]
-            self._loss_count += 1
-        first = self._mark_time is None
-        if not first and step % self.every_steps and step != self.total_steps and step != 1:
+        now = time.perf_counter()
+        if self._mark_time is None:  # the first host call: tracing and compilation done
+            self._mark_time, self._mark_step = now, step
+            if self.print_fn is not None and step % self.every_steps and step != self.total_steps:
+                self.print_fn(self._line({"step": step, **values}, None))
+        if step % self.every_steps and step != self.total_steps:
             return
         record = {"step": step, **values}
-        if self._loss_count:
-            record["loss"] = self._loss_sum / self._loss_count
-        self._loss_sum, self._loss_count = 0.0, 0
-        now = time.perf_counter()
+        mean = self._loss.take() if self._loss is not None else None
+        if mean is not None:
+            record["loss"] = mean
         rate = None
-        if not first and step > self._mark_step:
+        if step > self._mark_step:
             rate = (step - self._mark_step) / max(now - self._mark_time, 1e-9)
             record["images_per_second"] = rate * self.global_batch
-        self._mark_time, self._mark_step = now, step
+            self._mark_time, self._mark_step = now, step
         self.write(record)
         if self.print_fn is not None:
             self.print_fn(self._line(record, rate))

@@ -36,12 +36,21 @@ def write_pretraining_report(trainer):
     return trainer.report(name=REPORT_NAME, metrics={"pretrain": final}, curves=curves, table=[final])
 
 
-def make_dataset(config, strategy, start_step):
-    """The per-replica two-view batches from global step `start_step`, distributed over `strategy`."""
+def make_dataset(config, strategy, start_step, end_step):
+    """The per-replica two-view batches of global steps [start_step, end_step), distributed over `strategy`.
+
+    The dataset ends at end_step, so that several steps per host call stop exactly there (Keras runs a whole call of
+    steps_per_execution steps as long as the data lasts).
+    """
+    steps = int(end_step) - int(start_step)
     if distribute.is_single_device(strategy):
-        return pipelines.build_pretrain_dataset(config, start_step=start_step)
-    return strategy.distribute_datasets_from_function(
-        lambda ctx: pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step))
+        return pipelines.build_pretrain_dataset(config, start_step=start_step).take(steps)
+
+    def per_pipeline(ctx):  # each pipeline emits its local replicas' batches, one per replica and step
+        local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        return pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step).take(steps * local)
+
+    return strategy.distribute_datasets_from_function(per_pipeline)
 
 
 def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(), make_callbacks=None,
@@ -72,10 +81,16 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
 
     steps_per_epoch = sources.steps_per_epoch(config)
     total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
+    steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
+    intervals = dict(log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps)
+    if config.get("knn") and config.knn.get("enabled"):
+        intervals["knn.every_steps"] = config.knn.every_steps
+    trainer_lib.check_intervals(steps_per_call, **intervals)
     trainer = trainer_lib.Trainer(
         workdir, strategy=strategy, total_steps=total_steps, global_batch=config.batch_size,
         log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="run", print_fn=print_fn)
+        keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="run",
+        steps_per_execution=steps_per_call, print_fn=print_fn)
     trainer.check_resume(config, RESUME_KEYS)
     with trainer_lib.precision(config.mixed_precision):
         model = trainer.build(
@@ -95,7 +110,7 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
                     f"({steps_per_epoch} per epoch), global batch {config.batch_size} on "
                     f"{strategy.num_replicas_in_sync} replica(s), workdir {workdir}.")
         made = list(make_callbacks(config, trainer)) if make_callbacks else []
-        history = trainer.fit(model, make_dataset(config, strategy, start_step), start_step=start_step,
+        history = trainer.fit(model, make_dataset(config, strategy, start_step, total_steps), start_step=start_step,
                               callbacks=[*made, *extra_callbacks],
                               diverged_hint="lower config.optim.base_lr or use mixed_bfloat16 instead of "
                                             "mixed_float16")

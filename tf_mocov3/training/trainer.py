@@ -16,6 +16,12 @@ TensorBoard and the progress line -- then the lr entry; the loop's callbacks; th
 TrainingDiverged when the loss stops being finite, after keeping the last good checkpoint. `loss` in metrics.jsonl
 means the same for every loop: the mean of the step losses since the previous logged line (training/callbacks.py).
 Only the chief writes (logs, config file, real checkpoints); every worker takes part in the saves.
+
+Steps per host call (`steps_per_execution`, config.steps_per_execution): k > 1 runs k steps inside one compiled call,
+which a TPU needs to keep the host loop off its critical path. Every interval the loop acts on (logging,
+checkpoints, evaluations, epochs) must be a multiple of k (`check_intervals` says which is not), so k steps per call
+give the same weights, metrics.jsonl rows and checkpoint steps as one step per call. `resolve_steps_per_execution`
+turns "auto" into a number per device kind.
 """
 
 import contextlib
@@ -43,13 +49,28 @@ def total_steps_of(config, steps_per_epoch):
 
 def resolve_jit_compile(config, strategy):
     """config.jit_compile resolved: "auto" is XLA on a TPU and on one GPU; not on CPUs, where TensorFlow's
-    oneDNN kernels ran the ViT-S/16 step in 28 CPU-s against 32 under XLA:CPU (BUILD_NOTES.md)."""
+    oneDNN kernels ran the ViT-S/16 step in 28 CPU-s against 32 under XLA:CPU (BUILD_NOTES.md), and not with several
+    replicas of a mirrored strategy, which TensorFlow cannot compile (below)."""
     choice = str(config.jit_compile).lower()
     if choice == "auto":
         if isinstance(strategy, tf.distribute.TPUStrategy):
             return True
         return distribute.is_single_device(strategy) and bool(tf.config.list_logical_devices("GPU"))
+    if choice == "true" and _mirrored_replicas(strategy) > 1:
+        # Keras compiles the cross-replica step as one XLA cluster on the first device, which then cannot read the
+        # other replicas' variables ("Trying to access resource .../replica_1/... from device ...:0"); compiling
+        # each replica's step instead fails on its collectives (merge_call inside a nested tf.function). Known in
+        # TF 2.21 / Keras 3.15: keras-team/keras#19005, tensorflow/tensorflow#53140.
+        raise config_lib.ConfigError(
+            f"config.jit_compile=true cannot run with {_mirrored_replicas(strategy)} replicas of "
+            f"{type(strategy).__name__}: TensorFlow cannot compile a multi-device mirrored step with XLA; use "
+            f"config.jit_compile=auto (no XLA there; a TPU always compiles).")
     return choice == "true"
+
+
+def _mirrored_replicas(strategy):
+    mirrored = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return int(strategy.num_replicas_in_sync) if isinstance(strategy, mirrored) else 1
 
 
 def strategy_for(config, tpu=""):
@@ -58,6 +79,38 @@ def strategy_for(config, tpu=""):
         return distribute.make_strategy(config.strategy, tpu=tpu, num_cpu_devices=config.get("num_cpu_devices", 0))
     except ValueError as err:
         raise config_lib.ConfigError(str(err)) from err
+
+
+# "auto" steps per host call, by the kind of device the strategy runs on. CPU: 1 (the step is long and the host
+# loop costs nothing measurable; BUILD_NOTES.md). GPU and TPU: NOT measured on this project's machines yet (no
+# accelerator was lent); 1 on a GPU is the safe default and a TPU takes 32, the order TPU recipes use, until
+# benchmarks/device_check.sh measures it there.
+AUTO_STEPS_PER_EXECUTION = {"cpu": 1, "gpu": 1, "tpu": 32}
+
+
+def device_kind(strategy):
+    """'tpu', 'gpu' or 'cpu': what `strategy`'s replicas run on."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "tpu"
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+def resolve_steps_per_execution(config, strategy):
+    """config.steps_per_execution as a number: "auto" (or a missing key) is AUTO_STEPS_PER_EXECUTION's value."""
+    value = str(config.get("steps_per_execution", "auto")).strip().lower()  # --config.steps_per_execution=8 is "8"
+    if value == "auto":
+        return AUTO_STEPS_PER_EXECUTION[device_kind(strategy)]
+    return int(value)
+
+
+def check_intervals(steps_per_execution, **intervals):
+    """Raises ConfigError unless every interval (name=steps) is a multiple of steps_per_execution."""
+    k = int(steps_per_execution)
+    bad = [f"{name}={int(steps)}" for name, steps in intervals.items() if int(steps) % k]
+    if bad:
+        raise config_lib.ConfigError(
+            f"With config.steps_per_execution={k} every interval must be a multiple of {k}, but "
+            f"{', '.join(bad)} is not; change it to a multiple of {k} or lower config.steps_per_execution.")
 
 
 @contextlib.contextmanager
@@ -81,13 +134,14 @@ class Trainer:
       global_batch: images per step over all replicas (for images/s).
       log_every_steps, checkpoint_every_steps, keep_checkpoints: as the config keys of these names.
       config_file: the file in the workdir that records the run's config (checked on resume).
+      steps_per_execution: steps per host call (module docstring); the caller checks its intervals first.
       kind: what the run is called in messages ("pre-training run", "fine-tuning run", "probe").
       print_fn: where the progress lines go (default: print); only the chief prints.
     """
 
     def __init__(self, workdir, *, strategy=None, total_steps, global_batch, log_every_steps=50,
                  checkpoint_every_steps=1000, keep_checkpoints=3, config_file="config.json", kind="run",
-                 print_fn=None):
+                 steps_per_execution=1, print_fn=None):
         self.workdir = workdir
         self.strategy = strategy or tf.distribute.get_strategy()
         self.total_steps = int(total_steps)
@@ -96,6 +150,7 @@ class Trainer:
         self.keep_checkpoints = int(keep_checkpoints)
         self.config_file = config_file
         self.kind = kind
+        self.steps_per_execution = int(steps_per_execution)
         self.chief = distribute.is_chief(self.strategy)
         self._print = print_fn or (lambda line: print(line, flush=True))
         # Made now, so that callbacks built before `fit` (the kNN monitor) can write to the same log.
@@ -161,14 +216,19 @@ class Trainer:
         cbs = [guard, callbacks_lib.LearningRate(), self.metrics, *callbacks]
         if self.checkpointer is not None:
             cbs.append(callbacks_lib.CheckpointSaver(self.checkpointer, self.checkpoint_every_steps, guard))
-        if getattr(model, "loss", None) is not None:  # a compiled loss: Keras reports its running mean
-            cbs.append(callbacks_lib.StepLoss())
+        # k steps per call from a step that is a multiple of k (a resume from another run's last step may not be).
+        k = self.steps_per_execution if int(start_step) % self.steps_per_execution == 0 else 1
+        if getattr(model, "steps_per_execution", 1) != k:
+            model.steps_per_execution = k
+            model.train_function = None  # Keras builds the train function for the steps per call it finds
         history = model.fit(dataset, epochs=1, steps_per_epoch=self.total_steps - int(start_step), callbacks=cbs,
                             verbose=0, shuffle=False)
         if guard.bad_step is not None:
             kept = self.checkpointer.latest_path() if self.checkpointer is not None else None
             kept = f"the last good checkpoint ({kept}) is kept" if kept else "no checkpoint was written"
-            raise TrainingDiverged(f"The loss became NaN or Inf at step {guard.bad_step}; {kept}. "
+            where = (f"at step {guard.bad_step}" if k == 1 else
+                     f"in steps {guard.bad_step - k + 1}-{guard.bad_step} (one host call of {k} steps)")
+            raise TrainingDiverged(f"The loss became NaN or Inf {where}; {kept}. "
                                    f"{diverged_hint[0].upper()}{diverged_hint[1:]}, then run the same command again "
                                    f"to resume.")
         return history
