@@ -11,20 +11,9 @@ from tf_mocov3 import config_lib
 
 
 def get_config():
-    config = config_lib.base_config()
-    config.batch_size = 4096
+    config = config_lib.resnet50_config()     # LARS, batch 4096, warmup 10, tau 1.0, crop_min 0.2 (config_lib.py)
     config.epochs = 300
-    config.model.arch = "resnet50"            # torchvision ResNet-50, zero_init_residual, SyncBN
-    config.model.moco_dim = 256
-    config.model.mlp_dim = 4096
-    config.model.temperature = 1.0
     config.model.momentum = 0.99             # m0 of the cosine schedule (--moco-m-cos)
-    config.model.momentum_cosine = True
-    config.optim.name = "lars"
     config.optim.base_lr = 0.3                # lr = base_lr * batch_size / 256
     config.optim.weight_decay = 1e-6
-    config.optim.warmup_epochs = 10.0
-    config.optim.momentum = 0.9
-    config.optim.trust_coefficient = 0.001
-    config.dataset.crop_min = 0.2
     return config

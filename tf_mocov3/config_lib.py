@@ -125,6 +125,25 @@ def base_config():
     return c
 
 
+def resnet50_config():
+    """What the official ResNet-50 recipes share (main_moco.py with --moco-m-cos --crop-min=.2): LARS (momentum 0.9,
+    trust 0.001), batch 4096, warmup 10 epochs, tau 1.0, cosine momentum, crop scale (0.2, 1), MoCo_ResNet heads.
+    configs/r50_{100,300,1000}ep.py set the epochs, base lr, weight decay and m0."""
+    c = base_config()
+    c.batch_size = 4096
+    c.model.arch = "resnet50"         # torchvision ResNet-50, zero_init_residual, SyncBN
+    c.model.moco_dim = 256
+    c.model.mlp_dim = 4096
+    c.model.temperature = 1.0
+    c.model.momentum_cosine = True
+    c.optim.name = "lars"
+    c.optim.warmup_epochs = 10.0
+    c.optim.momentum = 0.9
+    c.optim.trust_coefficient = 0.001
+    c.dataset.crop_min = 0.2
+    return c
+
+
 def finetune_config():
     """The official transfer recipe (ViT-B, DeiT's main.py) as used for CIFAR-10; configs/finetune_*.py adapt it."""
     c = _run_defaults(ml_collections.ConfigDict())
