@@ -64,7 +64,6 @@ from tf_mocov3.models import backbones
 from tf_mocov3.models import vit
 from tf_mocov3.training import optim
 from tf_mocov3.training import reports
-from tf_mocov3.training import schedules
 from tf_mocov3.training import trainer as trainer_lib
 from tf_mocov3.weights import pretrained
 
@@ -263,26 +262,10 @@ def copy_pretrained_weights(backbone, path):
 
 
 def build_optimizer(config, *, steps_per_epoch, total_steps):
-    """optim.build_optimizer(config.optim) with the fine-tuning additions: pos_embed is not decayed where the
-    [CLS] token is not (decay_exclude=bias_norm_cls, timm's no_weight_decay), and optim.schedule="per_epoch" swaps
-    the per-step lr for DeiT's schedules.EpochWarmupCosine (the 'decoupled' decay schedule likewise)."""
-    opt = optim.build_optimizer(config.optim, global_batch=int(config.batch_size), steps_per_epoch=steps_per_epoch,
-                                total_steps=total_steps)
-    if str(config.optim.get("decay_exclude", "none")) == "bias_norm_cls":
-        opt.exclude_from_weight_decay(var_names=["pos_embed"])
-    if str(config.optim.get("schedule", "per_step")) == "per_epoch":
-        peak = schedules.lr_for_batch(float(config.optim.base_lr), int(config.batch_size))
-
-        def epoch_schedule(scale, name):
-            return schedules.EpochWarmupCosine(
-                peak * scale, float(config.optim.warmup_epochs), total_steps / steps_per_epoch, steps_per_epoch,
-                warmup_lr_init=float(config.optim.warmup_lr_init) * scale,
-                min_lr=float(config.optim.min_lr) * scale, name=name)
-
-        opt.learning_rate = epoch_schedule(1.0, "epoch_warmup_cosine")
-        if isinstance(opt.weight_decay, keras.optimizers.schedules.LearningRateSchedule):  # 'decoupled'
-            opt.weight_decay = epoch_schedule(float(config.optim.weight_decay), "weight_decay")
-    return opt
+    """The fine-tuning optimizer of a finetune config: optim.build_optimizer, whose decay_exclude=bias_norm_cls also
+    spares the trainable pos_embed and whose optim.schedule="per_epoch" is DeiT's schedule."""
+    return optim.build_optimizer(config.optim, global_batch=int(config.batch_size), steps_per_epoch=steps_per_epoch,
+                                 total_steps=total_steps)
 
 
 def _make_predict_fn(model, image_size):

@@ -1,5 +1,6 @@
 """The Keras callbacks every training loop uses: the NaN guard, the log (metrics.jsonl, TensorBoard and the progress
-line), the learning-rate entry, and the checkpoint saver. training/trainer.py puts them together.
+line, with the lr of models whose step does not report it), and the checkpoint saver. training/trainer.py puts them
+together.
 
 They read the global step from `model.optimizer.iterations` (the number of updates applied so far, restored with the
 checkpoint), never from Keras' per-epoch batch index, so a resumed run logs the same step numbers as an uninterrupted
@@ -73,14 +74,6 @@ def lr_of_last_step(optimizer):
     return float(optimizer.learning_rate)
 
 
-class LearningRate(keras.callbacks.Callback):
-    """Adds `lr`, the learning rate the last step used, to the logs of models whose train step does not report it."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        if logs is not None and "lr" not in logs:
-            logs["lr"] = lr_of_last_step(self.model.optimizer)
-
-
 def loss_metric(model):
     """The model's Mean metric named "loss" (its own tracker, or Keras' tracker of a compiled loss), or None."""
     for metric in model.metrics:
@@ -145,6 +138,8 @@ class MetricsWriter(keras.callbacks.Callback):
         if step % self.every_steps and step != self.total_steps:
             return
         record = {"step": step, **values}
+        if "lr" not in record:  # a compiled model's step does not report it: the schedule at the last step
+            record["lr"] = lr_of_last_step(self.model.optimizer)
         mean = self._loss.take() if self._loss is not None else None
         if mean is not None:
             record["loss"] = mean

@@ -55,7 +55,9 @@ def decay_exclusions(mode):
         mode: ``'none'`` decays every trainable variable (the official code);
             ``'bias_norm_cls'`` skips variables of rank <= 1 (biases, LayerNorm
             and BatchNorm gamma/beta) and any variable whose path contains
-            ``cls_token`` (the ViT [CLS] token).
+            ``cls_token`` or ``pos_embed`` (timm's ``no_weight_decay()``: the
+            [CLS] token and a trainable position table; in pre-training the
+            table is a constant, not a variable).
 
     Returns:
         A dict with ``exclude_from_weight_decay`` (list of substrings) and
@@ -68,7 +70,7 @@ def decay_exclusions(mode):
         }
     if mode == "bias_norm_cls":
         return {
-            "exclude_from_weight_decay": ["cls_token"],
+            "exclude_from_weight_decay": ["cls_token", "pos_embed"],
             "exclude_low_rank_from_weight_decay": True,
         }
     raise ValueError(
@@ -541,7 +543,9 @@ def build_optimizer(optim_config, *, global_batch, steps_per_epoch, total_steps)
         optim_config: `config.optim` (ConfigDict or mapping) with ``name``,
             ``base_lr``, ``weight_decay``, ``warmup_epochs`` and optionally
             ``beta_1``, ``beta_2``, ``epsilon``, ``decay_convention``,
-            ``decay_exclude``, ``momentum`` and ``trust_coefficient`` (LARS).
+            ``decay_exclude``, ``momentum`` and ``trust_coefficient`` (LARS),
+            ``schedule`` ("per_step", default, or "per_epoch": DeiT's
+            schedule with ``warmup_lr_init`` and ``min_lr``).
         global_batch: Batch size over all replicas.
         steps_per_epoch: Optimizer steps per epoch.
         total_steps: Total optimizer steps of the run.
@@ -566,7 +570,17 @@ def build_optimizer(optim_config, *, global_batch, steps_per_epoch, total_steps)
 
     peak_lr = schedules_lib.lr_for_batch(base_lr, global_batch)
     warmup_steps = warmup_epochs * steps_per_epoch
-    lr = schedules_lib.WarmupCosine(peak_lr, warmup_steps, total_steps)
+    if str(_get(optim_config, "schedule", "per_step")) == "per_epoch":
+        # DeiT's: timm's cosine stepped after each epoch, from warmup_lr_init to a floor min_lr (schedules.py).
+        def schedule(scale, name):
+            return schedules_lib.EpochWarmupCosine(
+                peak_lr * scale, warmup_epochs, total_steps / steps_per_epoch, steps_per_epoch,
+                warmup_lr_init=float(_get(optim_config, "warmup_lr_init", 1e-6)) * scale,
+                min_lr=float(_get(optim_config, "min_lr", 1e-5)) * scale, name=name)
+    else:
+        def schedule(scale, name):
+            return schedules_lib.WarmupCosine(peak_lr * scale, warmup_steps, total_steps, name=name)
+    lr = schedule(1.0, "warmup_cosine")
     betas = dict(
         beta_1=float(_get(optim_config, "beta_1", 0.9)),
         beta_2=float(_get(optim_config, "beta_2", 0.999)),
@@ -575,9 +589,7 @@ def build_optimizer(optim_config, *, global_batch, steps_per_epoch, total_steps)
 
     if name == "adamw":
         if convention == "decoupled":
-            wd = schedules_lib.WarmupCosine(
-                peak_lr * weight_decay, warmup_steps, total_steps, name="weight_decay"
-            )
+            wd = schedule(weight_decay, "weight_decay")
         else:
             wd = weight_decay
         return AdamW(

@@ -12,7 +12,7 @@ Each loop is its model, its data and one `Trainer` run; the trainer owns what th
     trainer.report(name, metrics, curves, table)
 
 `fit` adds the standard callbacks around the loop's own (NaN guard first; the step log -- metrics.jsonl,
-TensorBoard and the progress line -- then the lr entry; the loop's callbacks; the checkpoint saver last) and raises
+TensorBoard and the progress line; the loop's callbacks; the checkpoint saver last) and raises
 TrainingDiverged when the loss stops being finite, after keeping the last good checkpoint. `loss` in metrics.jsonl
 means the same for every loop: the mean of the step losses since the previous logged line (training/callbacks.py).
 Only the chief writes (logs, config file, real checkpoints); every worker takes part in the saves.
@@ -213,7 +213,7 @@ class Trainer:
         change.
         """
         guard = callbacks_lib.NonFiniteLossGuard()
-        cbs = [guard, callbacks_lib.LearningRate(), self.metrics, *callbacks]
+        cbs = [guard, self.metrics, *callbacks]
         if self.checkpointer is not None:
             cbs.append(callbacks_lib.CheckpointSaver(self.checkpointer, self.checkpoint_every_steps, guard))
         # k steps per call from a step that is a multiple of k (a resume from another run's last step may not be).
