@@ -155,17 +155,21 @@ def _run_cli(*args):
                            cwd=ROOT, env=env, timeout=300)
 
 
+def _small_fmnist(path):
+    """A small Fashion-MNIST-format folder keeps "the full splits" small: 200 train, 100 test images."""
+    from tf_mocov3.data import sources as data
+    path.mkdir()
+    for split, prefix, n in (("train", "train", 200), ("test", "t10k", 100)):
+        images, labels = data.load_fashion_mnist_idx(FMNIST, split)
+        _write_idx(path / f"{prefix}-images-idx3-ubyte.gz", images[:n, :, :, 0])
+        _write_idx(path / f"{prefix}-labels-idx1-ubyte.gz", labels[:n])
+    return path
+
+
 @needs_fmnist
 def test_cli_prints_the_accuracy_and_writes_knn_json(monitored_run, tmp_path):
     workdir, _, _ = monitored_run
-    # A small Fashion-MNIST-format folder keeps "the full splits" small: 200 train, 100 test images.
-    from tf_mocov3.data import sources as data
-    small = tmp_path / "small_fmnist"
-    small.mkdir()
-    for split, prefix, n in (("train", "train", 200), ("test", "t10k", 100)):
-        images, labels = data.load_fashion_mnist_idx(FMNIST, split)
-        _write_idx(small / f"{prefix}-images-idx3-ubyte.gz", images[:n, :, :, 0])
-        _write_idx(small / f"{prefix}-labels-idx1-ubyte.gz", labels[:n])
+    small = _small_fmnist(tmp_path / "small_fmnist")
     result = _run_cli(f"--pretrained={workdir}", f"--data_path={small}", "--k=20")
     assert result.returncode == 0, result.stderr
     record = json.load(open(os.path.join(workdir, "knn.json")))
@@ -181,3 +185,14 @@ def test_cli_error_for_a_missing_path_exits_1(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: Pretrained path {missing} does not exist; pass a pre-training workdir, a checkpoint prefix such "
         f"as WORKDIR/checkpoints/ckpt-200, or a directory written by tf_mocov3.convert_official.")
+
+
+@needs_fmnist
+def test_evaluation_split_over_two_replicas_equals_one_replica(monitored_run, tmp_path):
+    workdir, _, _ = monitored_run
+    small = _small_fmnist(tmp_path / "small_fmnist")
+    one = knn.evaluate_pretrained(workdir, data_path=str(small), k=20)
+    two = knn.evaluate_pretrained(workdir, data_path=str(small), k=20,
+                                  strategy=distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]))
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    assert one["knn_top1"] == two["knn_top1"]

@@ -226,3 +226,26 @@ def test_official_imagenet_config_is_main_lincls():
                                                                                                    False)
     assert (c.batch_size, c.epochs, c.momentum, c.dataset.train_split, c.dataset.eval_split) == (
         1024, 90, 0.9, "train", "validation")
+
+
+@needs_fmnist
+def test_two_replicas_train_the_heads_of_one_replica(tmp_path):
+    """The probe on 2 mirrored CPU replicas (features embedded split over them, each global batch split over them,
+    a last partial batch included) gives the heads and the report of 1 replica."""
+    from tf_mocov3.training import distribute  # pylint: disable=import-outside-toplevel
+
+    pre = make_pretrained_dir(tmp_path / "pre")
+    config = tiny_probe_config(cache_features=True, epochs=2, batch_size=128, train_examples=700,
+                               eval_examples=300)
+    runs = {}
+    for name, strategy in (("one", None), ("two", distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]))):
+        metrics = linear_probe.run_probe(config, pre, str(tmp_path / name), strategy=strategy,
+                                         print_fn=lambda line: None)
+        reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / name / "checkpoints")))
+        kernel = [k for k in reader.get_variable_to_shape_map() if "kernel" in k and "OPTIMIZER" not in k]
+        runs[name] = metrics, reader.get_tensor(kernel[0])
+    (one, w_one), (two, w_two) = runs["one"], runs["two"]
+    assert one["linear_probe_step"] == two["linear_probe_step"] == 10   # ceil((700 - 70) / 128) = 5 per epoch
+    np.testing.assert_allclose(w_one, w_two, atol=1e-5)
+    for a, b in zip(one["linear_probe_table"], two["linear_probe_table"]):
+        assert a["test_top1"] == pytest.approx(b["test_top1"], abs=0.34)   # at most one image of 300 flips

@@ -228,6 +228,8 @@ def probe_config():
     c.train_examples = 0              # > 0: a seeded subset of the training split (quick probes, tests)
     c.eval_examples = 0               # > 0: a seeded subset of the evaluation split (smoke tests only)
     c.cache_features = False          # True: embed once without augmentation (fast, not the official protocol)
+    c.strategy = "auto"               # the replicas the heads train on and the features are embedded on
+    c.num_cpu_devices = 0             # mirrored on a machine without GPUs: split the CPU into this many devices
     c.jit_compile = "false"
     c.steps_per_execution = "auto"    # as in pre-training; the epoch length must be a multiple of it
     c.log_every_steps = 100
@@ -311,7 +313,7 @@ def _steps_per_execution_problems(config):
 
 
 def _run_problems(config, num_replicas):
-    """Checks of the keys that _run_defaults adds (every loop but the probe, which runs on one device)."""
+    """Checks of the keys that _run_defaults adds (every loop but the probe, which has fewer keys)."""
     problems = []
     if config.mixed_precision not in PRECISIONS:
         problems.append(f"config.mixed_precision={config.mixed_precision!r} is unknown; choose one of "
@@ -386,8 +388,13 @@ def _finetune_problems(config):
     return problems
 
 
-def _probe_problems(config):
+def _probe_problems(config, num_replicas):
     problems = []
+    if config.get("strategy", "auto") not in STRATEGIES:
+        problems.append(f"config.strategy={config.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}.")
+    if config.batch_size > 0 and config.batch_size % num_replicas:
+        problems.append(f"config.batch_size={config.batch_size} is not divisible by the {num_replicas} replicas; "
+                        f"set --config.batch_size to a multiple of {num_replicas}.")
     if not config.base_lrs or any(float(lr) <= 0 for lr in config.base_lrs):
         problems.append(f"config.base_lrs must be a non-empty list of positive rates, got {config.base_lrs!r}.")
     if config.epochs <= 0:
@@ -425,7 +432,7 @@ def validate(config, *, kind="pretrain", num_replicas=1, workdir=None):
                         f"{', '.join(sources.SOURCE_NAMES)}.")
     problems += _steps_per_execution_problems(config)
     if kind == "probe":
-        problems += _probe_problems(config)
+        problems += _probe_problems(config, num_replicas)
     else:
         problems += _run_problems(config, num_replicas)
         problems += _pretrain_problems(config) if kind == "pretrain" else _finetune_problems(config)

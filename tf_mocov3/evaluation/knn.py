@@ -323,8 +323,12 @@ def monitor_callbacks(config, trainer):
 
 
 def evaluate_pretrained(path, *, dataset=None, data_path=None, data_dir=None, train_split="train",
-                        eval_split="test", k=200, temperature=0.07, image_size=None, batch_size=256, stream=None):
-    """Weighted kNN top-1 of the backbone at `path` on the FULL splits; returns the knn.json record (a dict)."""
+                        eval_split="test", k=200, temperature=0.07, image_size=None, batch_size=256, stream=None,
+                        strategy=None):
+    """Weighted kNN top-1 of the backbone at `path` on the FULL splits; returns the knn.json record (a dict).
+
+    `strategy`: embed each batch split over its replicas (a one-host strategy: GPUs, a TPU, mirrored CPUs).
+    """
     from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
 
     resolved = pretrained.resolve(path)
@@ -342,16 +346,21 @@ def evaluate_pretrained(path, *, dataset=None, data_path=None, data_dir=None, tr
     train = _labelled_source(dataset_config, train_split, "--dataset / --train_split")
     test = _labelled_source(dataset_config, eval_split, "--dataset / --eval_split")
     size = int(image_size or run.dataset.image_size)
-    backbone = pretrained.load_backbone(path, image_size=size)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        backbone = pretrained.load_backbone(path, image_size=size)
+    forward = features_lib.make_forward(backbone, size, strategy=strategy)
     start = time.perf_counter()
     train_x, train_y = features_lib.features_of_source(backbone, train, image_size=size, batch_size=batch_size,
-                                                       title=f"features of {train_split}", stream=stream)
+                                                       title=f"features of {train_split}", stream=stream,
+                                                       forward=forward)
     test_x, test_y = features_lib.features_of_source(backbone, test, image_size=size, batch_size=batch_size,
-                                                     title=f"features of {eval_split}", stream=stream)
+                                                     title=f"features of {eval_split}", stream=stream,
+                                                     forward=forward)
     accuracy = knn_top1(train_x, train_y, test_x, test_y, train.num_classes, k=k, temperature=temperature)
     return {"knn_top1": accuracy, "k": k, "temperature": temperature, "dataset": dataset_config.name,
             "train_split": train_split, "eval_split": eval_split, "num_train": int(len(train_y)),
             "num_eval": int(len(test_y)), "image_size": size, "checkpoint": resolved.prefix,
+            "replicas": int(forward.replicas),
             "seconds": round(time.perf_counter() - start, 1)}
 
 

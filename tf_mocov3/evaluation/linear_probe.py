@@ -195,17 +195,24 @@ class LinearProbe(keras.Model):
         inputs, labels = batch
         features = self.features(inputs)
         labels = tf.cast(labels, tf.int32)
+        # Under a strategy each replica holds its rows of the global batch and Keras sums the replicas' gradients:
+        # every replica divides its summed loss by the GLOBAL row count (also right for a last, uneven batch).
+        ctx = tf.distribute.get_replica_context()
+        rows = tf.cast(tf.shape(labels)[0], tf.float32)
+        global_rows = ctx.all_reduce(tf.distribute.ReduceOp.SUM, rows) if ctx.num_replicas_in_sync > 1 else rows
         with tf.GradientTape() as tape:
             logits = self.head_logits(features, training=True)
             tiled = tf.tile(labels[:, None], [1, self.num_heads])
-            per_head = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tiled, logits=logits), axis=0)  # [n]
+            per_head = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tiled, logits=logits), axis=0) / global_rows
             # The sum's gradient w.r.t. head i is that of head i's own loss: the heads stay independent.
             total = tf.reduce_sum(per_head)
         variables = self.classifier.trainable_variables
         grads = tape.gradient(total, variables)
         factor = tf.identity(self.optimizer.learning_rate)  # the factor this step uses
         self.optimizer.apply_gradients(zip(grads, variables))
+        if ctx.num_replicas_in_sync > 1:
+            per_head = ctx.all_reduce(tf.distribute.ReduceOp.SUM, per_head)  # the global batch's mean loss
         loss = tf.reduce_mean(per_head)
         self.loss_tracker.update_state(loss)  # the running mean the step log and the epoch's mean are read from
         # "loss": this step's loss, the mean over the heads; "lr": the lr of the first head.
@@ -340,12 +347,18 @@ def _check_bn_resume(workdir, config):
                          f"--config.model.bn_before_head={was} or choose a new --workdir.")
 
 
-def run_probe(config, pretrained_path, workdir, *, print_fn=None):
-    """Runs (or resumes) the linear probe; returns the final metrics dict (also written to metrics.json)."""
-    config_lib.validate(config, kind="probe", workdir=workdir)
+def run_probe(config, pretrained_path, workdir, *, strategy=None, tpu="", print_fn=None):
+    """Runs (or resumes) the linear probe; returns the final metrics dict (also written to metrics.json).
+
+    `strategy` (default: the one config.strategy names): the backbone, the heads and their optimizer live on its
+    replicas; each global batch (and each feature-extraction batch) is split over them.
+    """
+    strategy = strategy or trainer_lib.strategy_for(config, tpu)
+    config_lib.validate(config, kind="probe", workdir=workdir, num_replicas=strategy.num_replicas_in_sync)
     train_source = data.open_labelled(config.dataset, config.dataset.train_split)
     test_source = data.open_labelled(config.dataset, config.dataset.eval_split)
-    backbone, image_size, run = load_pretrained_backbone(pretrained_path, config)
+    with strategy.scope():
+        backbone, image_size, run = load_pretrained_backbone(pretrained_path, config)
     record = config_lib.as_record(config)
     record.update(pretrained=os.path.abspath(pretrained_path), image_size=image_size)
 
@@ -363,9 +376,9 @@ def run_probe(config, pretrained_path, workdir, *, print_fn=None):
     spe = math.ceil(len(train_idx) / batch)
     total_steps = spe * config.epochs
     eval_batch = config.eval_batch_size
-    steps_per_call = trainer_lib.resolve_steps_per_execution(config, tf.distribute.get_strategy())
+    steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
     trainer_lib.check_intervals(steps_per_call, log_every_steps=config.log_every_steps, steps_per_epoch=spe)
-    trainer = trainer_lib.Trainer(workdir, total_steps=total_steps, global_batch=batch,
+    trainer = trainer_lib.Trainer(workdir, strategy=strategy, total_steps=total_steps, global_batch=batch,
                                   log_every_steps=config.log_every_steps, checkpoint_every_steps=spe,
                                   keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="probe",
                                   steps_per_execution=steps_per_call, print_fn=print_fn)
@@ -380,15 +393,18 @@ def run_probe(config, pretrained_path, workdir, *, print_fn=None):
 
     cached = bool(config.cache_features)
     keras.utils.set_random_seed(config.seed)
-    probe = build_probe(backbone.output.shape[-1], num_classes, init_lrs, steps_per_epoch=spe,
-                        epochs=config.epochs, momentum=config.momentum, seed=config.seed,
-                        backbone=None if cached else backbone,
-                        jit_compile=str(config.jit_compile).lower() == "true",
-                        bn_before_head=bool(config.model.get("bn_before_head", False)))
+    with strategy.scope():
+        probe = build_probe(backbone.output.shape[-1], num_classes, init_lrs, steps_per_epoch=spe,
+                            epochs=config.epochs, momentum=config.momentum, seed=config.seed,
+                            backbone=None if cached else backbone,
+                            # "auto" is off here (the heads are tiny); "true" is refused on mirrored replicas
+                            jit_compile=(str(config.jit_compile).lower() == "true"
+                                         and trainer_lib.resolve_jit_compile(config, strategy)),
+                            bn_before_head=bool(config.model.get("bn_before_head", False)))
     start_step = trainer.restore(probe, checkpoint_model=probe.checkpoint_part())
 
     t0 = time.perf_counter()
-    forward = features_lib.make_forward(backbone, image_size)
+    forward = features_lib.make_forward(backbone, image_size, strategy=strategy)
 
     def split_features(source, indices, what):
         return features_lib.features_of_source(backbone, source, image_size=image_size, batch_size=eval_batch,
