@@ -108,6 +108,12 @@ def base_config():
     c.knn.dip_margin = 5.0            # a fall of this many points below the best so far prints a WARNING
     c.knn.max_eval_examples = 2000    # fixed subset of eval_split (0 = all of it)
     c.knn.batch_size = 256
+    # The bank: "images" (the fixed train_fraction above, embedded again at each evaluation) or "queue" (the
+    # paper's: the last queue_size training samples' backbone features, filled by the train step, no extra forward
+    # pass; queue_size 0 = 10% of the training split; queue_encoder "momentum" or "query").
+    c.knn.bank = "images"
+    c.knn.queue_size = 0
+    c.knn.queue_encoder = "momentum"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "imagenet2012"

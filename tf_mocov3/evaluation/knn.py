@@ -10,8 +10,17 @@ Once, on the full splits, for a pre-training workdir (writes WORKDIR/knn.json) o
   python -m tf_mocov3.knn --pretrained=runs/demo/checkpoints/ckpt-400 --dataset=fashion_mnist_idx --k=20
 
 During pre-training, `KNNMonitor` (built by `make_monitor(config, metrics_writer)` from config.knn) evaluates every
-config.knn.every_steps steps against a fixed memory bank of config.knn.train_fraction of the training split and logs
-`knn_top1` to metrics.jsonl and TensorBoard; it warns when the accuracy dips below its best.
+config.knn.every_steps steps and logs `knn_top1` to metrics.jsonl and TensorBoard; it warns when the accuracy dips
+below its best. Its memory bank is one of:
+
+- `config.knn.bank="images"` (default): a fixed subset (config.knn.train_fraction) of the training split, embedded
+  again with the current backbone at every evaluation (one forward pass per bank image per evaluation);
+- `config.knn.bank="queue"`: the paper's monitor, a queue (models/feature_queue.py) of the last
+  config.knn.queue_size training samples' backbone [CLS] features (0 = 10% of the training split), which the train
+  step fills from the features it computes anyway (config.knn.queue_encoder: "momentum", the momentum encoder's
+  features of the first view, or "query", the backbone's): no extra forward pass for the bank, only for the fixed
+  evaluation images. The bank then holds augmented views from weights of the last queue_size / batch steps, as in
+  the paper.
 """
 
 import collections
@@ -35,7 +44,10 @@ KNN_FILE = "knn.json"
 CACHE_LIMIT_BYTES = 1 << 30
 
 DEFAULTS = dict(enabled=False, every_steps=200, k=200, temperature=0.07, train_fraction=0.1, train_split="train",
-                eval_split="test", image_size=0, dip_margin=5.0, max_eval_examples=2000, batch_size=256, seed=0)
+                eval_split="test", image_size=0, dip_margin=5.0, max_eval_examples=2000, batch_size=256, seed=0,
+                bank="images", queue_size=0, queue_encoder="momentum")
+BANKS = ("images", "queue")
+QUEUE_ENCODERS = ("momentum", "query")
 
 
 # === The classifier ===
@@ -160,10 +172,13 @@ class KNNMonitor(keras.callbacks.Callback):
 
     def __init__(self, dataset_config, *, image_size, every_steps=200, k=200, temperature=0.07, train_fraction=0.1,
                  train_split="train", eval_split="test", max_eval_examples=2000, dip_margin=5.0, batch_size=256,
-                 seed=0, metrics_writer=None, print_fn=None, grad_history=5):
+                 seed=0, metrics_writer=None, print_fn=None, grad_history=5, bank="images"):
         super().__init__()
         if every_steps < 1:
             raise ValueError(f"config.knn.every_steps must be >= 1, got {every_steps}.")
+        if bank not in BANKS:
+            raise ValueError(f"config.knn.bank={bank!r} is unknown; choose one of {', '.join(BANKS)}.")
+        self.bank_kind = bank
         self.dataset_config = dataset_config
         self.image_size = int(image_size)
         self.every_steps, self.k, self.temperature = int(every_steps), int(k), float(temperature)
@@ -173,6 +188,7 @@ class KNNMonitor(keras.callbacks.Callback):
         self.metrics_writer = metrics_writer
         self.print_fn = print_fn or (lambda line: print(line, flush=True))
         self.bank = self.queries = None
+        self.bank_size = 0
         self.best = None            # (accuracy, step)
         self.history = []           # [(step, accuracy)]
         self.grad_norms = collections.deque(maxlen=grad_history)   # (step, first block, last block)
@@ -184,12 +200,14 @@ class KNNMonitor(keras.callbacks.Callback):
 
     def prepare(self):
         """Chooses and preprocesses the memory bank and the evaluation images (once); errors name config.knn keys."""
-        if self.bank is not None:
+        if self.queries is not None:
             return
-        train = _labelled_source(self.dataset_config, self.train_split, "config.knn.dataset / config.knn.train_split")
         test = _labelled_source(self.dataset_config, self.eval_split, "config.knn.dataset / config.knn.eval_split")
-        self.bank = ImageSet(train, order.subset_indices(train.num_examples, self.train_fraction, self.seed),
-                             image_size=self.image_size, batch_size=self.batch_size)
+        if self.bank_kind == "images":
+            train = _labelled_source(self.dataset_config, self.train_split,
+                                     "config.knn.dataset / config.knn.train_split")
+            self.bank = ImageSet(train, order.subset_indices(train.num_examples, self.train_fraction, self.seed),
+                                 image_size=self.image_size, batch_size=self.batch_size)
         self.queries = ImageSet(test, order.subset_indices(test.num_examples, 1.0, self.seed,
                                                            self.max_eval_examples or None),
                                 image_size=self.image_size, batch_size=self.batch_size)
@@ -201,19 +219,30 @@ class KNNMonitor(keras.callbacks.Callback):
         strategy = getattr(self.model, "distribute_strategy", None)
         return strategy is None or distribute.is_chief(strategy)
 
+    def bank_features(self):
+        """(features [M, D], labels [M]) of the memory bank now: the fixed images embedded with the current
+        backbone, or the rows of the model's feature queue written so far."""
+        if self.bank_kind == "queue":
+            queue = getattr(self.model, "feature_queue", None)
+            if queue is None:
+                raise ValueError("config.knn.bank='queue' needs the model's feature queue; build the run with "
+                                 "training.pretrain (it adds one when config.knn.bank is 'queue').")
+            return queue.filled()
+        return features_lib.features_of(self._forward, self.bank.batches(), self.bank.size, progress=False)
+
     def evaluate(self, backbone):
-        """kNN top-1 (%) of `backbone` on the fixed bank and evaluation images."""
+        """kNN top-1 (%) of `backbone` on the bank (`bank_features`) and the fixed evaluation images."""
         self.prepare()
         if self._forward_of is not backbone:
             # Split over the replicas of the run's strategy (one host); on several workers, the chief alone.
             strategy = getattr(self.model, "distribute_strategy", None) if self.model is not None else None
             self._forward = features_lib.make_forward(backbone, self.image_size, strategy=strategy)
             self._forward_of = backbone
-        bank_features, bank_labels = features_lib.features_of(self._forward, self.bank.batches(), self.bank.size,
-                                                               progress=False)
+        bank_features, bank_labels = self.bank_features()
+        self.bank_size = len(bank_labels)
         query_features, query_labels = features_lib.features_of(self._forward, self.queries.batches(),
                                                                 self.queries.size, progress=False)
-        return knn_top1(bank_features, bank_labels, query_features, query_labels, self.bank.num_classes,
+        return knn_top1(bank_features, bank_labels, query_features, query_labels, self.queries.num_classes,
                         k=self.k, temperature=self.temperature)
 
     def _run(self, step):
@@ -223,8 +252,9 @@ class KNNMonitor(keras.callbacks.Callback):
         self._last_eval_step = step
         if self.metrics_writer is not None:
             self.metrics_writer.write({"step": step, "knn_top1": accuracy, "knn_step": step, "knn_seconds": seconds})
-        self.print_fn(f"kNN step {step}: top-1 {accuracy:.2f}% (k={self.k}, T={self.temperature}, bank "
-                      f"{self.bank.size}, eval {self.queries.size}, {seconds:.1f}s)")
+        bank = f"queue {self.bank_size}" if self.bank_kind == "queue" else f"bank {self.bank_size}"
+        self.print_fn(f"kNN step {step}: top-1 {accuracy:.2f}% (k={self.k}, T={self.temperature}, {bank}, "
+                      f"eval {self.queries.size}, {seconds:.1f}s)")
         self.record_accuracy(step, accuracy)
         return accuracy
 
@@ -292,6 +322,28 @@ def knn_settings(config):
     return settings
 
 
+def queue_problems(config):
+    """What stops config.knn.bank / queue_size / queue_encoder from working (one sentence each; [] = fine)."""
+    settings = knn_settings(config)
+    problems = []
+    if settings["bank"] not in BANKS:
+        problems.append(f"config.knn.bank={settings['bank']!r} is unknown; choose one of {', '.join(BANKS)}.")
+    if settings["queue_encoder"] not in QUEUE_ENCODERS:
+        problems.append(f"config.knn.queue_encoder={settings['queue_encoder']!r} is unknown; choose one of "
+                        f"{', '.join(QUEUE_ENCODERS)}.")
+    if settings["bank"] != "queue":
+        return problems
+    other = _knn_dataset_config(config).get("name")
+    if other != config.dataset.name:
+        problems.append(f"config.knn.bank='queue' fills the bank from the training batches of {config.dataset.name}, "
+                        f"so the kNN data set cannot be {other}; leave config.knn.dataset.name empty or use "
+                        f"config.knn.bank='images'.")
+    if int(settings["queue_size"]) < 0 or 0 < int(settings["queue_size"]) < int(config.batch_size):
+        problems.append(f"config.knn.queue_size={settings['queue_size']} must hold at least one global batch "
+                        f"({config.batch_size}); set it to 0 (10% of the training split) or a larger number.")
+    return problems
+
+
 def make_monitor(config, metrics_writer, *, chief=True, print_fn=None):
     """KNNMonitor from config.knn (missing keys take DEFAULTS), or None when config.knn.enabled is False or on a
     non-chief worker. Reads and preprocesses the kNN images now, so a missing or unlabelled data set fails
@@ -302,12 +354,15 @@ def make_monitor(config, metrics_writer, *, chief=True, print_fn=None):
     if not 0 < settings["train_fraction"] <= 1:
         raise ValueError(f"config.knn.train_fraction must be in (0, 1], got {settings['train_fraction']}; "
                          f"the paper's monitor uses 0.1.")
+    for problem in queue_problems(config):
+        raise ValueError(problem)
     monitor = KNNMonitor(
         _knn_dataset_config(config), image_size=settings["image_size"], every_steps=settings["every_steps"],
         k=settings["k"], temperature=settings["temperature"], train_fraction=settings["train_fraction"],
         train_split=settings["train_split"], eval_split=settings["eval_split"],
         max_eval_examples=settings["max_eval_examples"], dip_margin=settings["dip_margin"],
-        batch_size=settings["batch_size"], seed=settings["seed"], metrics_writer=metrics_writer, print_fn=print_fn)
+        batch_size=settings["batch_size"], seed=settings["seed"], metrics_writer=metrics_writer, print_fn=print_fn,
+        bank=settings["bank"])
     monitor.prepare()
     return monitor
 
