@@ -226,3 +226,22 @@ def test_an_ablation_run_loads_back_with_identical_features(switches, tiny_confi
     tuned = backbones.build_backbone(arch, IMAGE, train_patch_embed=True, **overrides)
     finetune.copy_pretrained_weights(tuned, workdir)
     np.testing.assert_allclose(tuned(x).numpy(), trained.backbone(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("switches", [dict(pooling="gap", pos_embed="learned"), dict(pooling="gap_ln", pos_embed="none"),
+                                      dict(pos_embed="learned")])
+def test_plain_keras_export_of_an_ablation_backbone_round_trips(switches, tmp_path):
+    from tf_mocov3.weights import plain_keras  # pylint: disable=import-outside-toplevel
+
+    model = backbone(**switches)
+    x = images()
+    plain = plain_keras.to_plain_keras(model)
+    np.testing.assert_allclose(plain(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    path = str(tmp_path / "backbone.keras")
+    plain.save(path)
+    back = plain_keras.load_keras_backbone(path)
+    assert weight_names(back) == weight_names(model)
+    np.testing.assert_allclose(back(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    overrides = dict(plain_keras.keras_backbone_config(path).model.overrides)
+    assert {k: overrides.get(k, d) for k, d in (("pooling", "cls"), ("pos_embed", "sincos"))} == \
+        {"pooling": switches.get("pooling", "cls"), "pos_embed": switches.get("pos_embed", "sincos")}

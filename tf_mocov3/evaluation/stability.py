@@ -48,6 +48,7 @@ class _KNNBeforeTraining(keras.callbacks.Callback):
             accuracy = self.monitor.evaluate(self.model.backbone)
             self.monitor.record_accuracy(0, accuracy)
             self.metrics_writer.write({"step": 0, "knn_top1": accuracy, "knn_step": 0})
+            self.monitor.print_fn(f"kNN step 0 (initial weights): top-1 {accuracy:.2f}%")
 
 
 def _callbacks(config, trainer):
