@@ -104,9 +104,9 @@ def run_stability(config, workdir, *, print_fn=None):
         knn_curve = run_curves.get("knn_top1", [])
         dip, dip_step = largest_dip(knn_curve)
         best_step, best = max(knn_curve, key=lambda p: p[1]) if knn_curve else (None, None)
-        rows.append({"run": label, "final kNN (%)": knn_curve[-1][1] if knn_curve else None,
-                     "best kNN (%)": best, "best at step": best_step, "largest dip (points)": dip,
-                     "dip at step": dip_step})
+        rows.append({"run": label, "final kNN (%)": round(knn_curve[-1][1], 2) if knn_curve else None,
+                     "best kNN (%)": None if best is None else round(best, 2), "best at step": best_step,
+                     "largest dip (points)": round(dip, 2), "dip at step": dip_step})
     os.makedirs(workdir, exist_ok=True)
     plot = plot_stability(os.path.join(workdir, PLOT_FILE), curves)
     with open(os.path.join(workdir, RESULT_FILE), "w") as f:
