@@ -17,7 +17,7 @@ from tf_mocov3 import cli
 from tf_mocov3.training import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("train", "finetune", "linear_probe", "knn", "convert_official", "demo_eval")
+COMMANDS = ("train", "finetune", "linear_probe", "knn", "convert_official", "demo_eval", "stability")
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.py")
 
 
@@ -67,6 +67,7 @@ def test_strategy_choices_are_distribute_strategies(no_tensorflow):
     ("linear_probe", ["--workdir=/tmp/x"], "--config and --pretrained"),
     ("convert_official", ["--output=/tmp/x"], "--input"),
     ("demo_eval", [], "--workdir"),
+    ("stability", [f"--config={os.path.join(ROOT, 'configs', 'stability_fashion_mnist.py')}"], "--workdir"),
 ])
 def test_missing_flag_is_one_error_line(name, args, missing, no_tensorflow):
     line = _one_error_line(_command(name, *args, pythonpath=no_tensorflow))

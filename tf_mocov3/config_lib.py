@@ -59,6 +59,10 @@ def base_config():
     # After pre-training, evaluate as the demo does (tf_mocov3/evaluation/demo.py): kNN and a linear probe of the
     # backbone beside raw-pixel kNN and a randomly initialised backbone. Needs a labelled data set.
     c.demo_eval = False
+    # The framework (paper Table 4, Fig. 6; models/moco.METHODS): mocov3 | simclr (no momentum encoder, no
+    # predictor, NT-Xent over the 2N views with tau = model.temperature) | byol (momentum encoder and predictor,
+    # BN on hidden head layers only, loss 2 - 2 cos). Same backbones, heads, optimizers, data and commands.
+    c.method = "mocov3"
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "vit_base"         # models/backbones.py ARCHS: vit_* or resnet50 / resnet_tiny
@@ -71,6 +75,11 @@ def base_config():
         # Under mixed precision: False runs the residual stream in bfloat16 / float16 (default True keeps float32).
         float32_residual=placeholder(bool)))
     c.model.train_patch_embed = False  # False: the paper's random, frozen patch projection
+    # The paper's ablations (section 6.2; configs/ablation_*.py), ViT only except head_bn and predictor:
+    c.model.pos_embed = "sincos"      # Table 5: sincos (fixed) | learned | none
+    c.model.pooling = "cls"           # Table 6: cls | gap_ln (no [CLS], final LN, average) | gap (no [CLS], no LN)
+    c.model.head_bn = "auto"          # Table 7: auto (the method's: all; BYOL hidden) | all | projector | hidden | none
+    c.model.predictor = placeholder(bool)  # Table 8: None = the method's (True; SimCLR False) | True | False
     c.model.moco_dim = 256
     c.model.mlp_dim = 4096
     c.model.temperature = 0.2
@@ -344,14 +353,27 @@ def _run_problems(config, num_replicas):
 def _pretrain_problems(config):
     from tf_mocov3.models import backbones  # pylint: disable=import-outside-toplevel
 
+    from tf_mocov3.models import moco  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
+
     problems = []
+    method = config.get("method", "mocov3")
+    if method not in moco.METHODS:
+        problems.append(f"config.method={method!r} is unknown; choose one of {', '.join(moco.METHODS)}.")
+    model = config.model
+    for key, choices, default in (("pos_embed", vit.POS_EMBEDS, "sincos"), ("pooling", vit.POOLINGS, "cls"),
+                                  ("head_bn", ("auto",) + moco.HEAD_BNS, "auto")):
+        value = model.get(key, default)
+        if value not in choices:
+            problems.append(f"config.model.{key}={value!r} is unknown; choose one of {', '.join(choices)}.")
     if config.model.arch not in backbones.ARCHS:
         problems.append(f"config.model.arch={config.model.arch!r} is unknown; choose one of "
                         f"{', '.join(backbones.ARCHS)}.")
     else:
         problems += backbones.option_problems(
             config.model.arch, train_patch_embed=bool(config.model.get("train_patch_embed", False)),
-            overrides=dict(config.model.get("overrides", {}) or {}))
+            overrides=dict(config.model.get("overrides", {}) or {},
+                           pos_embed=model.get("pos_embed", "sincos"), pooling=model.get("pooling", "cls")))
     if not 0 < config.model.temperature:
         problems.append(f"config.model.temperature must be positive, got {config.model.temperature}.")
     if not 0 <= config.model.momentum <= 1:

@@ -206,16 +206,17 @@ def bicubic_resize(grid, new_h, new_w, a=-0.75):
     return along(along(grid, int(new_h), 0), int(new_w), 1)
 
 
-def interpolate_pos_embed(table, old_grid, new_grid):
+def interpolate_pos_embed(table, old_grid, new_grid, cls_rows=1):
     """DeiT main.py's pos_embed interpolation: [1, 1 + h*w, D] -> [1, 1 + H*W, D], the [CLS] row kept, the patch
-    rows resized as an (h, w) image with `bicubic_resize` (PyTorch's bicubic). Same grid: unchanged."""
+    rows resized as an (h, w) image with `bicubic_resize` (PyTorch's bicubic). Same grid: unchanged.
+    `cls_rows=0` for a table without a [CLS] slot (the pooling="gap*" ablations)."""
     table = np.asarray(table)
     if tuple(old_grid) == tuple(new_grid):
         return table.astype(np.float32)
     dim = table.shape[-1]
-    patches = table[0, 1:].reshape(old_grid[0], old_grid[1], dim)
+    patches = table[0, cls_rows:].reshape(old_grid[0], old_grid[1], dim)
     resized = bicubic_resize(patches, new_grid[0], new_grid[1]).reshape(1, -1, dim)
-    return np.concatenate([table[:, :1], resized], axis=1).astype(np.float32)
+    return np.concatenate([table[:, :cls_rows], resized], axis=1).astype(np.float32)
 
 
 def pretrain_image_size(path):
@@ -227,16 +228,19 @@ def pretrain_image_size(path):
                             f"workdir or a tf_mocov3.convert_official directory.") from err
 
 
-def init_pos_embed(backbone, path):
-    """Sets a trainable position table (if the backbone has one) to the pre-training sin-cos table of `path`,
-    interpolated to this backbone's grid as DeiT does; returns the pre-training grid, or None (no such table)."""
+def init_pos_embed(backbone, path, table=None):
+    """Sets a trainable position table (if the backbone has one) to the pre-training table of `path` (`table`: a
+    learned one, pos_embed="learned"; None: the sin-cos table), interpolated to this backbone's grid as DeiT does;
+    returns the pre-training grid, or None (no such table)."""
     layer = next((l for l in backbone.layers if l.name == "cls_pos_embed"), None)  # ViTs only
     if not getattr(layer, "train_pos_embed", False):
         return None
     patch = int(backbone.input.shape[1]) // layer.grid_h
     old = pretrain_image_size(path) // patch
-    table = vit.sincos_2d_position_embedding(old, old, layer.dim)
-    layer.pos_embed.assign(interpolate_pos_embed(table, (old, old), (layer.grid_h, layer.grid_w)))
+    cls_rows = int(getattr(layer, "use_cls_token", True))
+    if table is None:
+        table = vit.sincos_2d_position_embedding(old, old, layer.dim)[:, 1 - cls_rows:]
+    layer.pos_embed.assign(interpolate_pos_embed(table, (old, old), (layer.grid_h, layer.grid_w), cls_rows))
     return (old, old)
 
 
@@ -248,8 +252,10 @@ def copy_pretrained_weights(backbone, path):
         source = pretrained.load_backbone(path, image_size=int(backbone.input.shape[1]))
     except ValueError as err:
         raise FinetuneError(str(err)) from err
-    src = {w.path: w for w in source.weights}
-    dst = [w for w in backbone.weights if not w.path.endswith("cls_pos_embed/pos_embed")]  # init_pos_embed's
+    is_table = lambda p: p.endswith("cls_pos_embed/pos_embed")  # init_pos_embed sets it (interpolated)
+    learned = next((w.numpy() for w in source.weights if is_table(w.path)), None)  # pos_embed="learned"
+    src = {w.path: w for w in source.weights if not is_table(w.path)}
+    dst = [w for w in backbone.weights if not is_table(w.path)]
     if sorted(src) != sorted(w.path for w in dst):
         raise FinetuneError(f"The backbone of {path} has weights {sorted(set(src) ^ {w.path for w in dst})[:3]} "
                             f"that the fine-tuning backbone lacks (or the reverse); this is a tf_mocov3 bug.")
@@ -257,8 +263,8 @@ def copy_pretrained_weights(backbone, path):
         value = src[w.path]
         assert tuple(value.shape) == tuple(w.shape), (w.path, value.shape, w.shape)
         w.assign(value)
-    init_pos_embed(backbone, path)
-    return len(dst)
+    init_pos_embed(backbone, path, table=learned)
+    return len(dst) + int(learned is not None)
 
 
 def build_optimizer(config, *, steps_per_epoch, total_steps):

@@ -18,6 +18,8 @@ from tf_mocov3.models import resnet
 from tf_mocov3.models import vit
 
 ARCHS = tuple(sorted(set(vit.ARCHS) | set(resnet.ARCHS)))
+# ViT options that a run config holds as config.model.KEY rather than config.model.overrides.KEY.
+_MODEL_KEYS = ("drop_path_rate", "pos_embed", "pooling")
 
 
 def is_resnet(arch):
@@ -53,7 +55,9 @@ def option_problems(arch, *, train_patch_embed=False, overrides=None, key_prefix
             continue
         if key == "drop_path_rate" and not value:
             continue  # 0 means "off", which a ResNet is
-        where = f"{key_prefix}{key}" if key == "drop_path_rate" else f"{overrides_prefix}{key}"
+        if (key, value) in (("pos_embed", "sincos"), ("pooling", "cls")):
+            continue  # the defaults name what a ResNet does not have either way
+        where = f"{key_prefix}{key}" if key in _MODEL_KEYS else f"{overrides_prefix}{key}"
         problems.append(f"{where}={value!r} is a ViT option that {arch} does not have; remove it "
                         f"(or set it to 0 / leave it unset).")
     return problems
@@ -67,7 +71,8 @@ def build_backbone(arch, image_size=224, *, train_patch_embed=False, name="backb
         image_size: int, the square input size S.
         train_patch_embed: bool, ViT only: train the patch projection (False: the paper's frozen random one).
         name: str, the model name.
-        **overrides: ViT only: patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate.
+        **overrides: ViT only: patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate, pos_embed,
+            pooling (vit.build_backbone).
 
     Raises:
         ValueError: unknown arch, or a ViT-only option given for a ResNet (one sentence naming the option).

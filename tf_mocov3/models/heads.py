@@ -39,7 +39,7 @@ def _batch_norm(name, affine=True):
     )
 
 
-def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True, name="mlp"):
+def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True, name="mlp", *, hidden_bn=True):
     """Builds the MoCo v3 MLP: ``[B, input_dim] -> [B, output_dim]``.
 
     Args:
@@ -49,6 +49,8 @@ def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True, name="ml
         output_dim: int, width of the output.
         last_bn: bool, follow the last Dense with BatchNorm(center=False, scale=False).
         name: str, the model name.
+        hidden_bn: bool, BatchNorm between each hidden Dense and its ReLU (False: Dense -> ReLU; the paper's
+            "no BN in the heads" ablation, Table 7).
 
     Returns:
         A functional ``keras.Model``.
@@ -71,20 +73,23 @@ def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True, name="ml
             name=f"linear_{i}",
         )(x)
         if not last:
-            x = _batch_norm(f"bn_{i}")(x)
+            if hidden_bn:
+                x = _batch_norm(f"bn_{i}")(x)
             x = keras.layers.ReLU(name=f"relu_{i}")(x)
         elif last_bn:
             x = _batch_norm(f"bn_{i}", affine=False)(x)
     return keras.Model(inputs, x, name=name)
 
 
-def build_projector(input_dim, mlp_dim=4096, dim=256, name="projector", *, num_layers=3):
+def build_projector(input_dim, mlp_dim=4096, dim=256, name="projector", *, num_layers=3, last_bn=True,
+                    hidden_bn=True):
     """The projector, last BN without affine: ViT 3 layers (D -> mlp_dim -> mlp_dim -> dim); ResNet
-    (MoCo_ResNet, ``num_layers=2``) 2048 -> mlp_dim -> dim."""
-    return build_mlp(num_layers, input_dim, mlp_dim, dim, last_bn=True, name=name)
+    (MoCo_ResNet, ``num_layers=2``) 2048 -> mlp_dim -> dim. ``last_bn`` / ``hidden_bn`` False drop those BNs
+    (BYOL's heads, the BN ablation; models/moco.head_settings chooses)."""
+    return build_mlp(num_layers, input_dim, mlp_dim, dim, last_bn=last_bn, name=name, hidden_bn=hidden_bn)
 
 
-def build_predictor(dim=256, mlp_dim=4096, name="predictor", *, last_bn=True):
+def build_predictor(dim=256, mlp_dim=4096, name="predictor", *, last_bn=True, hidden_bn=True):
     """The predictor, 2 layers dim -> mlp_dim -> dim: ViT ends in a BN without affine; ResNet (MoCo_ResNet,
     ``last_bn=False``) ends in the Dense."""
-    return build_mlp(2, dim, mlp_dim, dim, last_bn=last_bn, name=name)
+    return build_mlp(2, dim, mlp_dim, dim, last_bn=last_bn, name=name, hidden_bn=hidden_bn)

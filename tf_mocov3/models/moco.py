@@ -1,6 +1,6 @@
-"""MoCoV3: the keras.Model whose `train_step` is one update of Algorithm 1.
+"""MoCoV3: the keras.Model whose `train_step` is one update of Algorithm 1, or of SimCLR or BYOL (`METHODS`).
 
-One step, in the order of the official `MoCo.forward` (moco/builder.py):
+One step of MoCo v3 (the default method), in the order of the official `MoCo.forward` (moco/builder.py):
   1. queries q1, q2 = predictor(projector(backbone(x_v))) for each view, with gradient;
   2. momentum update xi <- m * xi + (1 - m) * theta of the momentum encoder (backbone + projector), using the
      weights before this step's optimizer update; BN moving statistics are not averaged;
@@ -14,8 +14,16 @@ same function and runs faster; a backbone with batch norm (conv-stem ViT, ResNet
 
 Under tf.distribute, Keras sums gradients across replicas in `optimizer.apply`, so each replica differentiates
 `loss_local / num_replicas`: the update equals the one-replica update on the same global batch.
+
+The other frameworks of the paper (Table 4, Fig. 6) run the same step; `METHODS` is the one place that says what
+each changes (`MethodSpec`): SimCLR has no momentum encoder and no predictor, its "keys" are the online projections
+of the other view, gathered with their gradient, and its loss is NT-Xent over the 2N views of the global batch;
+BYOL has the momentum encoder and the predictor of MoCo v3, heads with BN on hidden layers only (paper appendix A)
+and the loss 2 - 2 cos without negatives (nothing gathered). Each loss is a local mean, so dividing by the replica
+count keeps every method exact for any number of replicas.
 """
 
+import collections
 import math
 
 import keras
@@ -26,6 +34,70 @@ from tf_mocov3.models import backbones
 from tf_mocov3.models import heads
 from tf_mocov3.models import losses
 from tf_mocov3.models import vit
+
+
+MethodSpec = collections.namedtuple("MethodSpec", [
+    "momentum_encoder",  # keys from a momentum copy of backbone + projector, without gradient
+    "predictor",         # default of config.model.predictor (None there = this)
+    "head_bn",           # default of config.model.head_bn ("auto" there = this); see head_settings
+    "loss",              # models/losses.py function (q1, q2, k1, k2, temperature, replica_id) -> local loss
+    "gather_keys",       # the loss needs the keys of every replica (negatives)
+])
+
+METHODS = {
+    "mocov3": MethodSpec(momentum_encoder=True, predictor=True, head_bn="all",
+                         loss=losses.symmetrized_loss, gather_keys=True),
+    "simclr": MethodSpec(momentum_encoder=False, predictor=False, head_bn="all",
+                         loss=losses.nt_xent_loss, gather_keys=True),
+    "byol": MethodSpec(momentum_encoder=True, predictor=True, head_bn="hidden",
+                       loss=losses.byol_loss, gather_keys=False),
+}
+# BN in the MLP heads (paper Table 7 and appendix A): all = hidden layers of both heads, the projector's output and
+# (ViT) the predictor's output; projector = only the projector's BNs; hidden = hidden layers only, none on an output
+# layer (BYOL); none = no BN in either head.
+HEAD_BNS = ("all", "projector", "hidden", "none")
+
+
+def method_spec(method):
+    if method not in METHODS:
+        raise ValueError(f"config.method={method!r} is unknown; choose one of {', '.join(METHODS)}.")
+    return METHODS[method]
+
+
+def resolved_head_bn(model_config, method="mocov3"):
+    """config.model.head_bn, with "auto" (or unset) meaning the method's own heads."""
+    head_bn = model_config.get("head_bn", "auto") or "auto"
+    return method_spec(method).head_bn if head_bn == "auto" else head_bn
+
+
+def resolved_predictor(model_config, method="mocov3"):
+    """config.model.predictor, with None (or unset) meaning the method's default (SimCLR has none)."""
+    value = model_config.get("predictor", None)
+    return method_spec(method).predictor if value is None else bool(value)
+
+
+def head_settings(arch, head_bn="all"):
+    """Layer counts and BN switches of the projector and the predictor for `arch` and a HEAD_BNS policy.
+
+    The arch decides the layout as the official builder.py does (backbones.head_layout); the policy removes BNs.
+    """
+    if head_bn not in HEAD_BNS:
+        raise ValueError(f"config.model.head_bn={head_bn!r} is unknown; choose auto or one of {', '.join(HEAD_BNS)}.")
+    layout = backbones.head_layout(arch)
+    proj_hidden = head_bn in ("all", "projector", "hidden")
+    return {
+        "projector": {"num_layers": layout["projector_layers"], "hidden_bn": proj_hidden,
+                      "last_bn": head_bn in ("all", "projector")},
+        "predictor": {"hidden_bn": head_bn in ("all", "hidden"),
+                      "last_bn": layout["predictor_last_bn"] and head_bn == "all"},
+    }
+
+
+def build_projector_of(model_config, feature_dim, *, method="mocov3", name="projector"):
+    """The projector of a run's config.model (what load_encoder rebuilds to read a checkpoint's projector)."""
+    settings = head_settings(model_config.arch, resolved_head_bn(model_config, method))["projector"]
+    return heads.build_projector(feature_dim, mlp_dim=model_config.mlp_dim, dim=model_config.moco_dim, name=name,
+                                 **settings)
 
 
 def _is_moving_statistic(variable):
@@ -71,14 +143,15 @@ def momentum_schedule(step, base_momentum, total_steps, cosine=True):
 
 
 class MoCoV3(keras.Model):
-    """MoCo v3 with a query encoder, a predictor and a momentum encoder.
+    """MoCo v3 with a query encoder, a predictor and a momentum encoder (or SimCLR / BYOL, see `method`).
 
     Args:
       backbone: keras.Model, images -> features [B, D].
       projector: keras.Model, [B, D] -> [B, dim].
-      predictor: keras.Model, [B, dim] -> [B, dim].
+      predictor: keras.Model, [B, dim] -> [B, dim], or None (no predictor: the queries are the projections).
       momentum_backbone, momentum_projector: models of the same structure as backbone and projector;
-        their weights are overwritten with a copy of the online ones here and are never trained.
+        their weights are overwritten with a copy of the online ones here and are never trained. None for a
+        method without momentum encoder (SimCLR).
       temperature: tau of the contrastive loss.
       base_momentum: m0 (0.99 in the ViT recipes).
       momentum_cosine: if True, m rises from m0 to 1 with a half cosine over `total_steps`.
@@ -87,12 +160,18 @@ class MoCoV3(keras.Model):
         batch norm (the result is then the same as two calls).
       monitor_grad_norms: log the global gradient norms of the first and the last transformer block
         (costs one extra all-reduce of those two blocks' gradients under a multi-replica strategy).
+      method: a key of METHODS: mocov3 (default), simclr or byol.
     """
 
     def __init__(self, backbone, projector, predictor, momentum_backbone, momentum_projector, *,
                  temperature=0.2, base_momentum=0.99, momentum_cosine=True, total_steps=1,
-                 batch_views=None, monitor_grad_norms=True, **kwargs):
+                 batch_views=None, monitor_grad_norms=True, method="mocov3", **kwargs):
         super().__init__(**kwargs)
+        self.method = method
+        self._spec = method_spec(method)
+        if self._spec.momentum_encoder != (momentum_backbone is not None and momentum_projector is not None):
+            raise ValueError(f"method={method!r} {'needs' if self._spec.momentum_encoder else 'has no'} momentum "
+                             f"encoder; build the model with build_moco, which passes the right parts.")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}; the ViT recipes use 0.2.")
         if not 0.0 <= base_momentum <= 1.0:
@@ -113,7 +192,9 @@ class MoCoV3(keras.Model):
         self.monitor_grad_norms = bool(monitor_grad_norms)
 
         online = backbone.weights + projector.weights
-        target = momentum_backbone.weights + momentum_projector.weights
+        target = (momentum_backbone.weights + momentum_projector.weights) if self._spec.momentum_encoder else []
+        if not self._spec.momentum_encoder:
+            online = []
         if len(online) != len(target) or any(a.shape != b.shape for a, b in zip(online, target)):
             raise ValueError("The momentum encoder must have the same structure as backbone + projector; "
                              "build both with the same arguments.")
@@ -142,17 +223,29 @@ class MoCoV3(keras.Model):
             return f[:n], f[n:]
         return encoder(x1, training=training), encoder(x2, training=training)
 
-    def queries(self, x1, x2, training=True):
+    def _head(self, f, training):
+        z = self.projector(f, training=training)
+        return z if self.predictor is None else self.predictor(z, training=training)
+
+    def _queries_and_features(self, x1, x2, training):
         f1, f2 = self._features(self.backbone, x1, x2, training)
-        q1 = self.predictor(self.projector(f1, training=training), training=training)
-        q2 = self.predictor(self.projector(f2, training=training), training=training)
+        return self._head(f1, training), self._head(f2, training), f1
+
+    def queries(self, x1, x2, training=True):
+        """predictor(projector(backbone(x))) of each view (projector only when there is no predictor)."""
+        q1, q2, _ = self._queries_and_features(x1, x2, training)
         return q1, q2
 
-    def keys(self, x1, x2):
+    def _keys_and_features(self, x1, x2):
         f1, f2 = self._features(self.momentum_backbone, x1, x2, True)
         k1 = self.momentum_projector(f1, training=True)
         k2 = self.momentum_projector(f2, training=True)
-        return tf.stop_gradient(k1), tf.stop_gradient(k2)
+        return tf.stop_gradient(k1), tf.stop_gradient(k2), tf.stop_gradient(f1)
+
+    def keys(self, x1, x2):
+        """The momentum encoder's projections of each view, without gradient."""
+        k1, k2, _ = self._keys_and_features(x1, x2)
+        return k1, k2
 
     def momentum_at(self, step):
         return momentum_schedule(step, self.base_momentum, self.total_steps, cosine=self.momentum_cosine)
@@ -170,8 +263,8 @@ class MoCoV3(keras.Model):
         """What the optimizer trains: backbone, projector and predictor (never the momentum encoder)."""
         if not self.trainable:
             return []
-        return (self.backbone.trainable_weights + self.projector.trainable_weights
-                + self.predictor.trainable_weights)
+        predictor = self.predictor.trainable_weights if self.predictor is not None else []
+        return self.backbone.trainable_weights + self.projector.trainable_weights + predictor
 
     @property
     def trainable_variables(self):
@@ -200,15 +293,27 @@ class MoCoV3(keras.Model):
         lr = self.optimizer.learning_rate
         train_vars = self.trainable_variables
 
+        spec = self._spec
         with tf.GradientTape() as tape:
-            q1, q2 = self.queries(x1, x2, training=True)
-            with tape.stop_recording():
-                self.update_momentum_encoder(m)
-                k1, k2 = self.keys(x1, x2)
-                if num_replicas > 1:
+            q1, q2, query_features_1 = self._queries_and_features(x1, x2, training=True)
+            if spec.momentum_encoder:  # MoCo v3, BYOL
+                with tape.stop_recording():
+                    self.update_momentum_encoder(m)
+                    k1, k2, key_features_1 = self._keys_and_features(x1, x2)
+                    if spec.gather_keys and num_replicas > 1:
+                        k1 = ctx.all_gather(k1, axis=0)
+                        k2 = ctx.all_gather(k2, axis=0)
+            else:  # SimCLR: the other view's online projection, gathered with its gradient
+                key_features_1 = tf.stop_gradient(query_features_1)
+                k1, k2 = q1, q2
+                if spec.gather_keys and num_replicas > 1:
                     k1 = ctx.all_gather(k1, axis=0)
                     k2 = ctx.all_gather(k2, axis=0)
-            loss = losses.symmetrized_loss(q1, q2, k1, k2, self.temperature, replica_id)
+            # key_features_1: [N_local, D] backbone features of the first view from the momentum (key) encoder,
+            # without gradient (the online encoder's for SimCLR). A feature queue (the paper's kNN monitor bank,
+            # filled with the training samples' features at no extra forward pass) is to be pushed from here.
+            del key_features_1
+            loss = spec.loss(q1, q2, k1, k2, self.temperature, replica_id)
             scaled = self.optimizer.scale_loss(loss / num_replicas)
         grads = tape.gradient(scaled, train_vars)
 
@@ -239,17 +344,21 @@ class MoCoV3(keras.Model):
     def get_config(self):
         config = super().get_config()
         for key in ("backbone", "projector", "predictor", "momentum_backbone", "momentum_projector"):
-            config[key] = keras.saving.serialize_keras_object(getattr(self, key))
+            part = getattr(self, key)
+            config[key] = None if part is None else keras.saving.serialize_keras_object(part)
         config.update(temperature=self.temperature, base_momentum=self.base_momentum,
                       momentum_cosine=self.momentum_cosine, total_steps=self.total_steps,
                       batch_views=self.batch_views, monitor_grad_norms=self.monitor_grad_norms)
+        if self.method != "mocov3":  # only when set: the default model's config stays what it was
+            config["method"] = self.method
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         for key in ("backbone", "projector", "predictor", "momentum_backbone", "momentum_projector"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
 
@@ -266,32 +375,37 @@ def _all_layers(model):
     return out
 
 
-def build_moco(model_config, *, image_size, total_steps):
-    """MoCoV3 from `config.model` (arch, overrides, train_patch_embed, moco_dim, mlp_dim, temperature, momentum).
+def build_moco(model_config, *, image_size, total_steps, method="mocov3"):
+    """MoCoV3 from `config.model` (arch, overrides, pos_embed, pooling, train_patch_embed, head_bn, predictor,
+    moco_dim, mlp_dim, temperature, momentum) and `config.method` (METHODS).
 
     The arch chooses the heads as the official builder.py does (backbones.head_layout): MoCo_ViT's 3-layer projector
-    and BN-ended predictor, or MoCo_ResNet's 2-layer projector and a predictor without a last BN. A backbone with
-    BatchNorm (ResNet, conv-stem ViT) runs each view on its own, so that its batch statistics are per view.
+    and BN-ended predictor, or MoCo_ResNet's 2-layer projector and a predictor without a last BN; head_bn removes
+    BNs (head_settings). A backbone with BatchNorm (ResNet, conv-stem ViT) runs each view on its own, so that its
+    batch statistics are per view. SimCLR builds no momentum encoder.
     """
+    spec = method_spec(method)
     arch = model_config.arch
     overrides = vit.config_overrides(model_config)
     train_patch_embed = bool(model_config.get("train_patch_embed", False))
-    layout = backbones.head_layout(arch)
+    settings = head_settings(arch, resolved_head_bn(model_config, method))
 
     def encoder(prefix):
         backbone = backbones.build_backbone(arch, image_size, train_patch_embed=train_patch_embed,
                                             name=prefix + "backbone", **overrides)
         feature_dim = backbone.output.shape[-1]
         projector = heads.build_projector(feature_dim, mlp_dim=model_config.mlp_dim, dim=model_config.moco_dim,
-                                          name=prefix + "projector", num_layers=layout["projector_layers"])
+                                          name=prefix + "projector", **settings["projector"])
         return backbone, projector
 
     backbone, projector = encoder("")
-    momentum_backbone, momentum_projector = encoder("momentum_")
-    predictor = heads.build_predictor(dim=model_config.moco_dim, mlp_dim=model_config.mlp_dim, name="predictor",
-                                      last_bn=layout["predictor_last_bn"])
+    momentum_backbone, momentum_projector = encoder("momentum_") if spec.momentum_encoder else (None, None)
+    predictor = None
+    if resolved_predictor(model_config, method):
+        predictor = heads.build_predictor(dim=model_config.moco_dim, mlp_dim=model_config.mlp_dim, name="predictor",
+                                          **settings["predictor"])
     return MoCoV3(backbone, projector, predictor, momentum_backbone, momentum_projector,
                   temperature=model_config.temperature, base_momentum=model_config.momentum,
                   momentum_cosine=model_config.get("momentum_cosine", True), total_steps=total_steps,
                   batch_views=not backbones.has_batchnorm(arch),
-                  monitor_grad_norms=model_config.get("monitor_grad_norms", True), name="moco_v3")
+                  monitor_grad_norms=model_config.get("monitor_grad_norms", True), method=method, name="moco_v3")

@@ -34,6 +34,9 @@ from tf_mocov3.models import custom_gradients
 
 _PACKAGE = "tf_mocov3"
 _LN_EPSILON = 1e-6
+# The paper's ablations (Tables 5 and 6): the position embedding, and how the feature is read from the tokens.
+POS_EMBEDS = ("sincos", "learned", "none")
+POOLINGS = ("cls", "gap_ln", "gap")
 
 
 def sincos_2d_position_embedding(grid_h, grid_w, dim, temperature=10000.0):
@@ -116,10 +119,15 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
     Input: ``[B, grid_h, grid_w, D]``. Output: ``[B, 1 + grid_h * grid_w, D]``.
     """
 
-    def __init__(self, cls_init_std=1e-6, train_pos_embed=False, **kwargs):
+    def __init__(self, cls_init_std=1e-6, train_pos_embed=False, pos_embed="sincos", cls_token=True, **kwargs):
         super().__init__(**kwargs)
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed={pos_embed!r} is unknown; choose one of {', '.join(POS_EMBEDS)}.")
         self.cls_init_std = cls_init_std
-        self.train_pos_embed = bool(train_pos_embed)
+        self.pos_embed_kind = pos_embed
+        self.use_cls_token = bool(cls_token)
+        # A trainable table: the fine-tuning switch on the sin-cos table, or the learned ablation (always trained).
+        self.train_pos_embed = (bool(train_pos_embed) and pos_embed == "sincos") or pos_embed == "learned"
 
     def build(self, input_shape):
         _, grid_h, grid_w, dim = input_shape
@@ -129,20 +137,25 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
                 "embedding; pass image_size to build_backbone."
             )
         self.grid_h, self.grid_w, self.dim = int(grid_h), int(grid_w), int(dim)
-        self._pos_embed = sincos_2d_position_embedding(
-            self.grid_h, self.grid_w, self.dim
-        )
-        self.cls_token = self.add_weight(
-            name="cls_token",
-            shape=(1, 1, self.dim),
-            initializer=keras.initializers.RandomNormal(stddev=self.cls_init_std),
-            trainable=True,
-        )
+        table = sincos_2d_position_embedding(self.grid_h, self.grid_w, self.dim)
+        if not self.use_cls_token:
+            table = table[:, 1:]  # no [CLS] slot
+        self._pos_embed = table if self.pos_embed_kind == "sincos" else None
+        if self.use_cls_token:
+            self.cls_token = self.add_weight(
+                name="cls_token",
+                shape=(1, 1, self.dim),
+                initializer=keras.initializers.RandomNormal(stddev=self.cls_init_std),
+                trainable=True,
+            )
         if self.train_pos_embed:
+            # sincos (fine-tuning): starts at the table; learned (ablation): timm's trunc-normal, std 0.02.
+            initializer = (keras.initializers.Constant(table) if self.pos_embed_kind == "sincos"
+                           else keras.initializers.TruncatedNormal(stddev=0.02))
             self.pos_embed = self.add_weight(
                 name="pos_embed",
-                shape=self._pos_embed.shape,
-                initializer=keras.initializers.Constant(self._pos_embed),
+                shape=table.shape,
+                initializer=initializer,
                 trainable=True,
             )
 
@@ -150,24 +163,32 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
         batch = ops.shape(inputs)[0]
         num_patches = self.grid_h * self.grid_w
         tokens = ops.reshape(inputs, (-1, num_patches, self.dim))
-        cls = ops.cast(self.cls_token, tokens.dtype)
-        cls = ops.broadcast_to(cls, (batch, 1, self.dim))
-        tokens = ops.concatenate([cls, tokens], axis=1)
+        if self.use_cls_token:
+            cls = ops.cast(self.cls_token, tokens.dtype)
+            cls = ops.broadcast_to(cls, (batch, 1, self.dim))
+            tokens = ops.concatenate([cls, tokens], axis=1)
         if self.train_pos_embed:
             pos = ops.cast(self.pos_embed, tokens.dtype)
-        else:
+        elif self.pos_embed_kind == "sincos":
             pos = ops.convert_to_tensor(self._pos_embed, dtype=tokens.dtype)
+        else:  # "none": the tokens carry no position at all
+            return tokens
         return tokens + pos
 
     def compute_output_shape(self, input_shape):
         _, grid_h, grid_w, dim = input_shape
-        return (input_shape[0], 1 + grid_h * grid_w, dim)
+        return (input_shape[0], int(self.use_cls_token) + grid_h * grid_w, dim)
 
     def get_config(self):
         config = super().get_config()
         config.update({"cls_init_std": self.cls_init_std})
-        if self.train_pos_embed:  # only when set: the default layer's config stays what it was
+        # Only when set: the default layer's config stays what it was.
+        if self.pos_embed_kind != "sincos":
+            config["pos_embed"] = self.pos_embed_kind
+        elif self.train_pos_embed:
             config["train_pos_embed"] = True
+        if not self.use_cls_token:
+            config["cls_token"] = False
         return config
 
 
@@ -455,6 +476,20 @@ class ClassTokenFeature(keras.layers.Layer):
         return (input_shape[0], input_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TokenAverage(keras.layers.Layer):
+    """Average of all tokens (global average pooling without a [CLS] token): ``[B, N, D] -> [B, D]``.
+
+    The mean is taken in float32 and returned in the layer's compute dtype.
+    """
+
+    def call(self, inputs):
+        return ops.cast(ops.mean(ops.cast(inputs, "float32"), axis=1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
 # === Functional Model ===
 
 
@@ -478,10 +513,17 @@ def build_backbone(
             block_0 to drop_path_rate in the last block, identity at inference),
             float32_residual (default True: under a mixed global dtype policy the
             [CLS] / position-embedding adds and the residual stream stay float32,
-            as under PyTorch autocast; False runs them in the compute dtype).
+            as under PyTorch autocast; False runs them in the compute dtype),
+            pos_embed (the paper's Table 5: "sincos" default, the fixed table;
+            "learned", a trained weight "pos_embed", trunc-normal std 0.02 as
+            timm; "none", no position information), pooling (Table 6: "cls"
+            default, the [CLS] token after the final LayerNorm; "gap_ln", no
+            [CLS], the final LayerNorm on every token then their average, layers
+            "norm" and "pool"; "gap", no [CLS], no final LayerNorm, the average
+            of the last block's tokens, layer "pool").
 
     Returns:
-        A functional ``keras.Model``. Layers: "patch_embed" (Conv2D, or ConvStem
+        A functional ``keras.Model``. Layers (defaults): "patch_embed" (Conv2D, or ConvStem
         for conv-stem archs), "cls_pos_embed" (holds the "cls_token" weight),
         "block_0" ... "block_{depth-1}", "cls_feature", "norm".
 
@@ -512,7 +554,8 @@ def build_backbone(
         )
         patch_embed.trainable = bool(train_patch_embed)
         x = patch_embed(inputs)
-    x = ClassTokenPositionEmbedding(name="cls_pos_embed", train_pos_embed=bool(train_pos_embed), **stream)(x)
+    x = ClassTokenPositionEmbedding(name="cls_pos_embed", train_pos_embed=bool(train_pos_embed),
+                                    pos_embed=cfg["pos_embed"], cls_token=cfg["pooling"] == "cls", **stream)(x)
     rates = np.linspace(0.0, cfg["drop_path_rate"], depth)  # as timm: 0 in block_0
     for i in range(depth):
         x = TransformerBlock(
@@ -523,11 +566,18 @@ def build_backbone(
             name=f"block_{i}",
             **stream,
         )(x)
-    # LayerNorm acts per token, so norm(x)[:, 0] == norm(x[:, 0]); selecting the
-    # [CLS] token first saves normalising the patch tokens nobody reads.
-    x = ClassTokenFeature(name="cls_feature", **stream)(x)
-    # The final LayerNorm reads the float32 stream (its statistics are float32) and returns the compute dtype.
-    outputs = LayerNorm(epsilon=_LN_EPSILON, name="norm")(x)
+    pooling = cfg["pooling"]
+    if pooling == "cls":
+        # LayerNorm acts per token, so norm(x)[:, 0] == norm(x[:, 0]); selecting the
+        # [CLS] token first saves normalising the patch tokens nobody reads.
+        x = ClassTokenFeature(name="cls_feature", **stream)(x)
+        # The final LayerNorm reads the float32 stream (its statistics are float32) and returns the compute dtype.
+        outputs = LayerNorm(epsilon=_LN_EPSILON, name="norm")(x)
+    elif pooling == "gap_ln":  # the final LayerNorm on every token, then their average
+        x = LayerNorm(epsilon=_LN_EPSILON, name="norm")(x)
+        outputs = TokenAverage(name="pool")(x)
+    else:  # "gap": the average of the last block's tokens, no final LayerNorm
+        outputs = TokenAverage(name="pool")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -541,8 +591,15 @@ def backbone_has_batchnorm(arch):
 
 
 def config_overrides(model_config):
-    """`config.model.overrides` without its unset (None) entries: the keyword arguments for build_backbone."""
-    return {k: v for k, v in dict(model_config.get("overrides", {}) or {}).items() if v is not None}
+    """The keyword arguments for build_backbone of a run's `config.model`: `overrides` without its unset (None)
+    entries, plus `pos_embed` and `pooling` when they differ from the default (sincos, cls), so that every command
+    that rebuilds a run's backbone from its config builds the one it trained."""
+    out = {k: v for k, v in dict(model_config.get("overrides", {}) or {}).items() if v is not None}
+    for key, default in (("pos_embed", "sincos"), ("pooling", "cls")):
+        value = model_config.get(key, default)
+        if value not in (None, default):
+            out[key] = value
+    return out
 
 
 def _arch_entry(arch):
@@ -562,6 +619,8 @@ def resolve_config(arch, image_size, overrides):
     cfg = dict(_arch_entry(arch))
     cfg.setdefault("drop_path_rate", 0.0)
     cfg.setdefault("float32_residual", True)
+    cfg.setdefault("pos_embed", "sincos")
+    cfg.setdefault("pooling", "cls")
     unknown = sorted(set(overrides) - set(_OVERRIDABLE))
     if unknown:
         raise ValueError(
@@ -569,6 +628,16 @@ def resolve_config(arch, image_size, overrides):
             f"{', '.join(_OVERRIDABLE)}."
         )
     cfg.update(overrides)
+    if cfg["pos_embed"] not in POS_EMBEDS:
+        raise ValueError(
+            f"pos_embed={cfg['pos_embed']!r} is unknown; set config.model.pos_embed to one of "
+            f"{', '.join(POS_EMBEDS)}."
+        )
+    if cfg["pooling"] not in POOLINGS:
+        raise ValueError(
+            f"pooling={cfg['pooling']!r} is unknown; set config.model.pooling to one of "
+            f"{', '.join(POOLINGS)}."
+        )
     for key in ("patch_size", "embed_dim", "depth", "num_heads"):
         if not isinstance(cfg[key], (int, np.integer)) or cfg[key] <= 0:
             raise ValueError(
@@ -623,6 +692,7 @@ def resolve_config(arch, image_size, overrides):
 
 _OVERRIDABLE = (
     "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "drop_path_rate", "float32_residual",
+    "pos_embed", "pooling",
 )
 
 

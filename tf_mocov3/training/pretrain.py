@@ -94,7 +94,8 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
     trainer.check_resume(config, RESUME_KEYS)
     with trainer_lib.precision(config.mixed_precision):
         model = trainer.build(
-            lambda: moco.build_moco(config.model, image_size=config.dataset.image_size, total_steps=total_steps),
+            lambda: moco.build_moco(config.model, image_size=config.dataset.image_size, total_steps=total_steps,
+                                    method=config.get("method", "mocov3")),
             lambda: optim.build_optimizer(config.optim, global_batch=config.batch_size,
                                           steps_per_epoch=steps_per_epoch, total_steps=total_steps),
             seed=config.seed, jit_compile=trainer_lib.resolve_jit_compile(config, strategy))
@@ -106,7 +107,9 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
         if start_step >= total_steps:
             trainer.say(f"Training already finished: step {start_step} of {total_steps}.")
             return {"step": start_step, "loss": None, "model": model, "metrics": trainer.metrics, "callbacks": []}
-        trainer.say(f"Pre-training {config.model.arch} on {config.dataset.name}: {total_steps} steps "
+        method = config.get("method", "mocov3")
+        trainer.say(f"Pre-training {config.model.arch}{'' if method == 'mocov3' else ' with ' + method} on "
+                    f"{config.dataset.name}: {total_steps} steps "
                     f"({steps_per_epoch} per epoch), global batch {config.batch_size} on "
                     f"{strategy.num_replicas_in_sync} replica(s), workdir {workdir}.")
         made = list(make_callbacks(config, trainer)) if make_callbacks else []

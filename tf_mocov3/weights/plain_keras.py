@@ -64,14 +64,26 @@ def to_plain_keras(backbone, name="mocov3_backbone"):
         x = embed(x)
     grid_h, grid_w = x.shape[1], x.shape[2]
     n = grid_h * grid_w
+    has_cls = layout["pooling"] == "cls"
     tokens = keras.layers.Reshape((n, d), name="patch_tokens")(x)
-    pixel = keras.layers.Cropping2D(((0, s - 1), (0, s - 1)), name="cls_zero_pixel")(inputs)
-    zero = keras.layers.Rescaling(0.0, name="cls_zero")(keras.layers.Reshape((1, 3), name="cls_zero_flat")(pixel))
-    cls = keras.layers.Dense(d, kernel_initializer="zeros", name="cls_token")(zero)
-    x = keras.layers.Concatenate(axis=1, name="prepend_cls")([cls, tokens])
-    table = vit.sincos_2d_position_embedding(grid_h, grid_w, d)[0]
-    x = keras.layers.Normalization(axis=(1, 2), mean=table, variance=np.ones_like(table), invert=True,
-                                   name="pos_embed")(x)
+    zero = None
+    if has_cls or layout["pos_embed"] == "learned":
+        pixel = keras.layers.Cropping2D(((0, s - 1), (0, s - 1)), name="cls_zero_pixel")(inputs)
+        zero = keras.layers.Rescaling(0.0, name="cls_zero")(keras.layers.Reshape((1, 3), name="cls_zero_flat")(pixel))
+    if has_cls:
+        cls = keras.layers.Dense(d, kernel_initializer="zeros", name="cls_token")(zero)
+        x = keras.layers.Concatenate(axis=1, name="prepend_cls")([cls, tokens])
+    else:
+        x = tokens
+    num_tokens = n + int(has_cls)
+    if layout["pos_embed"] == "sincos":
+        table = vit.sincos_2d_position_embedding(grid_h, grid_w, d)[0, 1 - int(has_cls):]
+        x = keras.layers.Normalization(axis=(1, 2), mean=table, variance=np.ones_like(table), invert=True,
+                                       name="pos_embed")(x)
+    elif layout["pos_embed"] == "learned":  # the trained table is the bias of a Dense on zeros, as the [CLS] token
+        flat = keras.layers.Dense(num_tokens * d, kernel_initializer="zeros", name="learned_pos_embed")(zero)
+        x = keras.layers.Add(name="add_pos_embed")([x, keras.layers.Reshape((num_tokens, d),
+                                                                            name="learned_pos_table")(flat)])
     for i, rate in enumerate(layout["drop_path_rates"]):
         def drop(h, tag, rate=rate, i=i):
             if rate <= 0:
@@ -84,9 +96,14 @@ def to_plain_keras(backbone, name="mocov3_backbone"):
         h = keras.layers.Dense(layout["mlp_hidden"], activation="gelu", name=f"block_{i}_mlp_fc1")(h)
         h = keras.layers.Dense(d, name=f"block_{i}_mlp_fc2")(h)
         x = keras.layers.Add(name=f"block_{i}_add2")([x, drop(h, "mlp")])
-    x = keras.layers.Cropping1D((0, n), name="cls_feature")(x)
-    x = keras.layers.Flatten(name="cls_flatten")(x)
-    outputs = keras.layers.LayerNormalization(epsilon=_LN_EPSILON, name="norm")(x)
+    if has_cls:
+        x = keras.layers.Cropping1D((0, n), name="cls_feature")(x)
+        x = keras.layers.Flatten(name="cls_flatten")(x)
+        outputs = keras.layers.LayerNormalization(epsilon=_LN_EPSILON, name="norm")(x)
+    else:
+        if layout["pooling"] == "gap_ln":
+            x = keras.layers.LayerNormalization(epsilon=_LN_EPSILON, name="norm")(x)
+        outputs = keras.layers.GlobalAveragePooling1D(name="pool")(x)
     plain = keras.Model(inputs, outputs, name=name)
     _copy_weights(backbone, plain, to_plain=True)
     return plain
@@ -152,6 +169,9 @@ def _arch_of(layout):
     rate = max(layout["drop_path_rates"], default=0.0)
     if rate > 0:
         overrides["drop_path_rate"] = rate
+    for key, default in (("pos_embed", "sincos"), ("pooling", "cls")):
+        if layout[key] != default:
+            overrides[key] = layout[key]
     return name, overrides, layout
 
 
@@ -193,12 +213,20 @@ def _layout_of_vit(backbone):
         raise ValueError(f"Model {backbone.name!r} has no transformer blocks named block_0...; export a "
                          f"backbone built by tf_mocov3.vit.build_backbone.")
     conv_stem = isinstance(patch, vit.ConvStem)
-    d = int(backbone.get_layer("norm").gamma.shape[0])
+    d = int(blocks[0].norm1.gamma.shape[0])
     return {"image_size": int(backbone.input_shape[1]), "embed_dim": d, "conv_stem": conv_stem,
             "patch_size": 16 if conv_stem else int(patch.kernel.shape[0]), "depth": len(blocks),
             "num_heads": int(blocks[0].num_heads), "mlp_hidden": int(blocks[0].fc1.units),
             "drop_path_rates": [float(b.drop_path_rate) for b in blocks],
-            "train_patch_embed": bool(patch.trainable)}
+            "train_patch_embed": bool(patch.trainable),
+            "pos_embed": backbone.get_layer("cls_pos_embed").pos_embed_kind, "pooling": _pooling_of(backbone)}
+
+
+def _pooling_of(model):
+    names = {layer.name for layer in model.layers}
+    if "pool" not in names:
+        return "cls"
+    return "gap_ln" if "norm" in names else "gap"
 
 
 def _layout_of_plain(plain):
@@ -215,11 +243,13 @@ def _layout_of_plain(plain):
         if f"block_{i}_drop_attn" in names:
             rate = float(plain.get_layer(f"block_{i}_drop_attn").rate)
         rates.append(rate)
-    return {"image_size": int(plain.input_shape[1]), "embed_dim": int(plain.get_layer("norm").gamma.shape[0]),
+    pos_embed = "learned" if "learned_pos_embed" in names else "sincos" if "pos_embed" in names else "none"
+    return {"image_size": int(plain.input_shape[1]),
+            "embed_dim": int(plain.get_layer("block_0_norm1").gamma.shape[0]),
             "conv_stem": conv_stem, "patch_size": 16 if conv_stem else int(patch.kernel.shape[0]),
             "depth": len(attn), "num_heads": int(attn[0].num_heads),
             "mlp_hidden": int(plain.get_layer("block_0_mlp_fc1").units), "drop_path_rates": rates,
-            "train_patch_embed": bool(patch.trainable)}
+            "train_patch_embed": bool(patch.trainable), "pos_embed": pos_embed, "pooling": _pooling_of(plain)}
 
 
 def _copy_weights(backbone, plain, *, to_plain):
@@ -240,10 +270,14 @@ def _copy_weights(backbone, plain, *, to_plain):
     else:
         for a, b in zip(patch.weights, plain.get_layer("patch_embed").weights):
             same(a, b)
-    cls = backbone.get_layer("cls_pos_embed").cls_token
-    d = int(cls.shape[-1])
-    pairs.append((cls, plain.get_layer("cls_token").bias,
-                  lambda v: v.reshape(d), lambda v: v.reshape(1, 1, d)))
+    tokens = backbone.get_layer("cls_pos_embed")
+    d = int(tokens.dim)
+    if tokens.use_cls_token:
+        pairs.append((tokens.cls_token, plain.get_layer("cls_token").bias,
+                      lambda v: v.reshape(d), lambda v: v.reshape(1, 1, d)))
+    if tokens.pos_embed_kind == "learned":
+        pairs.append((tokens.pos_embed, plain.get_layer("learned_pos_embed").bias,
+                      lambda v: v.reshape(-1), lambda v: v.reshape(1, -1, d)))
     for i, block in enumerate(_blocks(backbone, r"block_(\d+)")):
         heads = block.num_heads
         dh = d // heads
@@ -265,8 +299,9 @@ def _copy_weights(backbone, plain, *, to_plain):
         pairs.append((block.attn.proj.kernel, out.kernel, lambda v, h=heads, e=dh: v.reshape(h, e, -1),
                       lambda v: v.reshape(-1, v.shape[-1])))
         same(block.attn.proj.bias, out.bias)
-    for a, b in zip(backbone.get_layer("norm").weights, plain.get_layer("norm").weights):
-        same(a, b)
+    if tokens.use_cls_token or _pooling_of(backbone) == "gap_ln":
+        for a, b in zip(backbone.get_layer("norm").weights, plain.get_layer("norm").weights):
+            same(a, b)
 
     if to_plain:
         for a, b, forward, _ in pairs:

@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tf_mocov3.models import backbones
-from tf_mocov3.models import heads
+from tf_mocov3.models import moco
 from tf_mocov3.models import vit
 from tf_mocov3.weights import plain_keras
 
@@ -188,10 +188,8 @@ def load_encoder(path, image_size=None, *, arch=None):
     parts = {"backbone": backbone}
     projector = None
     if "projector" in stored:
-        projector = heads.build_projector(backbone.output.shape[-1], mlp_dim=resolved.config.model.mlp_dim,
-                                          dim=resolved.config.model.moco_dim, name="projector",
-                                          num_layers=backbones.head_layout(resolved.config.model.arch)[
-                                              "projector_layers"])
+        projector = moco.build_projector_of(resolved.config.model, backbone.output.shape[-1],
+                                            method=resolved.config.get("method", "mocov3") or "mocov3")
         parts["projector"] = projector
     for model in parts.values():
         _check_tracked(model)
@@ -222,13 +220,14 @@ def restore_moco(model, path):
     """
     resolved = resolve(path)
     _, stored, _ = _stored_objects(resolved.prefix)
-    missing = [part for part in MOCO_PARTS if part not in stored]
+    wanted = [part for part in MOCO_PARTS if getattr(model, part) is not None]  # SimCLR: no momentum encoder
+    missing = [part for part in wanted if part not in stored]
     if missing:
         raise ValueError(f"Pretrained path {path} has no {', '.join(missing)}: it holds only a backbone (a "
                          f"linear-probe or DeiT-layout checkpoint); continue pre-training from a MoCo v3 "
                          f"pre-training checkpoint (keys module.base_encoder.*, module.momentum_encoder.*, "
                          f"module.predictor.*) instead.")
-    parts = {part: getattr(model, part) for part in MOCO_PARTS}
+    parts = {part: getattr(model, part) for part in wanted}
     for part in parts.values():
         _check_tracked(part)
     _restore(resolved.prefix, parts)
