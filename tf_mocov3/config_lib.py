@@ -378,6 +378,36 @@ def _pretrain_problems(config):
         problems.append(f"config.model.temperature must be positive, got {config.model.temperature}.")
     if not 0 <= config.model.momentum <= 1:
         problems.append(f"config.model.momentum must be in [0, 1], got {config.model.momentum}.")
+    return problems + knn_problems(config)
+
+
+KNN_BANKS = ("images", "queue")
+KNN_QUEUE_ENCODERS = ("momentum", "query")
+
+
+def knn_problems(config):
+    """What stops config.knn.bank / queue_size / queue_encoder from working (one sentence each; [] = fine)."""
+    knn = config.get("knn") or {}
+    if not knn.get("enabled"):
+        return []
+    problems = []
+    bank, encoder = knn.get("bank", "images"), knn.get("queue_encoder", "momentum")
+    if bank not in KNN_BANKS:
+        problems.append(f"config.knn.bank={bank!r} is unknown; choose one of {', '.join(KNN_BANKS)}.")
+    if encoder not in KNN_QUEUE_ENCODERS:
+        problems.append(f"config.knn.queue_encoder={encoder!r} is unknown; choose one of "
+                        f"{', '.join(KNN_QUEUE_ENCODERS)}.")
+    if bank != "queue":
+        return problems
+    other = ((knn.get("dataset") or {}).get("name") or config.dataset.name)
+    if other != config.dataset.name:
+        problems.append(f"config.knn.bank='queue' fills the bank from the training batches of {config.dataset.name}, "
+                        f"so the kNN data set cannot be {other}; leave config.knn.dataset.name empty or use "
+                        f"config.knn.bank='images'.")
+    size = int(knn.get("queue_size", 0) or 0)
+    if size < 0 or 0 < size < int(config.batch_size):
+        problems.append(f"config.knn.queue_size={size} must hold at least one global batch ({config.batch_size}); "
+                        f"set it to 0 (10% of the training split) or a larger number.")
     return problems
 
 

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from tf_mocov3 import config_lib
 from tf_mocov3.data import order
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources as data
@@ -46,8 +47,6 @@ CACHE_LIMIT_BYTES = 1 << 30
 DEFAULTS = dict(enabled=False, every_steps=200, k=200, temperature=0.07, train_fraction=0.1, train_split="train",
                 eval_split="test", image_size=0, dip_margin=5.0, max_eval_examples=2000, batch_size=256, seed=0,
                 bank="images", queue_size=0, queue_encoder="momentum")
-BANKS = ("images", "queue")
-QUEUE_ENCODERS = ("momentum", "query")
 
 
 # === The classifier ===
@@ -176,8 +175,8 @@ class KNNMonitor(keras.callbacks.Callback):
         super().__init__()
         if every_steps < 1:
             raise ValueError(f"config.knn.every_steps must be >= 1, got {every_steps}.")
-        if bank not in BANKS:
-            raise ValueError(f"config.knn.bank={bank!r} is unknown; choose one of {', '.join(BANKS)}.")
+        if bank not in config_lib.KNN_BANKS:
+            raise ValueError(f"config.knn.bank={bank!r} is unknown; choose one of {', '.join(config_lib.KNN_BANKS)}.")
         self.bank_kind = bank
         self.dataset_config = dataset_config
         self.image_size = int(image_size)
@@ -322,28 +321,6 @@ def knn_settings(config):
     return settings
 
 
-def queue_problems(config):
-    """What stops config.knn.bank / queue_size / queue_encoder from working (one sentence each; [] = fine)."""
-    settings = knn_settings(config)
-    problems = []
-    if settings["bank"] not in BANKS:
-        problems.append(f"config.knn.bank={settings['bank']!r} is unknown; choose one of {', '.join(BANKS)}.")
-    if settings["queue_encoder"] not in QUEUE_ENCODERS:
-        problems.append(f"config.knn.queue_encoder={settings['queue_encoder']!r} is unknown; choose one of "
-                        f"{', '.join(QUEUE_ENCODERS)}.")
-    if settings["bank"] != "queue":
-        return problems
-    other = _knn_dataset_config(config).get("name")
-    if other != config.dataset.name:
-        problems.append(f"config.knn.bank='queue' fills the bank from the training batches of {config.dataset.name}, "
-                        f"so the kNN data set cannot be {other}; leave config.knn.dataset.name empty or use "
-                        f"config.knn.bank='images'.")
-    if int(settings["queue_size"]) < 0 or 0 < int(settings["queue_size"]) < int(config.batch_size):
-        problems.append(f"config.knn.queue_size={settings['queue_size']} must hold at least one global batch "
-                        f"({config.batch_size}); set it to 0 (10% of the training split) or a larger number.")
-    return problems
-
-
 def make_monitor(config, metrics_writer, *, chief=True, print_fn=None):
     """KNNMonitor from config.knn (missing keys take DEFAULTS), or None when config.knn.enabled is False or on a
     non-chief worker. Reads and preprocesses the kNN images now, so a missing or unlabelled data set fails
@@ -354,7 +331,7 @@ def make_monitor(config, metrics_writer, *, chief=True, print_fn=None):
     if not 0 < settings["train_fraction"] <= 1:
         raise ValueError(f"config.knn.train_fraction must be in (0, 1], got {settings['train_fraction']}; "
                          f"the paper's monitor uses 0.1.")
-    for problem in queue_problems(config):
+    for problem in config_lib.knn_problems(config):
         raise ValueError(problem)
     monitor = KNNMonitor(
         _knn_dataset_config(config), image_size=settings["image_size"], every_steps=settings["every_steps"],

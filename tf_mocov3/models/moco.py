@@ -208,7 +208,17 @@ class MoCoV3(keras.Model):
         self._momentum_pairs = [(xi, theta) for xi, theta in zip(target, online) if not _is_moving_statistic(theta)]
         self._monitored_blocks = _block_layers(backbone) if self.monitor_grad_norms else []
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.feature_queue, self.queue_encoder = None, "momentum"
         self.built = True
+
+    def attach_feature_queue(self, queue, encoder="momentum"):
+        """Makes every train step push the backbone features of its first view and the batch's labels into `queue`
+        (a models.feature_queue.FeatureQueue; the paper's kNN-monitor bank). `encoder`: "momentum" (the momentum
+        encoder's features, the online ones for SimCLR) or "query" (the backbone's). The dataset must then yield
+        (view1, view2, labels). Create the queue under the strategy's scope; checkpoints then hold it."""
+        if encoder not in ("momentum", "query"):
+            raise ValueError(f"config.knn.queue_encoder={encoder!r} is unknown; choose momentum or query.")
+        self.feature_queue, self.queue_encoder = queue, encoder
 
     # === Forward passes ===
 
@@ -283,7 +293,7 @@ class MoCoV3(keras.Model):
         return [self.loss_tracker]
 
     def train_step(self, data):
-        x1, x2 = data
+        x1, x2, labels = data if len(data) == 3 else (*data, None)  # labels only feed the feature queue
         ctx = tf.distribute.get_replica_context()
         num_replicas = ctx.num_replicas_in_sync
         replica_id = ctx.replica_id_in_sync_group if num_replicas > 1 else 0
@@ -309,13 +319,14 @@ class MoCoV3(keras.Model):
                 if spec.gather_keys and num_replicas > 1:
                     k1 = ctx.all_gather(k1, axis=0)
                     k2 = ctx.all_gather(k2, axis=0)
-            # key_features_1: [N_local, D] backbone features of the first view from the momentum (key) encoder,
-            # without gradient (the online encoder's for SimCLR). A feature queue (the paper's kNN monitor bank,
-            # filled with the training samples' features at no extra forward pass) is to be pushed from here.
-            del key_features_1
             loss = spec.loss(q1, q2, k1, k2, self.temperature, replica_id)
             scaled = self.optimizer.scale_loss(loss / num_replicas)
         grads = tape.gradient(scaled, train_vars)
+        if self.feature_queue is not None and labels is not None:
+            # The paper's kNN-monitor bank, at no extra forward pass: key_features_1 are the momentum (key)
+            # encoder's backbone features of the first view (the online encoder's for SimCLR), without gradient.
+            pushed = key_features_1 if self.queue_encoder == "momentum" else query_features_1
+            self.feature_queue.push(tf.stop_gradient(pushed), labels)
 
         logs = {"lr": tf.cast(lr, tf.float32), "momentum": tf.cast(m, tf.float32)}
         if self._monitored_blocks:
