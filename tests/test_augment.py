@@ -113,6 +113,19 @@ def test_crop_fallback_is_centre_crop_as_torchvision():
     assert (y, x, ch, cw) == (0, (100 - 13) // 2, 10, 13)
 
 
+@pytest.mark.parametrize("h,w,scale", [(375, 500, (0.08, 1.0)), (10, 100, (0.08, 1.0)), (10, 100, (1.0, 1.0))])
+def test_crop_windows_of_several_views_equal_one_view_at_a_time(h, w, scale):
+    # Both views' windows in one set of ops (two_view_crops): row v is view v's own window, also when some views
+    # take the centre-crop fallback (10x100 at scale 0.08-1: a thin image where many draws fail).
+    seeds = [_seed(i) for i in range(40)]
+    rows = augment.random_resized_crop_windows(seeds, h, w, scale).numpy()
+    singles = np.stack([augment.random_resized_crop_window(s, h, w, scale).numpy() for s in seeds])
+    np.testing.assert_array_equal(rows, singles)
+    if h == 10 and scale == (0.08, 1.0):
+        fell_back = (rows[:, 2] == 10) & (rows[:, 3] == 13)
+        assert 0 < fell_back.sum() < len(seeds)  # both kinds of rows occur
+
+
 # --- the two views ---
 
 
@@ -139,6 +152,22 @@ def test_grayscale_jpeg_png_and_raw_sources_give_rgb_views():
                      (RNG.integers(0, 255, (28, 28, 1), dtype=np.uint8), False)]:
         v1, v2 = two_views(src, _seed(3), image_size=16, crop_min=0.2, is_encoded=enc)
         assert v1.shape == (16, 16, 3) and v2.shape == (16, 16, 3)
+
+
+def test_default_jpeg_decoding_crops_the_fully_decoded_image_as_the_official_loader():
+    # The official loader decodes the whole JPEG (PIL) and crops it. The pre-training default
+    # (dataset.jpeg_decode_once, also the faster on real photographs) does the same, so its crops equal those of
+    # the decoded array; decode_and_crop_jpeg per view may differ at a window's edge (libjpeg's cropped decode
+    # upsamples the chroma there without its neighbours).
+    from tf_mocov3 import config_lib
+    assert config_lib.base_config().dataset.jpeg_decode_once is True
+    for i in range(4):
+        data = fixtures_data.encode_image(fixtures_data.photo_like(64, seed=i)[:48], "JPEG", quality=90)
+        once = augment.two_view_crops(data, _seed(i), image_size=16, is_encoded=True, jpeg_decode_once=True)
+        decoded = augment.two_view_crops(tf.io.decode_jpeg(data, channels=3), _seed(i), image_size=16,
+                                         is_encoded=False)
+        for a, b in zip(once, decoded):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_jpeg_decode_and_crop_equals_decode_then_crop():

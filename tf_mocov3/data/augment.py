@@ -9,11 +9,17 @@ Per view, in this order (moco-v3 `main_moco.py`, torchvision semantics):
 
 1. RandomResizedCrop(image_size, scale=(crop_min, 1), ratio=(3/4, 4/3)): torchvision's
    10 attempts (area uniform, aspect ratio log-uniform) then its centre-crop fallback.
-   Encoded JPEGs are decoded and cropped in one op (`tf.io.decode_and_crop_jpeg`, the
-   window computed from `tf.io.extract_jpeg_shape`); PNG / GIF / BMP bytes and raw arrays
-   are decoded, then cropped. Resize: bilinear WITH antialiasing, because the official
-   pipeline resizes PIL images and PIL's bilinear filter widens its support when it
-   downsamples (`tf.image.resize(..., antialias=True)` is the same triangle filter).
+   Encoded images are decoded once and both views cropped from the result (the pre-training
+   default, `dataset.jpeg_decode_once`); with `jpeg_decode_once=False` a JPEG is decoded and
+   cropped in one op per view (`tf.io.decode_and_crop_jpeg`, the window computed from
+   `tf.io.extract_jpeg_shape`). Decoding once crops the fully decoded image as the official
+   loader does (PIL decodes, then crops); libjpeg's cropped decode can differ from that by a
+   few levels at a window's edge (chroma upsampled without its neighbours). On real
+   photographs decoding once was also the faster (BUILD_NOTES.md, "Input pipeline on real
+   photographs").
+   Resize: bilinear WITH antialiasing, because the official pipeline resizes PIL images
+   and PIL's bilinear filter widens its support when it downsamples
+   (`tf.image.resize(..., antialias=True)` is the same triangle filter).
 2. ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8, the four adjustments in a random order.
    Brightness multiplies by f in [0.6, 1.4]; contrast blends with the mean of the
    grayscale image; saturation blends with the grayscale image (f in [0.8, 1.2]); hue
@@ -79,36 +85,45 @@ def random_resized_crop_window(seed, height, width, scale=(0.08, 1.0), ratio=CRO
     Returns:
         int32 tensor [offset_y, offset_x, crop_height, crop_width].
     """
+    return random_resized_crop_windows([seed], height, width, scale, ratio, attempts)[0]
+
+
+def random_resized_crop_windows(seeds, height, width, scale=(0.08, 1.0), ratio=CROP_RATIO,
+                                attempts=CROP_ATTEMPTS):
+    """`random_resized_crop_window` for several seeds (the views of one image) in one set of ops: [V, 4] int32.
+
+    Row v equals `random_resized_crop_window(seeds[v], ...)` exactly (the same uniforms, the same elementwise
+    arithmetic); a per-example map function runs about half as many small ops as with one call per view.
+    """
     h_i = tf.cast(height, tf.int32)
     w_i = tf.cast(width, tf.int32)
     h = tf.cast(h_i, tf.float32)
     w = tf.cast(w_i, tf.float32)
-    u = tf.random.stateless_uniform([4, attempts], seed, dtype=tf.float32)
-    target_area = h * w * (scale[0] + u[0] * (scale[1] - scale[0]))
+    u = tf.stack([tf.random.stateless_uniform([4, attempts], s, dtype=tf.float32) for s in seeds])  # [V, 4, A]
+    target_area = h * w * (scale[0] + u[:, 0] * (scale[1] - scale[0]))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = tf.exp(log_lo + u[1] * (log_hi - log_lo))
+    aspect = tf.exp(log_lo + u[:, 1] * (log_hi - log_lo))
     # Python's round() and tf.round both round half to even.
     cw = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
     ch = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
-    ok = (cw > 0) & (cw <= w_i) & (ch > 0) & (ch <= h_i)
-    first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)  # first success
-    ch_a, cw_a = ch[first], cw[first]
+    ok = (cw > 0) & (cw <= w_i) & (ch > 0) & (ch <= h_i)  # [V, A]
+    first = tf.argmax(tf.cast(ok, tf.int32), axis=1, output_type=tf.int32)[:, None]  # first success
+    ch_a = tf.gather(ch, first, batch_dims=1)[:, 0]
+    cw_a = tf.gather(cw, first, batch_dims=1)[:, 0]
+    u_y = tf.gather(u[:, 2], first, batch_dims=1)[:, 0]
+    u_x = tf.gather(u[:, 3], first, batch_dims=1)[:, 0]
     # randint(0, H - h + 1): uniform over [0, H - h]
-    oy = tf.minimum(tf.cast(tf.floor(u[2][first] * tf.cast(h_i - ch_a + 1, tf.float32)), tf.int32),
-                    h_i - ch_a)
-    ox = tf.minimum(tf.cast(tf.floor(u[3][first] * tf.cast(w_i - cw_a + 1, tf.float32)), tf.int32),
-                    w_i - cw_a)
+    oy = tf.minimum(tf.cast(tf.floor(u_y * tf.cast(h_i - ch_a + 1, tf.float32)), tf.int32), h_i - ch_a)
+    ox = tf.minimum(tf.cast(tf.floor(u_x * tf.cast(w_i - cw_a + 1, tf.float32)), tf.int32), w_i - cw_a)
     # Fallback: the centre crop with the aspect ratio clamped into `ratio`.
     in_ratio = w / h
     fb_w = tf.where(in_ratio < ratio[0], w_i,
                     tf.where(in_ratio > ratio[1],
                              tf.cast(tf.round(h * ratio[1]), tf.int32), w_i))
     fb_h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(w / ratio[0]), tf.int32), h_i)
-    fb_y = (h_i - fb_h) // 2
-    fb_x = (w_i - fb_w) // 2
-    found = tf.reduce_any(ok)
-    return tf.stack([tf.where(found, oy, fb_y), tf.where(found, ox, fb_x),
-                     tf.where(found, ch_a, fb_h), tf.where(found, cw_a, fb_w)])
+    fallback = tf.stack([(h_i - fb_h) // 2, (w_i - fb_w) // 2, fb_h, fb_w])
+    found = tf.reduce_any(ok, axis=1, keepdims=True)
+    return tf.where(found, tf.stack([oy, ox, ch_a, cw_a], axis=1), fallback[None])
 
 
 def _resize(image, image_size):
@@ -420,8 +435,9 @@ def two_view_crops(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_en
         image_size: output side S.
         crop_min: lower bound of the crop area fraction.
         is_encoded: static bool, see `image_or_bytes`.
-        jpeg_decode_once: decode a JPEG fully once and crop both views from it, instead of
-            one `decode_and_crop_jpeg` per view (same pixels: the crop is exact either way).
+        jpeg_decode_once: decode a JPEG fully once and crop both views from it (the official
+            loader's order, and the pre-training default), instead of one `decode_and_crop_jpeg`
+            per view (whose pixels can differ by a few levels at the window's edge).
         jpeg_dct_scaling: per-view JPEG decoding only: decode a crop whose sides are both
             >= r * image_size at 1/r scale (r = 2, 4, 8) in the DCT domain and resize that
             (`decode_crop_and_resize_jpeg_scaled`). Faster; not bit-identical (see the module
@@ -431,20 +447,20 @@ def two_view_crops(image_or_bytes, seed, *, image_size=224, crop_min=0.08, is_en
     seeds = [_fold(seed, 1), _fold(seed, 2)]
     scale = (crop_min, 1.0)
 
+    def windows(shape):  # [2, 4]: both views' crop windows
+        return random_resized_crop_windows([_fold(s, _CROP) for s in seeds], shape[0], shape[1], scale)
+
     def from_decoded(image):
-        shape = tf.shape(image)
-        return [crop_and_resize(image, random_resized_crop_window(_fold(s, _CROP), shape[0], shape[1],
-                                                                  scale), image_size)
-                for s in seeds]
+        wins = windows(tf.shape(image))
+        return [crop_and_resize(image, wins[v], image_size) for v in range(2)]
 
     if is_encoded:
         data = tf.convert_to_tensor(image_or_bytes, tf.string)
 
         def from_jpeg():
-            shape = tf.io.extract_jpeg_shape(data)
+            wins = windows(tf.io.extract_jpeg_shape(data))
             fn = decode_crop_and_resize_jpeg_scaled if jpeg_dct_scaling else decode_crop_and_resize_jpeg
-            return [fn(data, random_resized_crop_window(_fold(s, _CROP), shape[0], shape[1], scale), image_size)
-                    for s in seeds]
+            return [fn(data, wins[v], image_size) for v in range(2)]
 
         if jpeg_decode_once:
             crops = from_decoded(decode_image(data))

@@ -81,7 +81,7 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
     seed = int(config.seed)
     image_size = int(_get(dcfg, "image_size", 224))
     crop_min = float(_get(dcfg, "crop_min", 0.08))
-    jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", False))
+    jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", True))
     jpeg_dct_scaling = bool(_get(dcfg, "jpeg_dct_scaling", False))
     source = sources.load_source(dcfg)
     try:
