@@ -53,7 +53,7 @@ def recipe(arch, *, epochs, drop_path_rate):
     c.dataset.name = "imagenet2012"
     c.dataset.train_split = "train"
     c.dataset.eval_split = "validation"
-    c.dataset.in_memory = False
+    c.dataset.in_memory = "auto"      # an array_record build is read from disk, a TFRecord build streamed
     c.dataset.shuffle_buffer = 10000
     c.checkpoint_every_steps = 1250   # one epoch of 1,281,167 images at batch 1024 is 1251 steps
     return c
