@@ -69,6 +69,22 @@ def _layout(config, input_context):
     return n, local, pipeline * local * n
 
 
+def pretrain_order(config, source, *, input_context=None, start_step=0):
+    """The order.ExampleOrder of this input pipeline's rows (_layout) of the pre-training split `source`."""
+    n, local, offset = _layout(config, input_context)
+    try:
+        return order_lib.ExampleOrder(source.num_examples, config.batch_size, int(config.seed), start_step=start_step,
+                                      rows=local * n, row_offset=offset)
+    except ValueError as err:
+        raise ValueError(f"The {source.name} split: {err}") from err
+
+
+def pretrain_examples(source, order):
+    """Dataset of (image, label, position, epoch) of a random-access source in `order`: the pipeline reads only the
+    examples of its own rows, from order.start_step on (nothing before it)."""
+    return source.examples(order.epochs(order.epoch))
+
+
 def build_pretrain_dataset(config, *, input_context=None, start_step=0):
     """Infinite tf.data.Dataset of per-replica batches (view1, view2), float32 [n, S, S, 3].
 
@@ -85,11 +101,7 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
     jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", False))
     jpeg_dct_scaling = bool(_get(dcfg, "jpeg_dct_scaling", False))
     source = sources.load_source(dcfg)
-    try:
-        order = order_lib.ExampleOrder(source.num_examples, config.batch_size, seed, start_step=start_step,
-                                       rows=local * n, row_offset=offset)
-    except ValueError as err:
-        raise ValueError(f"The {source.name} split: {err}") from err
+    order = pretrain_order(config, source, input_context=input_context, start_step=start_step)
 
     def augment_example(image, position, epoch):
         # Step 1 (decode, crop, resize) and the random numbers of steps 2-7, per example; steps 2-7 run once per
@@ -98,8 +110,8 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
                                        crop_min=crop_min, is_encoded=source.is_encoded,
                                        jpeg_decode_once=jpeg_decode_once, jpeg_dct_scaling=jpeg_dct_scaling)
 
-    if source.kind != "stream":  # each pipeline reads only the examples of its rows (order.py)
-        ds = source.examples(order.epochs(order.epoch))
+    if source.kind != "stream":
+        ds = pretrain_examples(source, order)
         ds = ds.map(lambda image, label, pos, e: augment_example(image, pos, e),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
