@@ -139,11 +139,24 @@ def prepare_shard(out_dir, split, k, num_shards, items, verify=True):
     return done
 
 
-def _progress(split, shards_done, num_shards, images, total, skipped, start, out=sys.stderr):
-    rate = images / max(time.time() - start, 1e-9)
-    out.write(f"\r{split}: shard {shards_done}/{num_shards}, {images}/{total} images ({rate:.0f}/s), "
-              f"{skipped} skipped")
-    out.flush()
+class _Progress:
+    """One progress line per split: rewritten in place on a terminal, else a line every 10 s and at the end."""
+
+    def __init__(self, split, num_shards, total, out=None):
+        self.split, self.num_shards, self.total, self.out = split, num_shards, total, out or sys.stderr
+        self.start = self.last = time.time()
+        self.tty = self.out.isatty()
+
+    def show(self, shards_done, images, skipped):
+        now, final = time.time(), shards_done == self.num_shards
+        if not (self.tty or final or now - self.last >= 10):
+            return
+        self.last = now
+        rate = images / max(now - self.start, 1e-9)
+        start, end = ("\r" if self.tty else ""), ("\n" if final or not self.tty else "")
+        self.out.write(f"{start}{self.split}: shard {shards_done}/{self.num_shards}, {images} images written this run "
+                       f"of {self.total} ({rate:.0f}/s), {skipped} skipped{end}")
+        self.out.flush()
 
 
 def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, workers=None, verify=True,
@@ -190,7 +203,8 @@ def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, wor
                         shards[k] = json.load(f)
                 else:
                     todo.append(k)
-            start, images = time.time(), 0
+            images = 0
+            bar = _Progress(split, num_shards, len(items)) if progress else None
             skipped = sum(len(s["skipped"]) for s in shards if s)
             done = num_shards - len(todo)
             if done:
@@ -203,10 +217,8 @@ def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, wor
                 result = jobs[i].result() if pool else prepare_shard(*a)
                 shards[a[2]] = result
                 done, images, skipped = done + 1, images + len(a[4]), skipped + len(result["skipped"])
-                if progress:
-                    _progress(split, done, num_shards, images, len(items), skipped, start)
-            if progress:
-                sys.stderr.write("\n")
+                if bar:
+                    bar.show(done, images, skipped)
             total = sum(s["num_examples"] for s in shards)
             meta["splits"][split] = {
                 "num_examples": total, "num_skipped": skipped,

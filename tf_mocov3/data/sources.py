@@ -462,8 +462,8 @@ def split_size(dataset_config, split=None):
     name = setting(dataset_config, "name")
     split = split or setting(dataset_config, "split", "train")
     path = setting(dataset_config, "path")
-    if name == "prepared":
-        return int(_prepared_split(path, split)[1]["num_examples"])
+    if name == "prepared":  # also checks that every shard is there
+        return prepared_reader(path, split)[0].num_records
     if name in TFDS_NAMES:
         builder = _tfds_builder(name, setting(dataset_config, "data_dir"))
         return int(builder.info.splits[_tfds_split(builder, split)].num_examples)
