@@ -14,6 +14,9 @@ Interpolation: "bilinear" is augment.py's (PIL's antialiased bilinear, the MoCo 
 bicubic as DeiT / timm resize (Keys a = -0.5, support widened when downsampling), which is
 `tf.image.resize(method="bicubic", antialias=True)`.
 
+Every random-access source (in memory, or 'records' on disk: sources.Source.examples) is read by index, so an input
+pipeline reads only the examples of its own rows, and a pipeline started at step k reads nothing before it.
+
 Replica layout of the pre-training pipeline: replica r of a global batch takes rows [r*n, (r+1)*n), n = B /
 replicas; input pipeline p serves replicas p*R .. p*R+R-1 (R = replicas / pipelines) and emits, for each global
 step, their R per-replica batches in replica order.
