@@ -175,8 +175,8 @@ def test_bicubic_eval_is_pils_resize_256_crop_224():
 
 
 @pytest.fixture(scope="module")
-def imagenet_dir(tmp_path_factory):
-    return build_tfds_imagenet(tmp_path_factory.mktemp("tfds"))
+def imagenet_dir(tmp_path_factory):  # built as array_record: the recipe reads it by index (sources.py)
+    return build_tfds_imagenet(tmp_path_factory.mktemp("tfds"), file_format="array_record")
 
 
 def test_imagenet_recipe_runs_two_steps_on_a_tfds_imagenet2012_fixture(pretrained_dir, imagenet_dir,  # noqa: F811
