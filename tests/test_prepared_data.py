@@ -63,7 +63,7 @@ def test_prepare_writes_every_good_image_with_its_label_and_names_the_corrupt_on
     assert (train["num_examples"], train["num_skipped"], len(train["shards"])) == (14, 1, 4)
     assert train["skipped"] == [[os.path.join(folder, "train", "dog", "corrupt.jpg"),
                                  "truncated JPEG (no end-of-image marker)"]]
-    assert meta["splits"]["val"]["num_examples"] == 4
+    assert meta["splits"]["validation"]["num_examples"] == 4
     assert "Skipping bad image" in caplog.text and "corrupt.jpg" in caplog.text
     want = []
     for label, name in enumerate(["cat", "dog"]):
@@ -71,7 +71,7 @@ def test_prepare_writes_every_good_image_with_its_label_and_names_the_corrupt_on
             with open(os.path.join(folder, "train", name, f"{i}.{'png' if i % 2 else 'jpg'}"), "rb") as f:
                 want.append((f.read(), label))
     assert read_all(out) == want  # the file bytes as they were, in sorted order
-    assert sources.split_size(dataset(out)) == 14 and sources.split_size(dataset(out), "val") == 4
+    assert sources.split_size(dataset(out)) == 14 and sources.split_size(dataset(out), "validation") == 4
 
 
 def test_a_killed_write_resumes_without_rewriting_finished_shards(folder, tmp_path, monkeypatch):
@@ -101,10 +101,10 @@ def test_a_killed_write_resumes_without_rewriting_finished_shards(folder, tmp_pa
     meta = prepare.prepare(folder, out, examples_per_shard=4, workers=1, progress=False)
     assert first == ["train-00000-of-00004.array_record", "train-00001-of-00004.array_record"]
     assert written == ["train-00002-of-00004.array_record", "train-00003-of-00004.array_record",
-                       "val-00000-of-00001.array_record"]
+                       "validation-00000-of-00001.array_record"]
     assert not [n for n in os.listdir(out) if ".tmp-" in n]
     assert meta == json.load(open(os.path.join(straight, sources.PREPARED_METADATA))) | {"input": meta["input"]}
-    assert read_all(out) == read_all(straight) and read_all(out, "val") == read_all(straight, "val")
+    assert read_all(out) == read_all(straight) and read_all(out, "validation") == read_all(straight, "validation")
 
 
 def test_missing_prepared_data_shard_and_split_are_one_sentence(folder, tmp_path):
@@ -114,7 +114,7 @@ def test_missing_prepared_data_shard_and_split_are_one_sentence(folder, tmp_path
     assert str(err.value) == (f"{out} holds no prepared data set (metadata.json is missing): write it with "
                               f"`python -m tf_mocov3.prepare_data --input=IMAGE_FOLDER --output={out}`.")
     prepare.prepare(folder, out, examples_per_shard=4, workers=1, progress=False)
-    with pytest.raises(ValueError, match=r"has splits \['train', 'val'\], not 'test'"):
+    with pytest.raises(ValueError, match=r"has splits \['train', 'validation'\], not 'test'"):
         sources.split_size(dataset(out), "test")
     os.remove(os.path.join(out, "train-00002-of-00004.array_record"))
     with pytest.raises(ValueError) as err:
@@ -233,7 +233,7 @@ def test_finetune_probe_and_knn_run_on_a_prepared_set(prepared, tmp_path):
     from test_linear_probe import make_pretrained_dir, tiny_probe_config  # pylint: disable=import-outside-toplevel
     from tf_mocov3.evaluation import finetune, knn, linear_probe  # pylint: disable=import-outside-toplevel
 
-    config = tiny_config(name="prepared", path=prepared, train_split="train", eval_split="val")
+    config = tiny_config(name="prepared", path=prepared, train_split="train", eval_split="validation")
     config.max_steps = 2
     result = finetune.run_finetune(config, str(tmp_path / "ft"), write_pretrained_dir(tmp_path / "ftpre"),
                                    print_fn=lambda _: None)
@@ -241,11 +241,11 @@ def test_finetune_probe_and_knn_run_on_a_prepared_set(prepared, tmp_path):
 
     pre = make_pretrained_dir(tmp_path / "pre")
     probe = tiny_probe_config(epochs=1, batch_size=4, eval_batch_size=4, train_examples=0, eval_examples=0)
-    probe.dataset.name, probe.dataset.path, probe.dataset.eval_split = "prepared", prepared, "val"
+    probe.dataset.name, probe.dataset.path, probe.dataset.eval_split = "prepared", prepared, "validation"
     probe.holdout_examples = 4
     metrics = linear_probe.run_probe(probe, pre, str(tmp_path / "probe"), print_fn=lambda _: None)
     assert 0.0 <= metrics["linear_probe_top1"] <= 100.0
 
     record = knn.evaluate_pretrained(pre, dataset="prepared", data_path=prepared, train_split="train",
-                                     eval_split="val", k=3, batch_size=4)
+                                     eval_split="validation", k=3, batch_size=4)
     assert (record["num_train"], record["num_eval"]) == (14, 4)

@@ -2,7 +2,8 @@ r"""Prepare an image folder for training: sharded array_record files with random
 
   python -m tf_mocov3.prepare_data --input=IMAGE_FOLDER --output=DIR [--examples_per_shard=1024] [--workers=N]
 
-IMAGE_FOLDER holds one sub-folder of images per class, or train/ and val/ (or validation/, test/) folders that do.
+IMAGE_FOLDER holds one sub-folder of images per class (split "train"), or train/, val/ or validation/ (split
+"validation") and test/ folders that do.
 Every command then reads DIR with --config.dataset.name=prepared --config.dataset.path=DIR. Running it again after
 a kill continues where it stopped (finished shards are kept). See tf_mocov3/data/prepare.py.
 """

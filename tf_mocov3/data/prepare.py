@@ -4,7 +4,7 @@
 with `--config.dataset.name=prepared --config.dataset.path=DIR` (sources.py).
 
 Input: IMAGE_FOLDER/<class>/<image> (one split, "train"), or IMAGE_FOLDER/<split>/<class>/<image> for the splits
-found there (e.g. train/ and val/). Labels are the indices of the sorted class names of the first split (train when
+found there: train/, val/ or validation/ (split "validation", TFDS's name for ImageNet's), test/. Labels are the indices of the sorted class names of the first split (train when
 there is one); every other split must use those names.
 
 Output (DIR):
@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 EXAMPLES_PER_SHARD = 1024
 PLAN = "plan.json"
-_SPLIT_NAMES = ("train", "val", "validation", "test")
+# Split folders and the split each one becomes ("val" is named as TFDS names ImageNet's, so the ImageNet configs'
+# eval_split / knn.eval_split "validation" fit a prepared ImageNet folder unchanged).
+_SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 
 
 class PrepareError(ValueError):
@@ -48,12 +50,19 @@ def _class_dirs(path):
 
 
 def find_splits(input_dir):
-    """{split: folder} of an image folder: its train/, val/, validation/, test/ sub-folders, else {"train": it}."""
+    """{split: folder} of an image folder: its train/, val/ or validation/ (split "validation") and test/
+    sub-folders, else {"train": it}."""
     if not os.path.isdir(input_dir):
         raise PrepareError(f"The input folder {input_dir} does not exist: pass --input=IMAGE_FOLDER with one "
                            f"sub-folder of images per class (optionally inside train/ and val/).")
-    found = {name: os.path.join(input_dir, name) for name in _SPLIT_NAMES
-             if os.path.isdir(os.path.join(input_dir, name)) and _class_dirs(os.path.join(input_dir, name))}
+    found = {}
+    for name, split in _SPLIT_FOLDERS.items():
+        folder = os.path.join(input_dir, name)
+        if os.path.isdir(folder) and _class_dirs(folder):
+            if split in found:
+                raise PrepareError(f"{input_dir} has both {found[split]} and {folder} for the split {split!r}: keep "
+                                   f"one of them.")
+            found[split] = folder
     return found or {"train": input_dir}
 
 
