@@ -72,6 +72,9 @@ def test_prepare_writes_every_good_image_with_its_label_and_names_the_corrupt_on
                 want.append((f.read(), label))
     assert read_all(out) == want  # the file bytes as they were, in sorted order
     assert sources.split_size(dataset(out)) == 14 and sources.split_size(dataset(out), "validation") == 4
+    joined = sources.open_labelled(dataset(out), "train+validation")  # Flowers' "train+validation" style
+    got = [(bytes(i), int(l)) for i, l in pipelines.labelled_examples(joined).as_numpy_iterator()]
+    assert joined.kind == "records" and got == want + read_all(out, "validation")
 
 
 def test_a_killed_write_resumes_without_rewriting_finished_shards(folder, tmp_path, monkeypatch):
