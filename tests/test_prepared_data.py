@@ -3,12 +3,15 @@ pipeline (epochs, hosts, resume reads), TFDS's imagenet2012 built as array_recor
 
 import json
 import os
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import ROOT
 from fixtures_data import build_tfds_imagenet, encode_image, write_image_folder, write_truncated
 from tf_mocov3 import config_lib
 from tf_mocov3.data import order as order_lib
@@ -108,6 +111,24 @@ def test_a_killed_write_resumes_without_rewriting_finished_shards(folder, tmp_pa
     assert not [n for n in os.listdir(out) if ".tmp-" in n]
     assert meta == json.load(open(os.path.join(straight, sources.PREPARED_METADATA))) | {"input": meta["input"]}
     assert read_all(out) == read_all(straight) and read_all(out, "validation") == read_all(straight, "validation")
+
+
+def test_the_command_prints_the_counts_and_how_to_read_it(folder, tmp_path):
+    out = str(tmp_path / "out")
+    proc = subprocess.run([sys.executable, "-m", "tf_mocov3.prepare_data", f"--input={folder}", f"--output={out}",
+                           "--examples_per_shard=8", "--workers=2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "train: 14 images in 2 shards, 1 skipped; 2 classes.", "validation: 4 images in 1 shards, 0 skipped; 2 classes.",
+        f"Read it with --config.dataset.name=prepared --config.dataset.path={out}"]
+    assert "train: shard 2/2, 15 images written this run of 15" in proc.stderr  # the progress line
+    missing = str(tmp_path / "nothing")
+    proc = subprocess.run([sys.executable, "-m", "tf_mocov3.prepare_data", f"--input={missing}", f"--output={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: The input folder {missing} does not exist: pass --input=IMAGE_FOLDER with one sub-folder of images "
+        f"per class (optionally inside train/ and val/).")
 
 
 def test_missing_prepared_data_shard_and_split_are_one_sentence(folder, tmp_path):
