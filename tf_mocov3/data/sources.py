@@ -267,7 +267,7 @@ class RecordReader:
 
     def __init__(self, paths, counts, parse, *, check=None, name="", fix=""):
         self.paths, self.counts = [str(p) for p in paths], [int(c) for c in counts]
-        self.parse, self.check, self.name = parse, check, name
+        self.parse, self.check, self.name, self.fix = parse, check, name, fix
         self.starts = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
         self.skipped = 0
         self._readers = [None] * len(self.paths)
@@ -313,9 +313,8 @@ class RecordReader:
 
     def concatenate(self, other):
         """The records of this reader followed by those of `other` (a split "a+b")."""
-        joined = RecordReader(self.paths + other.paths, self.counts + other.counts, self.parse, check=self.check,
-                              name=f"{self.name}+{other.name}")
-        return joined
+        return RecordReader(self.paths + other.paths, self.counts + other.counts, self.parse, check=self.check,
+                            name=f"{self.name}+{other.name}", fix=self.fix)
 
 
 # === Prepared data sets (python -m tf_mocov3.prepare_data) ===
