@@ -11,8 +11,10 @@ mixup 0.8 / cutmix 1.0 (prob 1, switch 0.5), one lambda per 128 images (DeiT's p
 rand-m9-mstd0.5-inc1; random erasing 0.25 (pixel mode); repeated augmentation x3; RandomResizedCrop(224, 0.08-1)
 + flip with bicubic resizing; eval resize 256 bicubic + centre crop 224 (crop 0.875); trainable position
 embedding from the sin-cos table. Model EMA (0.99996) is off: DeiT keeps one but reports the model; turn it on
-with --config.ema.enabled=True (logged as eval_top1_ema). Reads imagenet2012 from TFDS through the streamed input
-path (per-epoch seeded shuffle buffer, config.dataset.shuffle_buffer).
+with --config.ema.enabled=True (logged as eval_top1_ema). Reads imagenet2012 from TFDS by index when it is built
+as array_record (`tfds build imagenet2012 --file_format=array_record`), else through the streamed input path
+(per-epoch seeded shuffle buffer, config.dataset.shuffle_buffer); or a prepared set with
+--config.dataset.name=prepared --config.dataset.path=DIR (README "Pre-training on ImageNet").
 """
 
 from tf_mocov3 import config_lib
@@ -53,7 +55,7 @@ def recipe(arch, *, epochs, drop_path_rate):
     c.dataset.name = "imagenet2012"
     c.dataset.train_split = "train"
     c.dataset.eval_split = "validation"
-    c.dataset.in_memory = False
+    c.dataset.in_memory = "auto"      # an array_record build is read from disk, a TFRecord build streamed
     c.dataset.shuffle_buffer = 10000
     c.checkpoint_every_steps = 1250   # one epoch of 1,281,167 images at batch 1024 is 1251 steps
     return c

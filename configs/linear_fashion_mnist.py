@@ -23,5 +23,5 @@ def get_config():
     c.dataset.path = "/usr/share/datasets/fashion-mnist"
     c.dataset.eval_split = "test"
     c.dataset.image_size = 0           # 0 = the pre-training size (28 for configs/demo.py)
-    c.dataset.in_memory = True
+    c.dataset.in_memory = "true"
     return c

@@ -7,6 +7,7 @@ benchmarks arrange). It needs only numpy and Pillow, so the benchmarks can use i
 import gzip
 import io
 import os
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -120,3 +121,37 @@ def write_photo_folder(folder, count=256, size=512, seed=0, classes=2, quality=9
         os.makedirs(cls, exist_ok=True)
         save_image(os.path.join(cls, f"img_{i:04d}.jpg"), photo_like(size, rng=rng), quality=quality)
     return str(folder)
+
+
+def write_imagenet_manual(manual, synsets=("n01440764", "n01443537"), per_class=8, val=4):
+    """ILSVRC2012_img_train.tar (one tar per synset) and ILSVRC2012_img_val.tar of tiny JPEGs, TFDS's layout (the
+    official manual download that `tfds build imagenet2012` reads from downloads/manual/)."""
+    os.makedirs(manual, exist_ok=True)
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(os.path.join(manual, "ILSVRC2012_img_train.tar"), "w") as train:
+        for k, synset in enumerate(synsets):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for i in range(per_class):
+                    add(inner, f"{synset}_{i}.JPEG", encode_image(photo_like(40, seed=10 * k + i)))
+            add(train, f"{synset}.tar", buf.getvalue())
+    with tarfile.open(os.path.join(manual, "ILSVRC2012_img_val.tar"), "w") as val_tar:
+        for i in range(val):
+            add(val_tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", encode_image(photo_like(36, seed=100 + i)))
+
+
+def build_tfds_imagenet(root, file_format="tfrecord", **manual):
+    """Writes the manual-download archives under root/downloads/manual and builds TFDS's real imagenet2012 from them
+    in `file_format` ("tfrecord" or "array_record"); returns root (the data_dir)."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    manual_dir = os.path.join(str(root), "downloads", "manual")
+    write_imagenet_manual(manual_dir, **manual)
+    tfds.builder("imagenet2012", data_dir=str(root), file_format=file_format).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return str(root)

@@ -2,10 +2,8 @@
 per-epoch lr, ImageNet recipe configs (two steps on a TFDS imagenet2012 fixture), top1 / top1_best, model EMA."""
 
 import importlib.util
-import io
 import json
 import os
-import tarfile
 
 import keras
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from fixtures_data import encode_image, photo_like
+from fixtures_data import build_tfds_imagenet, photo_like
 from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
 from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
@@ -176,36 +174,9 @@ def test_bicubic_eval_is_pils_resize_256_crop_224():
     assert np.abs(got - want).mean() < 0.01
 
 
-def write_imagenet_manual(manual, synsets=("n01440764", "n01443537"), per_class=8, val=4):
-    """ILSVRC2012_img_train.tar (one tar per synset) and ILSVRC2012_img_val.tar of tiny JPEGs, TFDS's layout."""
-    os.makedirs(manual, exist_ok=True)
-
-    def add(tar, name, data):
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-    with tarfile.open(os.path.join(manual, "ILSVRC2012_img_train.tar"), "w") as train:
-        for k, synset in enumerate(synsets):
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as inner:
-                for i in range(per_class):
-                    add(inner, f"{synset}_{i}.JPEG", encode_image(photo_like(40, seed=10 * k + i)))
-            add(train, f"{synset}.tar", buf.getvalue())
-    with tarfile.open(os.path.join(manual, "ILSVRC2012_img_val.tar"), "w") as val_tar:
-        for i in range(val):
-            add(val_tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", encode_image(photo_like(36, seed=100 + i)))
-
-
 @pytest.fixture(scope="module")
-def imagenet_dir(tmp_path_factory):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    root = tmp_path_factory.mktemp("tfds")
-    manual = str(root / "downloads" / "manual")
-    write_imagenet_manual(manual)
-    tfds.builder("imagenet2012", data_dir=str(root)).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual))
-    return str(root)
+def imagenet_dir(tmp_path_factory):  # built as array_record: the recipe reads it by index (sources.py)
+    return build_tfds_imagenet(tmp_path_factory.mktemp("tfds"), file_format="array_record")
 
 
 def test_imagenet_recipe_runs_two_steps_on_a_tfds_imagenet2012_fixture(pretrained_dir, imagenet_dir,  # noqa: F811

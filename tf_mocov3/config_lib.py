@@ -126,7 +126,7 @@ def base_config():
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "imagenet2012"
-    c.dataset.path = ""               # image_folder / fashion_mnist_idx: the directory to read
+    c.dataset.path = ""               # image_folder / fashion_mnist_idx / prepared (prepare_data's DIR): to read
     c.dataset.data_dir = ""           # TFDS data_dir ("" = TFDS default)
     c.dataset.split = "train"
     c.dataset.image_size = 224
@@ -135,8 +135,10 @@ def base_config():
     c.dataset.jpeg_decode_once = True   # decode a JPEG once, crop both views (False: decode_and_crop each view)
     c.dataset.jpeg_dct_scaling = False  # True: decode large crops at 1/2, 1/4, 1/8 JPEG scale (mean diff 1.2/255)
     c.dataset.validate_files = True   # image_folder: check every file's header at start and skip the bad ones
-    c.dataset.in_memory = True        # TFDS (not imagenet2012): hold the encoded images in memory, random access
-    c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (imagenet2012): per-epoch seeded shuffle buffer
+    # TFDS: "auto" holds a TFRecord split under 2 GiB in memory, streams a larger one, and reads an array_record
+    # build from disk by random access (bounded memory); "true" / "false" force memory / disk (sources.py).
+    c.dataset.in_memory = "auto"
+    c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (TFRecord builds too large to hold): shuffle buffer
     return c
 
 
@@ -216,8 +218,8 @@ def finetune_config():
     c.dataset.data_dir = ""
     c.dataset.train_split = "train"   # "a+b" concatenates splits (Flowers: train+validation)
     c.dataset.eval_split = "test"
-    c.dataset.in_memory = True
-    c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (imagenet2012): per-epoch seeded shuffle buffer
+    c.dataset.in_memory = "auto"      # as in base_config: TFDS TFRecord splits under 2 GiB in memory
+    c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (TFRecord builds too large to hold): shuffle buffer
     c.dataset.validate_files = True
     c.dataset.threads = 0
 
@@ -266,7 +268,7 @@ def probe_config():
     c.dataset.image_size = 224        # 0 = the pre-training size
     c.dataset.crop_min = 0.08         # RandomResizedCrop scale (0.08, 1), torchvision's default
     c.dataset.validate_files = True
-    c.dataset.in_memory = False
+    c.dataset.in_memory = "auto"      # as in base_config: ImageNet is read from disk (array_record) or streamed
     return c
 
 

@@ -14,13 +14,17 @@ Interpolation: "bilinear" is augment.py's (PIL's antialiased bilinear, the MoCo 
 bicubic as DeiT / timm resize (Keys a = -0.5, support widened when downsampling), which is
 `tf.image.resize(method="bicubic", antialias=True)`.
 
+Every random-access source (in memory, or 'records' on disk: sources.Source.examples) is read by index, so an input
+pipeline reads only the examples of its own rows, and a pipeline started at step k reads nothing before it.
+
 Replica layout of the pre-training pipeline: replica r of a global batch takes rows [r*n, (r+1)*n), n = B /
 replicas; input pipeline p serves replicas p*R .. p*R+R-1 (R = replicas / pipelines) and emits, for each global
 step, their R per-replica batches in replica order.
 
 Bad files: an encoded source also ignores decoding errors as a last resort (`Dataset.ignore_errors`, logged by TF),
 so a file that passes sources.py's integrity check but fails to decode costs one example (and shifts that
-pipeline's rows by one), never the run.
+pipeline's rows by one), never the run. A prepared record that fails sources.py's check when read is dropped the same
+way, with a warning naming its index and shard (sources.RecordReader).
 """
 
 import numpy as np
@@ -68,6 +72,22 @@ def _layout(config, input_context):
     return n, local, pipeline * local * n
 
 
+def pretrain_order(config, source, *, input_context=None, start_step=0):
+    """The order.ExampleOrder of this input pipeline's rows (_layout) of the pre-training split `source`."""
+    n, local, offset = _layout(config, input_context)
+    try:
+        return order_lib.ExampleOrder(source.num_examples, config.batch_size, int(config.seed), start_step=start_step,
+                                      rows=local * n, row_offset=offset)
+    except ValueError as err:
+        raise ValueError(f"The {source.name} split: {err}") from err
+
+
+def pretrain_examples(source, order):
+    """Dataset of (image, label, position, epoch) of a random-access source in `order`: the pipeline reads only the
+    examples of its own rows, from order.start_step on (nothing before it)."""
+    return source.examples(order.epochs(order.epoch))
+
+
 def build_pretrain_dataset(config, *, input_context=None, start_step=0):
     """Infinite tf.data.Dataset of per-replica batches (view1, view2), float32 [n, S, S, 3].
 
@@ -84,11 +104,7 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
     jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", True))
     jpeg_dct_scaling = bool(_get(dcfg, "jpeg_dct_scaling", False))
     source = sources.load_source(dcfg)
-    try:
-        order = order_lib.ExampleOrder(source.num_examples, config.batch_size, seed, start_step=start_step,
-                                       rows=local * n, row_offset=offset)
-    except ValueError as err:
-        raise ValueError(f"The {source.name} split: {err}") from err
+    order = pretrain_order(config, source, input_context=input_context, start_step=start_step)
 
     def augment_example(image, position, epoch):
         # Step 1 (decode, crop, resize) and the random numbers of steps 2-7, per example; steps 2-7 run once per
@@ -98,8 +114,8 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
                                        jpeg_decode_once=jpeg_decode_once, jpeg_dct_scaling=jpeg_dct_scaling)
 
     if source.kind != "stream":
-        ds = order.epochs(order.epoch)
-        ds = ds.map(lambda i, pos, e: augment_example(source.fetch(i), pos, e),
+        ds = pretrain_examples(source, order)
+        ds = ds.map(lambda image, label, pos, e: augment_example(image, pos, e),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         buffer = int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
@@ -124,8 +140,8 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
 def labelled_examples(source, indices=None):
     """Dataset of (image, int64 label) of `indices` (sorted; None = all) of a source, in index order.
 
-    The image is what the source holds (uint8 HWC array or encoded bytes); random-access sources read only the
-    selected examples, streamed ones read the stream up to the last selected example.
+    The image is what the source holds (uint8 HWC array or encoded bytes); random-access sources (in memory or
+    'records' on disk) read only the selected examples, streamed ones read the stream up to the last selected one.
     """
     if source.kind == "stream":
         ds = source.stream()
@@ -136,10 +152,8 @@ def labelled_examples(source, indices=None):
             ds = ds.take(int(np.max(indices)) + 1 if len(indices) else 0).enumerate()
             ds = ds.filter(lambda i, ex: tf.gather(keep, i)).map(lambda i, ex: ex)
         return ds.map(lambda image, label: (image, tf.cast(label, tf.int64)))
-    labels = tf.constant(source.labels, tf.int64)
     index = tf.range(source.num_examples, dtype=tf.int64) if indices is None else tf.constant(indices, tf.int64)
-    return tf.data.Dataset.from_tensor_slices(index).map(
-        lambda i: (source.fetch(i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return source.examples(tf.data.Dataset.from_tensor_slices((index,)))
 
 
 def eval_preprocess_bicubic(image, image_size=224, resize=None):
@@ -287,15 +301,15 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
         def one_epoch(epoch):
             return order.streamed_epoch(stream, epoch, shuffle_buffer)
     else:
-        labels = tf.constant(source.labels, tf.int64)
         subset = None if indices is None else tf.constant(indices, tf.int64)
 
-        @tf.autograph.experimental.do_not_convert
-        def example(i, position, epoch):
-            index = i if subset is None else tf.gather(subset, i)
-            return crop(source.fetch(index), tf.gather(labels, index), position, epoch)
+        def one_epoch(epoch):  # (index in the source, position, epoch) -> (image, label, position, epoch)
+            ds = order.epoch(epoch)
+            if subset is not None:
+                ds = ds.map(lambda i, position, e: (tf.gather(subset, i), position, e))
+            return source.examples(ds)
 
-        one_epoch = order.epoch
+        example = crop
 
     if keep_partial_batch:  # batches end with the epoch
         ds = order.epochs(lambda e: one_epoch(e).map(example, num_parallel_calls=tf.data.AUTOTUNE,

@@ -8,12 +8,26 @@ Sources (`config.dataset.name`):
 - 'fashion_mnist_idx': the original Fashion-MNIST IDX files (gzipped or not) under
   `config.dataset.path` (default /usr/share/datasets/fashion-mnist), split 'train' or 'test'.
 
-Random-access sources (Fashion-MNIST arrays, image-folder file lists, and TFDS data sets except
-imagenet2012, which are loaded encoded into memory once at start-up: `config.dataset.in_memory`)
-follow the example order of order.py exactly. imagenet2012 (or any TFDS set with `in_memory=False`) is
-streamed: records are read in TFDS's deterministic order and the pipelines shuffle them with a buffer of
-`config.dataset.shuffle_buffer` (order.py). TFDS's array_record random access is not used: it goes
-through a Python callback inside tf.data, which is GIL-bound.
+- 'prepared': `config.dataset.path` written by `python -m tf_mocov3.prepare_data` (array_record shards and
+  metadata.json; see data/prepare.py).
+
+Kinds of source (`Source.kind`):
+- 'array' / 'bytes' / 'paths': held in memory (decoded arrays, encoded images, file names): Fashion-MNIST, image
+  folders, and small TFDS sets stored as TFRecord.
+- 'records': random access on disk through array_record (`RecordReader`): a prepared data set, and any TFDS set built
+  with `--file_format=array_record` (`tfds build imagenet2012 --file_format=array_record`). Host memory holds only
+  the shard list; each input pipeline reads only the records of its own rows of each global batch, in batched reads
+  (one Python call per READ_BATCH records inside tf.data, about 18,000 records/s on one core: BUILD_NOTES.md).
+- 'stream': a TFDS set stored as TFRecord that is too large to hold (no random access): its records are read in
+  TFDS's deterministic order and shuffled with a buffer of `config.dataset.shuffle_buffer` (order.py); every input
+  pipeline reads the whole stream. Prefer an array_record build or a prepared set at ImageNet scale.
+
+`config.dataset.in_memory`: "auto" (default) holds a TFDS TFRecord split in memory when it is under
+IN_MEMORY_LIMIT_BYTES encoded and streams it otherwise, and reads array_record builds from disk; True / False force
+memory / disk. Every random-access kind follows the example order of order.py exactly.
+
+Counts come from metadata (`split_size`: TFDS split info, the prepared metadata, the IDX header, the folder listing):
+nothing reads a split to count it.
 
 `open_labelled(dataset_config, split)` is the one way to open a labelled split ("a+b" joins splits); its
 problems are `LabelledSplitError`s, one sentence naming the fix. The input pipelines are in pipelines.py.
@@ -21,13 +35,16 @@ problems are `LabelledSplitError`s, one sentence naming the fix. The input pipel
 Bad files in an image folder: every file is checked at start-up (signature and end marker:
 JPEG FFD8 ... FFD9, PNG signature ... IEND, GIF ... 3B, BMP size field); a bad file is skipped
 with one warning naming it and a total at the end (pipelines.py also ignores decoding errors as a
-last resort).
+last resort). Records of a prepared set get the same check when read: a bad one is skipped with a warning naming
+its index and shard, and `RecordReader.skipped` counts them.
 """
 
 import dataclasses
 import gzip
+import json
 import logging
 import os
+import threading
 from concurrent import futures
 
 import numpy as np
@@ -37,10 +54,16 @@ logger = logging.getLogger(__name__)
 
 TFDS_NAMES = ("imagenet2012", "cifar10", "cifar100", "oxford_flowers102", "oxford_iiit_pet",
               "fashion_mnist")
-SOURCE_NAMES = TFDS_NAMES + ("image_folder", "fashion_mnist_idx")
+SOURCE_NAMES = TFDS_NAMES + ("image_folder", "fashion_mnist_idx", "prepared")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-_STREAMED_BY_DEFAULT = ("imagenet2012",)
+# in_memory="auto": a TFDS TFRecord split up to this many encoded bytes is held in memory, a larger one streamed.
+IN_MEMORY_LIMIT_BYTES = 2 << 30
+# Records per batched read of a random-access source (one Python call reads this many).
+READ_BATCH = 64
+PREPARED_METADATA = "metadata.json"
+PREPARED_FORMAT = "tf_mocov3.prepared.v1"
+PREPARE_HINT = "python -m tf_mocov3.prepare_data --input=IMAGE_FOLDER --output={path}"
 
 
 def setting(cfg, key, default=None):
@@ -113,6 +136,10 @@ def check_image_file(path):
             tail = f.read()
     except OSError as e:
         return f"unreadable ({e})"
+    return _check_head_tail(head, tail, size)
+
+
+def _check_head_tail(head, tail, size):
     if head[:3] == b"\xff\xd8\xff":
         return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
     if head[:8] == b"\x89PNG\r\n\x1a\n":
@@ -176,7 +203,8 @@ def _tfds_builder(name, data_dir):
         if name == "imagenet2012":
             fix = (f"download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
                    f"image-net.org into {root}/downloads/manual/ and run "
-                   f"`tfds build imagenet2012 --data_dir={root}` once")
+                   f"`tfds build imagenet2012 --data_dir={root} --file_format=array_record` once (or prepare an "
+                   f"image folder with `python -m tf_mocov3.prepare_data`)")
         else:
             fix = (f"run `tfds build {name} --data_dir={root}` once on a machine with internet "
                    f"and copy {root}/{name} here")
@@ -201,6 +229,151 @@ def _tfds_encoded(builder, split):
     return ds.map(lambda ex: (ex["image"], ex["label"]))
 
 
+def _tfds_is_array_record(builder):
+    return "array_record" in str(getattr(builder.info, "file_format", "") or "").lower()
+
+
+def _tfds_reader(builder, split):
+    """RecordReader of a TFDS split built as array_record (records are TFDS's serialized tf.train.Examples)."""
+    import tensorflow_datasets as tfds
+
+    info = builder.info.splits[split]
+    paths = [str(p) for p in info.filepaths]
+    features = builder.info.features
+
+    def parse(record):
+        example = features.deserialize_example(record, decoders={"image": tfds.decode.SkipDecoding()})
+        return example["image"], tf.cast(example["label"], tf.int64)
+
+    return RecordReader(paths, list(info.shard_lengths), parse, name=f"{builder.name}/{split}",
+                        fix=f"rebuild it with `tfds build {builder.name} --file_format=array_record "
+                            f"--data_dir={os.path.dirname(os.path.dirname(builder.data_dir))}`")
+
+
+# === Random access on disk (array_record) ===
+
+# Tests set this to a function of the int64 indices of every batched read (they count the records read).
+READ_HOOK = None
+
+
+class RecordReader:
+    """Random access to the records of one split stored as array_record shards, in shard order.
+
+    Host memory holds the shard list and their record counts; readers open lazily (once per shard and process).
+    `read(indices)` reads a batch of records with one call per shard touched. `check(record)` (optional, in Python)
+    returns None for a good record or the reason it is bad: bad records are logged by index and shard, counted in
+    `skipped`, and dropped by `Source.examples`. `parse(record)` (TF) -> (encoded image, int64 label).
+    """
+
+    def __init__(self, paths, counts, parse, *, check=None, name="", fix=""):
+        self.paths, self.counts = [str(p) for p in paths], [int(c) for c in counts]
+        self.parse, self.check, self.name, self.fix = parse, check, name, fix
+        self.starts = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
+        self.skipped = 0
+        self._readers = [None] * len(self.paths)
+        self._lock = threading.Lock()
+        for path in self.paths:
+            if not tf.io.gfile.exists(path):
+                raise ValueError(f"Shard {path} of {name} is missing: {fix}.")
+
+    @property
+    def num_records(self):
+        return int(self.starts[-1])
+
+    def _reader(self, k):
+        with self._lock:
+            if self._readers[k] is None:
+                from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+
+                self._readers[k] = array_record_module.ArrayRecordReader(self.paths[k], "readahead_buffer_size:0")
+            return self._readers[k]
+
+    def read(self, indices):
+        """-> (records: object array of bytes, ok: bool array) of the int64 `indices`, in their order."""
+        indices = np.asarray(indices, np.int64)
+        if READ_HOOK is not None:
+            READ_HOOK(indices)
+        shard = np.searchsorted(self.starts, indices, side="right") - 1
+        records = np.empty(len(indices), object)
+        for k in np.unique(shard):
+            where = np.nonzero(shard == k)[0]
+            records[where] = self._reader(int(k)).read((indices[where] - self.starts[k]).tolist())
+        ok = np.ones(len(indices), bool)
+        if self.check is not None:
+            for j, record in enumerate(records):
+                problem = self.check(record)
+                if problem is not None:
+                    ok[j] = False
+                    k = int(shard[j])
+                    with self._lock:
+                        self.skipped += 1
+                    logger.warning("Skipping bad record %d of %s (record %d of shard %s): %s.", indices[j],
+                                   self.name, indices[j] - self.starts[k], os.path.basename(self.paths[k]), problem)
+        return records, ok
+
+    def concatenate(self, other):
+        """The records of this reader followed by those of `other` (a split "a+b")."""
+        return RecordReader(self.paths + other.paths, self.counts + other.counts, self.parse, check=self.check,
+                            name=f"{self.name}+{other.name}", fix=self.fix)
+
+
+# === Prepared data sets (python -m tf_mocov3.prepare_data) ===
+
+
+def encode_prepared_record(image_bytes, label):
+    """One record of a prepared set: the label as int64 little-endian, then the encoded image bytes as they were."""
+    return int(label).to_bytes(8, "little", signed=True) + bytes(image_bytes)
+
+
+def _check_prepared_record(record):
+    if len(record) < 8 + 16:
+        return "too small to hold an image"
+    return _check_head_tail(record[8:24], record[-64:], len(record) - 8)
+
+
+def _parse_prepared_record(record):
+    label = tf.io.decode_raw(tf.strings.substr(record, 0, 8), tf.int64, little_endian=True)[0]
+    return tf.strings.substr(record, 8, tf.strings.length(record) - 8), label
+
+
+def read_prepared_metadata(path):
+    """The metadata.json of a prepared data set; one sentence naming the fix when it is not there."""
+    if not path:
+        raise ValueError("dataset.name='prepared' needs config.dataset.path: the folder written by "
+                         f"`{PREPARE_HINT.format(path='DIR')}`.")
+    meta_path = os.path.join(path, PREPARED_METADATA)
+    if not tf.io.gfile.exists(meta_path):
+        raise ValueError(f"{path} holds no prepared data set ({PREPARED_METADATA} is missing): write it with "
+                         f"`{PREPARE_HINT.format(path=path)}`.")
+    with tf.io.gfile.GFile(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("format") != PREPARED_FORMAT:
+        raise ValueError(f"{meta_path} is not a {PREPARED_FORMAT} data set (format {meta.get('format')!r}): write "
+                         f"it again with `{PREPARE_HINT.format(path=path)}`.")
+    return meta
+
+
+def _prepared_split(path, split):
+    meta = read_prepared_metadata(path)
+    if split not in meta["splits"]:
+        raise ValueError(f"The prepared data set {path} has splits {sorted(meta['splits'])}, not {split!r}: choose "
+                         f"one, or prepare a folder that has {split}/ in it.")
+    info = meta["splits"][split]
+    if not info["num_examples"]:
+        raise ValueError(f"Split {split!r} of the prepared data set {path} is empty: prepare it from a folder that "
+                         f"holds images (`{PREPARE_HINT.format(path=path)}`).")
+    return meta, info
+
+
+def prepared_reader(path, split):
+    meta, info = _prepared_split(path, split)
+    fix = f"run `python -m tf_mocov3.prepare_data --input={meta.get('input') or 'IMAGE_FOLDER'} --output={path}` " \
+          f"again to write the missing shards (finished shards are kept)"
+    return RecordReader([os.path.join(path, s["file"]) for s in info["shards"]],
+                        [s["num_examples"] for s in info["shards"]], _parse_prepared_record,
+                        check=_check_prepared_record, name=f"{path} ({split})", fix=fix), len(meta["classes"])
+
+
 # === Sources ===
 
 
@@ -209,8 +382,8 @@ class Source:
     """A data set as the pipeline sees it.
 
     kind: 'array' (uint8 [N, H, W, C] in `images`), 'bytes' (encoded images in `images`),
-    'paths' (file names in `images`) or 'stream' (`stream()` gives (encoded, label) in a
-    deterministic order).
+    'paths' (file names in `images`), 'records' (a RecordReader in `reader`: random access on disk) or 'stream'
+    (`stream()` gives (encoded, label) in a deterministic order).
     """
     name: str
     kind: str
@@ -219,16 +392,81 @@ class Source:
     images: object = None
     labels: object = None
     stream: object = None
+    reader: object = None
 
     @property
     def is_encoded(self):
         return self.kind != "array"
 
     def fetch(self, index):
-        """Image (decoded array or encoded bytes) of example `index` (random-access kinds)."""
+        """Image (decoded array or encoded bytes) of example `index` (in-memory kinds)."""
         if self.kind == "paths":
             return tf.io.read_file(tf.gather(self.images, index))
         return tf.gather(self.images, index)
+
+    def examples(self, ds):
+        """Dataset of (index, *rest) -> Dataset of (image, int64 label, *rest), in order (random-access kinds).
+
+        'records' reads READ_BATCH indices per call and drops bad records (RecordReader); the other kinds gather.
+        A source without labels gives label -1.
+        """
+        if self.kind == "records":
+            reader = self.reader
+
+            def read(index, *rest):
+                records, ok = tf.numpy_function(reader.read, [index], [tf.string, tf.bool], stateful=False)
+                records.set_shape(index.shape)
+                ok.set_shape(index.shape)
+                return (records, ok, *rest)
+
+            ds = ds.batch(READ_BATCH).map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+            ds = ds.filter(lambda record, ok, *rest: ok)
+
+            def parse(record, ok, *rest):
+                image, label = reader.parse(record)
+                return (image, label, *rest)
+
+            return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        labels = None if self.labels is None else tf.constant(self.labels, tf.int64)
+
+        def gather(index, *rest):
+            label = tf.constant(-1, tf.int64) if labels is None else tf.gather(labels, index)
+            return (self.fetch(index), label, *rest)
+
+        return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _in_memory(dataset_config):
+    """config.dataset.in_memory as True, False or None ("auto")."""
+    value = setting(dataset_config, "in_memory", "auto")
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("auto", ""):
+            return None
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"config.dataset.in_memory={value!r} is unknown; use auto, True or False.")
+    return bool(value)
+
+
+def split_size(dataset_config, split=None):
+    """The number of examples of a split, from metadata (never by reading the split's images)."""
+    name = setting(dataset_config, "name")
+    split = split or setting(dataset_config, "split", "train")
+    path = setting(dataset_config, "path")
+    if name == "prepared":  # also checks that every shard is there
+        return prepared_reader(path, split)[0].num_records
+    if name in TFDS_NAMES:
+        builder = _tfds_builder(name, setting(dataset_config, "data_dir"))
+        return int(builder.info.splits[_tfds_split(builder, split)].num_examples)
+    if name == "fashion_mnist_idx":
+        prefix = {"train": "train", "test": "t10k"}.get(split)
+        if prefix is None:
+            raise ValueError(f"fashion_mnist_idx has splits 'train' and 'test', not {split!r}.")
+        return int(len(read_idx(_find(path or FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte"))))
+    return load_source(dataset_config, split).num_examples
 
 
 def load_source(dataset_config, split=None):
@@ -242,20 +480,33 @@ def load_source(dataset_config, split=None):
     if name == "image_folder":
         files, labels, classes = list_image_folder(path, split, setting(dataset_config, "validate_files", True))
         return Source(name, "paths", len(files), len(classes), tf.constant(files), labels)
+    if name == "prepared":
+        reader, num_classes = prepared_reader(path, split)
+        return Source(name, "records", reader.num_records, num_classes, reader=reader)
     if name in TFDS_NAMES:
         builder = _tfds_builder(name, setting(dataset_config, "data_dir"))
         split = _tfds_split(builder, split)
-        num_examples = builder.info.splits[split].num_examples
+        info = builder.info.splits[split]
+        num_examples = info.num_examples
         num_classes = builder.info.features["label"].num_classes
         if num_examples == 0:
             raise ValueError(f"TFDS split {name}/{split} in {builder.data_dir} is empty: rebuild it.")
-        if setting(dataset_config, "in_memory", name not in _STREAMED_BY_DEFAULT):
+        in_memory = _in_memory(dataset_config)
+        array_record = _tfds_is_array_record(builder)
+        if in_memory is None:
+            in_memory = not array_record and int(info.num_bytes or 0) <= IN_MEMORY_LIMIT_BYTES
+        if in_memory:
             images, labels = [], []
             for img, label in _tfds_encoded(builder, split).batch(1024).as_numpy_iterator():
                 images.extend(img)
                 labels.append(label)
             return Source(name, "bytes", len(images), num_classes, tf.constant(images, tf.string),
                           np.concatenate(labels).astype(np.int64))
+        if array_record:
+            return Source(name, "records", num_examples, num_classes, reader=_tfds_reader(builder, split))
+        logger.warning("%s/%s is stored as TFRecord (no random access): streaming it, each input pipeline reads the "
+                       "whole split and shuffles with a buffer; for a global shuffle per epoch rebuild it with "
+                       "`tfds build %s --file_format=array_record` or use tf_mocov3.prepare_data.", name, split, name)
         return Source(name, "stream", num_examples, num_classes,
                       stream=lambda: _tfds_encoded(builder, split))
     raise ValueError(f"Unknown dataset.name {name!r}; valid names: {', '.join(SOURCE_NAMES)}.")
@@ -286,6 +537,12 @@ def _check_has_class_folders(dataset_config, split):
 
 def _concatenate(sources, split):
     first = sources[0]
+    if first.kind == "records" and all(s.kind == "records" for s in sources):
+        reader = first.reader
+        for s in sources[1:]:
+            reader = reader.concatenate(s.reader)
+        return Source(first.name, "records", reader.num_records, max(s.num_classes for s in sources),
+                      reader=reader)
     if any(s.kind != first.kind or s.kind == "stream" for s in sources):
         raise LabelledSplitError(f"Cannot join the splits {split!r} of {first.name} (streamed or mixed sources); "
                                  f"set config.dataset.in_memory=True.")
@@ -326,7 +583,8 @@ def open_labelled(dataset_config, split):
 
 
 def num_train_examples(config):
-    return load_source(config.dataset).num_examples
+    """The pre-training split's size, from metadata (split_size)."""
+    return split_size(config.dataset)
 
 
 def steps_per_epoch(config):

@@ -1,0 +1,275 @@
+"""The input layer at scale: prepare_data (shards, metadata, resume, bad images), random access by index per input
+pipeline (epochs, hosts, resume reads), TFDS's imagenet2012 built as array_record, and every command on it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT
+from fixtures_data import build_tfds_imagenet, encode_image, write_image_folder, write_truncated
+from tf_mocov3 import config_lib
+from tf_mocov3.data import order as order_lib
+from tf_mocov3.data import pipelines
+from tf_mocov3.data import prepare
+from tf_mocov3.data import sources
+
+
+def dataset(path, split="train", **more):
+    return ml_collections.ConfigDict(dict(name="prepared", path=str(path), split=split, **more))
+
+
+def write_indexed_set(out, n=24, shard=5):
+    """A prepared set whose record i has label i (so a label names the record read) and a tiny JPEG."""
+    os.makedirs(out, exist_ok=True)
+    jpeg = encode_image(np.full((8, 8, 3), 128, np.uint8))
+    shards = []
+    for k, start in enumerate(range(0, n, shard)):
+        name = f"train-{k:05d}-of-xxxxx.array_record"
+        prepare.write_shard(os.path.join(out, name),
+                            (sources.encode_prepared_record(jpeg, i) for i in range(start, min(n, start + shard))))
+        shards.append({"file": name, "num_examples": min(n, start + shard) - start})
+    meta = {"format": sources.PREPARED_FORMAT, "classes": [str(i) for i in range(n)],
+            "splits": {"train": {"num_examples": n, "shards": shards}}}
+    with open(os.path.join(out, sources.PREPARED_METADATA), "w") as f:
+        json.dump(meta, f)
+    return str(out)
+
+
+def read_all(path, split="train"):
+    source = sources.load_source(dataset(path, split))
+    return [(bytes(image), int(label)) for image, label in pipelines.labelled_examples(source).as_numpy_iterator()]
+
+
+# === prepare_data ===
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    write_image_folder(str(root / "train"), per_class=7, size=(20, 24))
+    write_image_folder(str(root / "val"), per_class=2, size=(20, 24), seed=5)
+    write_truncated(str(root / "train" / "dog" / "corrupt.jpg"), str(root / "train" / "dog" / "0.jpg"))
+    return str(root)
+
+
+def test_prepare_writes_every_good_image_with_its_label_and_names_the_corrupt_one(folder, tmp_path, caplog):
+    out = str(tmp_path / "out")
+    meta = prepare.prepare(folder, out, examples_per_shard=4, workers=1, progress=False)
+    train = meta["splits"]["train"]
+    assert meta["classes"] == ["cat", "dog"]
+    assert (train["num_examples"], train["num_skipped"], len(train["shards"])) == (14, 1, 4)
+    assert train["skipped"] == [[os.path.join(folder, "train", "dog", "corrupt.jpg"),
+                                 "truncated JPEG (no end-of-image marker)"]]
+    assert meta["splits"]["validation"]["num_examples"] == 4
+    assert "Skipping bad image" in caplog.text and "corrupt.jpg" in caplog.text
+    want = []
+    for label, name in enumerate(["cat", "dog"]):
+        for i in range(7):
+            with open(os.path.join(folder, "train", name, f"{i}.{'png' if i % 2 else 'jpg'}"), "rb") as f:
+                want.append((f.read(), label))
+    assert read_all(out) == want  # the file bytes as they were, in sorted order
+    assert sources.split_size(dataset(out)) == 14 and sources.split_size(dataset(out), "validation") == 4
+    joined = sources.open_labelled(dataset(out), "train+validation")  # Flowers' "train+validation" style
+    got = [(bytes(i), int(l)) for i, l in pipelines.labelled_examples(joined).as_numpy_iterator()]
+    assert joined.kind == "records" and got == want + read_all(out, "validation")
+
+
+def test_a_killed_write_resumes_without_rewriting_finished_shards(folder, tmp_path, monkeypatch):
+    straight = str(tmp_path / "straight")
+    prepare.prepare(folder, straight, examples_per_shard=4, workers=1, progress=False)
+    out = str(tmp_path / "killed")
+    real, written = prepare.write_shard, []
+
+    def dies_on_the_third(path, records):
+        if len(written) == 2:
+            with open(f"{path}.tmp-999", "wb") as f:  # a half-written shard left behind by the kill
+                f.write(b"partial")
+            raise KeyboardInterrupt
+        written.append(os.path.basename(path))
+        return real(path, records)
+
+    monkeypatch.setattr(prepare, "write_shard", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare(folder, out, examples_per_shard=4, workers=1, progress=False)
+    assert not os.path.exists(os.path.join(out, sources.PREPARED_METADATA))
+    with pytest.raises(ValueError, match="metadata.json is missing"):
+        sources.load_source(dataset(out))
+    first = list(written)
+    written.clear()
+    monkeypatch.setattr(prepare, "write_shard", lambda path, records: (written.append(os.path.basename(path)),
+                                                                       real(path, records))[1])
+    meta = prepare.prepare(folder, out, examples_per_shard=4, workers=1, progress=False)
+    assert first == ["train-00000-of-00004.array_record", "train-00001-of-00004.array_record"]
+    assert written == ["train-00002-of-00004.array_record", "train-00003-of-00004.array_record",
+                       "validation-00000-of-00001.array_record"]
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]
+    assert meta == json.load(open(os.path.join(straight, sources.PREPARED_METADATA))) | {"input": meta["input"]}
+    assert read_all(out) == read_all(straight) and read_all(out, "validation") == read_all(straight, "validation")
+
+
+def test_the_command_prints_the_counts_and_how_to_read_it(folder, tmp_path):
+    out = str(tmp_path / "out")
+    proc = subprocess.run([sys.executable, "-m", "tf_mocov3.prepare_data", f"--input={folder}", f"--output={out}",
+                           "--examples_per_shard=8", "--workers=2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "train: 14 images in 2 shards, 1 skipped; 2 classes.", "validation: 4 images in 1 shards, 0 skipped; 2 classes.",
+        f"Read it with --config.dataset.name=prepared --config.dataset.path={out}"]
+    assert "train: shard 2/2, 15 images written this run of 15" in proc.stderr  # the progress line
+    missing = str(tmp_path / "nothing")
+    proc = subprocess.run([sys.executable, "-m", "tf_mocov3.prepare_data", f"--input={missing}", f"--output={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: The input folder {missing} does not exist: pass --input=IMAGE_FOLDER with one sub-folder of images "
+        f"per class (optionally inside train/ and val/).")
+
+
+def test_missing_prepared_data_shard_and_split_are_one_sentence(folder, tmp_path):
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError) as err:
+        sources.load_source(dataset(out))
+    assert str(err.value) == (f"{out} holds no prepared data set (metadata.json is missing): write it with "
+                              f"`python -m tf_mocov3.prepare_data --input=IMAGE_FOLDER --output={out}`.")
+    prepare.prepare(folder, out, examples_per_shard=4, workers=1, progress=False)
+    with pytest.raises(ValueError, match=r"has splits \['train', 'validation'\], not 'test'"):
+        sources.split_size(dataset(out), "test")
+    os.remove(os.path.join(out, "train-00002-of-00004.array_record"))
+    with pytest.raises(ValueError) as err:
+        sources.load_source(dataset(out))
+    assert str(err.value) == (
+        f"Shard {out}/train-00002-of-00004.array_record of {out} (train) is missing: run `python -m "
+        f"tf_mocov3.prepare_data --input={folder} --output={out}` again to write the missing shards (finished "
+        f"shards are kept).")
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    with pytest.raises(prepare.PrepareError, match="holds no images: put JPEG/PNG files in one sub-folder"):
+        prepare.prepare(str(empty), str(tmp_path / "o2"), workers=1, progress=False)
+
+
+def test_a_bad_record_at_read_time_is_skipped_counted_and_named(tmp_path, caplog):
+    out = write_indexed_set(str(tmp_path / "set"), n=6, shard=6)
+    jpeg = encode_image(np.full((8, 8, 3), 128, np.uint8))
+    records = [sources.encode_prepared_record(jpeg if i != 3 else jpeg[:40], i) for i in range(6)]
+    prepare.write_shard(os.path.join(out, "train-00000-of-xxxxx.array_record"), records)
+    source = sources.load_source(dataset(out))
+    labels = [int(label) for _, label in pipelines.labelled_examples(source).as_numpy_iterator()]
+    assert labels == [0, 1, 2, 4, 5] and source.reader.skipped == 1
+    assert "Skipping bad record 3 of" in caplog.text and "train-00000-of-xxxxx.array_record" in caplog.text
+
+
+# === Order: hosts, epochs, resume ===
+
+
+def pretrain_config(path, batch=8, seed=3):
+    c = config_lib.base_config()
+    c.dataset.name, c.dataset.path, c.dataset.image_size = "prepared", path, 16
+    c.batch_size, c.seed = batch, seed
+    return c
+
+
+def test_each_host_reads_its_own_rows_and_every_epoch_is_a_fresh_permutation(tmp_path):
+    path = write_indexed_set(str(tmp_path / "set"), n=24)
+    config = pretrain_config(path)
+    source = sources.load_source(config.dataset)
+    steps = 24 // 8
+    per_host = []
+    for host in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=host, num_replicas_in_sync=2)
+        order = pipelines.pretrain_order(config, source, input_context=ctx)
+        labels = [int(l) for _, l, _, _ in pipelines.pretrain_examples(source, order).take(3 * steps * 4)
+                  .as_numpy_iterator()]
+        per_host.append(np.reshape(labels, [3, steps, 4]))  # epochs, steps, this host's 4 rows
+    whole = np.concatenate(per_host, axis=2)  # the global batches
+    for epoch in range(3):
+        assert sorted(whole[epoch].ravel()) == list(range(24))  # each epoch covers the split once ...
+        for host in range(2):
+            assert len(set(per_host[host][epoch].ravel())) == 12  # ... each host a disjoint half of it
+        want = order_lib.ExampleOrder(24, 8, 3).permutation(epoch).numpy()  # the order of order.py
+        np.testing.assert_array_equal(whole[epoch].ravel(), want)
+    assert not np.array_equal(whole[0], whole[1]) and not np.array_equal(whole[1], whole[2])
+
+
+def test_resume_at_step_k_gives_the_same_batches_and_reads_no_record_before_k(tmp_path, monkeypatch):
+    path = write_indexed_set(str(tmp_path / "set"), n=24)
+    config = pretrain_config(path, batch=4)
+    straight = list(pipelines.build_pretrain_dataset(config).take(9).as_numpy_iterator())
+    reads = []
+    monkeypatch.setattr(sources, "READ_HOOK", lambda indices: reads.append(tuple(indices.tolist())))
+    monkeypatch.setattr(sources, "READ_BATCH", 4)  # one read per step, so each read names its step
+    k = 7  # epoch 1, step 1 (6 steps per epoch)
+    resumed = list(pipelines.build_pretrain_dataset(config, start_step=k).take(2).as_numpy_iterator())
+    for a, b in zip(straight[k:], resumed):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    order = order_lib.ExampleOrder(24, 4, config.seed)
+    step_of = {tuple(order.permutation(e).numpy()[s * 4:(s + 1) * 4].tolist()): e * 6 + s
+               for e in range(4) for s in range(6)}
+    steps_read = sorted(step_of[r] for r in reads)  # each read is exactly one step's records (KeyError if not)
+    assert steps_read[0] == k and len(set(steps_read)) == len(steps_read)  # from step k on, each step read once
+
+
+# === TFDS imagenet2012 built as array_record ===
+
+
+@pytest.fixture(scope="module")
+def imagenet_builds(tmp_path_factory):
+    return {fmt: build_tfds_imagenet(tmp_path_factory.mktemp(fmt), file_format=fmt, per_class=5, val=3)
+            for fmt in ("array_record", "tfrecord")}
+
+
+def test_tfds_imagenet2012_array_record_is_read_by_index_as_the_tfrecord_build(imagenet_builds):
+    def examples(fmt, split, **more):
+        cfg = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir=imagenet_builds[fmt], **more))
+        source = sources.load_source(cfg, split)
+        return source.kind, [(bytes(i), int(l)) for i, l in pipelines.labelled_examples(source).as_numpy_iterator()]
+
+    kind, records = examples("array_record", "train")
+    assert kind == "records" and len(records) == 10 and sorted(l for _, l in records) == [0] * 5 + [1] * 5
+    assert examples("tfrecord", "train") == ("bytes", records)  # small: held in memory ("auto")
+    assert examples("tfrecord", "train", in_memory="false") == ("stream", records)
+    cfg = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir=imagenet_builds["array_record"]))
+    assert sources.split_size(cfg, "validation") == 3
+    config = pretrain_config("", batch=2)
+    config.dataset.name, config.dataset.data_dir = "imagenet2012", imagenet_builds["array_record"]
+    views = next(iter(pipelines.build_pretrain_dataset(config)))
+    assert views[0].shape == (2, 16, 16, 3)
+
+
+# === Every command on a prepared set ===
+
+
+@pytest.fixture(scope="module")
+def prepared(folder, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("prepared"))
+    prepare.prepare(folder, out, examples_per_shard=4, workers=1, progress=False)
+    return out
+
+
+def test_finetune_probe_and_knn_run_on_a_prepared_set(prepared, tmp_path):
+    from finetune_helpers import tiny_config, write_pretrained_dir  # pylint: disable=import-outside-toplevel
+    from test_linear_probe import make_pretrained_dir, tiny_probe_config  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.evaluation import finetune, knn, linear_probe  # pylint: disable=import-outside-toplevel
+
+    config = tiny_config(name="prepared", path=prepared, train_split="train", eval_split="validation")
+    config.max_steps = 2
+    result = finetune.run_finetune(config, str(tmp_path / "ft"), write_pretrained_dir(tmp_path / "ftpre"),
+                                   print_fn=lambda _: None)
+    assert result["step"] == 2 and result["model"].output.shape[-1] == 2
+
+    pre = make_pretrained_dir(tmp_path / "pre")
+    probe = tiny_probe_config(epochs=1, batch_size=4, eval_batch_size=4, train_examples=0, eval_examples=0)
+    probe.dataset.name, probe.dataset.path, probe.dataset.eval_split = "prepared", prepared, "validation"
+    probe.holdout_examples = 4
+    metrics = linear_probe.run_probe(probe, pre, str(tmp_path / "probe"), print_fn=lambda _: None)
+    assert 0.0 <= metrics["linear_probe_top1"] <= 100.0
+
+    record = knn.evaluate_pretrained(pre, dataset="prepared", data_path=prepared, train_split="train",
+                                     eval_split="validation", k=3, batch_size=4)
+    assert (record["num_train"], record["num_eval"]) == (14, 4)
