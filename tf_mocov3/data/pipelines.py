@@ -88,13 +88,15 @@ def pretrain_examples(source, order):
     return source.examples(order.epochs(order.epoch))
 
 
-def build_pretrain_dataset(config, *, input_context=None, start_step=0):
+def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_labels=False):
     """Infinite tf.data.Dataset of per-replica batches (view1, view2), float32 [n, S, S, 3].
 
     Args:
         config: the experiment ConfigDict (seed, batch_size, dataset.*).
         input_context: a tf.distribute.InputContext (None: one replica, one pipeline).
         start_step: first global step to produce (resume), see order.py.
+        with_labels: batches (view1, view2, int64 labels [n]) instead, for the kNN monitor's feature queue
+          (config.knn.bank="queue"); the data set must be labelled.
     """
     dcfg = config.dataset
     n, local, offset = _layout(config, input_context)
@@ -113,19 +115,30 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0):
                                        crop_min=crop_min, is_encoded=source.is_encoded,
                                        jpeg_decode_once=jpeg_decode_once, jpeg_dct_scaling=jpeg_dct_scaling)
 
+    if with_labels and not (source.num_classes or 0) >= 2:
+        raise ValueError(f"config.knn.bank='queue' needs the labels of the training images, but {source.name} has "
+                         f"none; pre-train on a labelled data set or use config.knn.bank='images'.")
+
+    def keep(inputs, label):
+        return (inputs, tf.cast(label, tf.int64)) if with_labels else inputs
+
     if source.kind != "stream":
         ds = pretrain_examples(source, order)
-        ds = ds.map(lambda image, label, pos, e: augment_example(image, pos, e),
+        ds = ds.map(lambda image, label, pos, e: keep(augment_example(image, pos, e), label),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         buffer = int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
         ds = order.epochs(lambda e: order.streamed_epoch(source.stream(), e, buffer))
-        ds = ds.map(lambda ex, pos, e: augment_example(ex[0], pos, e), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
+        ds = ds.map(lambda ex, pos, e: keep(augment_example(ex[0], pos, e), ex[-1]),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if source.is_encoded:
         ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(n, drop_remainder=True)
-    ds = ds.map(augment.augment_two_view_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if with_labels:
+        ds = ds.map(lambda inputs, labels: (*augment.augment_two_view_batch(*inputs), labels),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(augment.augment_two_view_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = _options(_get(dcfg, "threads", 0))
     # One thread per op inside the map functions: the pipeline's parallelism is across examples (parallel map);

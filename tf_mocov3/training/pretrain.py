@@ -9,6 +9,7 @@ nothing above training/.
 from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
+from tf_mocov3.models import feature_queue
 from tf_mocov3.models import moco
 from tf_mocov3.training import distribute
 from tf_mocov3.training import optim
@@ -36,19 +37,38 @@ def write_pretraining_report(trainer):
     return trainer.report(name=REPORT_NAME, metrics={"pretrain": final}, curves=curves, table=[final])
 
 
+def uses_feature_queue(config):
+    """True when the kNN monitor's bank is the paper's queue of training features (config.knn.bank="queue")."""
+    knn = config.get("knn") or {}
+    return bool(knn.get("enabled")) and knn.get("bank", "images") == "queue"
+
+
+def attach_feature_queue(model, config, strategy, num_train):
+    """Gives `model` the kNN monitor's FeatureQueue: config.knn.queue_size rows (0 = 10% of the training split, at
+    least one global batch) of the backbone's width, made under the strategy's scope."""
+    size = int(config.knn.get("queue_size", 0) or max(num_train // 10, config.batch_size))
+    with strategy.scope():
+        queue = feature_queue.FeatureQueue(size, int(model.backbone.output.shape[-1]), name="feature_queue")
+    model.attach_feature_queue(queue, config.knn.get("queue_encoder", "momentum"))
+    return queue
+
+
 def make_dataset(config, strategy, start_step, end_step):
-    """The per-replica two-view batches of global steps [start_step, end_step), distributed over `strategy`.
+    """The per-replica two-view batches of global steps [start_step, end_step), distributed over `strategy` (with
+    the images' labels when the kNN monitor's feature queue needs them).
 
     The dataset ends at end_step, so that several steps per host call stop exactly there (Keras runs a whole call of
     steps_per_execution steps as long as the data lasts).
     """
     steps = int(end_step) - int(start_step)
+    labels = uses_feature_queue(config)
     if distribute.is_single_device(strategy):
-        return pipelines.build_pretrain_dataset(config, start_step=start_step).take(steps)
+        return pipelines.build_pretrain_dataset(config, start_step=start_step, with_labels=labels).take(steps)
 
     def per_pipeline(ctx):  # each pipeline emits its local replicas' batches, one per replica and step
         local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step).take(steps * local)
+        return pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step,
+                                                with_labels=labels).take(steps * local)
 
     return strategy.distribute_datasets_from_function(per_pipeline)
 
@@ -99,6 +119,8 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
             lambda: optim.build_optimizer(config.optim, global_batch=config.batch_size,
                                           steps_per_epoch=steps_per_epoch, total_steps=total_steps),
             seed=config.seed, jit_compile=trainer_lib.resolve_jit_compile(config, strategy))
+        if uses_feature_queue(config):  # before the restore: a resumed run gets its queue back
+            attach_feature_queue(model, config, strategy, sources.num_train_examples(config))
         start_step = trainer.restore(model)
         if not start_step and config.get("pretrained"):
             pretrained.restore_moco(model, config.pretrained)
