@@ -241,3 +241,23 @@ def test_plain_keras_export_of_an_ablation_backbone_round_trips(switches, tmp_pa
     overrides = dict(plain_keras.keras_backbone_config(path).model.overrides)
     assert {k: overrides.get(k, d) for k, d in (("pooling", "cls"), ("pos_embed", "sincos"))} == \
         {"pooling": switches.get("pooling", "cls"), "pos_embed": switches.get("pos_embed", "sincos")}
+
+
+def test_resume_refuses_another_method_or_ablation_and_accepts_records_from_before_the_switches(tmp_path):
+    import json  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import pretrain  # pylint: disable=import-outside-toplevel
+
+    config = config_lib.base_config()
+    record = config_lib.as_record(config)
+    for key in ("method",):
+        record.pop(key)
+    for key in ("pos_embed", "pooling", "head_bn", "predictor"):
+        record["model"].pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps(record))   # what a run wrote before these keys existed
+    config_lib.check_resume_compatible(str(tmp_path), config, pretrain.RESUME_KEYS)
+    config.model.pooling = "gap"
+    with pytest.raises(config_lib.ConfigError, match=r"holds a run with config.model.pooling='cls', not 'gap'; "):
+        config_lib.check_resume_compatible(str(tmp_path), config, pretrain.RESUME_KEYS)
+    config.model.pooling, config.method = "cls", "byol"
+    with pytest.raises(config_lib.ConfigError, match=r"config.method='mocov3', not 'byol'"):
+        config_lib.check_resume_compatible(str(tmp_path), config, pretrain.RESUME_KEYS)

@@ -518,6 +518,11 @@ def as_record(config):
     return config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
 
 
+# What a run recorded before these keys existed ran with (checkpoints of such runs resume with the defaults).
+_DEFAULT_WHEN_UNRECORDED = {"method": "mocov3", "model.pos_embed": "sincos", "model.pooling": "cls",
+                            "model.head_bn": "auto"}
+
+
 def check_resume_compatible(workdir, config, keys, *, config_file="config.json", kind="run",
                             error_cls=ConfigError, key_prefix="config."):
     """Raises `error_cls` if WORKDIR/config_file records a run whose `keys` (dotted) differ from `config`'s.
@@ -531,6 +536,9 @@ def check_resume_compatible(workdir, config, keys, *, config_file="config.json",
         saved = json.load(f)
     current = as_record(config)
     for key in keys:
-        if _lookup(saved, key) != _lookup(current, key):
-            raise error_cls(f"--workdir={workdir} holds a {kind} with {key_prefix}{key}={_lookup(saved, key)!r}, "
+        was = _lookup(saved, key)
+        if was is None and key in _DEFAULT_WHEN_UNRECORDED:  # a record from before the key existed
+            was = _DEFAULT_WHEN_UNRECORDED[key]
+        if was != _lookup(current, key):
+            raise error_cls(f"--workdir={workdir} holds a {kind} with {key_prefix}{key}={was!r}, "
                             f"not {_lookup(current, key)!r}; resume with the same config or choose a new --workdir.")

@@ -21,7 +21,8 @@ CONFIG_FILE = "config.json"
 REPORT_NAME = "pretrain"
 # Keys that must not change when a run resumes in the same workdir (they change what the checkpoint means).
 RESUME_KEYS = ("batch_size", "seed", "model.arch", "model.moco_dim", "model.mlp_dim", "dataset.name",
-               "dataset.image_size", "optim.name")
+               "dataset.image_size", "optim.name", "method", "model.pos_embed", "model.pooling", "model.head_bn",
+               "model.predictor")
 _CURVES = ("loss", "lr", "momentum", "grad_norm_first_block", "grad_norm_last_block", "knn_top1")
 
 
