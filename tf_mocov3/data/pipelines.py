@@ -27,6 +27,8 @@ pipeline's rows by one), never the run. A prepared record that fails sources.py'
 way, with a warning naming its index and shard (sources.RecordReader).
 """
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
@@ -128,6 +130,12 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         buffer = int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
+        pipelines = input_context.num_input_pipelines if input_context is not None else 1
+        if pipelines > 1 and input_context.input_pipeline_id == 0:
+            logging.warning("%s is streamed from TFRecord files: each of the %d input pipelines (hosts) reads the "
+                            "whole split and keeps its rows. At this scale build it with --file_format=array_record "
+                            "or run python -m tf_mocov3.prepare_data, so that each host reads only its share.",
+                            source.name, pipelines)
         ds = order.epochs(lambda e: order.streamed_epoch(source.stream(), e, buffer))
         ds = ds.map(lambda ex, pos, e: keep(augment_example(ex[0], pos, e), ex[-1]),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
