@@ -14,7 +14,9 @@ those instead, for a machine without scikit-image).
 Every measurement runs in a fresh process pinned to one core (`--core`, Linux sched_setaffinity), so that a
 measurement's images/s is a per-core figure, the pipelines (ours and the official) do not share a process, and they
 are interleaved round by round (`--rounds`); the table gives the median of the rounds and the ratio to the
-official median. Ours: `pipelines.build_pretrain_dataset` on an image folder (both views and steps 2-7, batched),
+official median. Ours: `pipelines.build_pretrain_dataset` on the same photographs written as a prepared array_record
+set (`--format=prepared`, the default: the format an ImageNet run reads) or on the image folder (`--format=folder`)
+(both views and steps 2-7, batched),
 tf.data private thread pool of `--threads` threads. Official: moco-v3 `main_moco.py`'s two augmentations
 (torchvision transforms on PIL images, `ImageFolder` with its PIL loader, a `DataLoader` with `num_workers=0`,
 torch on 1 thread), i.e. the work of one data-loader worker. The load average at the start and end is printed: other
@@ -95,13 +97,13 @@ def write_synthetic(folder, count=256):
 # === One measurement (runs in a child process) ===
 
 
-def measure_ours(folder, mode, batch, steps, warmup, threads, image_size):
+def measure_ours(folder, mode, batch, steps, warmup, threads, image_size, prepared=None):
     from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
     from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
     from tf_mocov3.data import pipelines  # pylint: disable=import-outside-toplevel
     dataset = config_lib.base_config().dataset.to_dict()
-    dataset.update(name="image_folder", path=folder, split="train", image_size=image_size, crop_min=0.08,
-                   in_memory=False, threads=threads, **MODES[mode])
+    dataset.update(name="prepared" if prepared else "image_folder", path=prepared or folder, split="train",
+                   image_size=image_size, crop_min=0.08, in_memory="false", threads=threads, **MODES[mode])
     cfg = ConfigDict(dict(seed=0, batch_size=batch, dataset=dataset))
     it = iter(pipelines.build_pretrain_dataset(cfg))
     for _ in range(warmup):
@@ -185,7 +187,7 @@ def _child(args):
         ips, per_cpu = measure_official(args.folder, args.batch, args.steps, args.warmup)
     else:
         ips, per_cpu = measure_ours(args.folder, args.measure, args.batch, args.steps, args.warmup, args.threads,
-                                    args.image_size)
+                                    args.image_size, prepared=args.prepared)
     print("RESULT " + json.dumps(dict(ips=ips, per_cpu_s=per_cpu)), flush=True)
 
 
@@ -193,6 +195,8 @@ def _run_child(args, name):
     cmd = [sys.executable, os.path.abspath(__file__), f"--measure={name}", f"--folder={args.folder}",
            f"--core={args.core}", f"--batch={args.batch}", f"--steps={args.steps}", f"--warmup={args.warmup}",
            f"--threads={args.threads}", f"--image_size={args.image_size}"]
+    if args.prepared and name != "official":
+        cmd.append(f"--prepared={args.prepared}")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in out.stdout.splitlines():
@@ -217,6 +221,10 @@ def main():
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--threads", type=int, default=1, help="our tf.data private thread pool (0: TF's default)")
     p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--format", choices=("prepared", "folder"), default="prepared",
+                   help="what ours reads: the photographs as a prepared array_record set (prepare_data, the "
+                        "ImageNet-scale format; written once into a temp dir) or the image folder itself")
+    p.add_argument("--prepared", help=argparse.SUPPRESS)
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
@@ -236,7 +244,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         if args.folder is None:
             args.folder = write_synthetic(tmp) if args.synthetic else write_photographs(tmp, args.count)
-        print(f"core {args.core}, batch {args.batch} x {args.steps} steps after {args.warmup}, {args.rounds} "
+        if args.format == "prepared":
+            from tf_mocov3.data import prepare  # pylint: disable=import-outside-toplevel
+            args.prepared = os.path.join(tmp, "prepared")
+            prepare.prepare(args.folder, args.prepared, workers=1, progress=False)
+        print(f"ours reads the {args.format} format; "
+              f"core {args.core}, batch {args.batch} x {args.steps} steps after {args.warmup}, {args.rounds} "
               f"interleaved rounds; load average {os.getloadavg()[0]:.2f} at the start", flush=True)
         results = {name: [] for name in names}
         for r in range(args.rounds):
