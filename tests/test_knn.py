@@ -14,7 +14,7 @@ import tensorflow as tf
 from tf_mocov3.evaluation import knn
 from tf_mocov3.training import distribute
 from tf_mocov3.training import pretrain as training
-from conftest import FMNIST, ROOT, needs_fmnist
+from conftest import FMNIST, ROOT, checkpoint_tensors, needs_fmnist
 from tests.fixtures_data import write_idx as _write_idx
 
 # A 2-D memory bank: the query q = [2, 0] is L2-normalised to [1, 0].
@@ -200,9 +200,9 @@ def test_evaluation_split_over_two_replicas_equals_one_replica(monitored_run, tm
 
 @needs_fmnist
 def test_queue_bank_holds_the_training_batches_features_and_labels(tmp_path, tiny_config):
-    """config.knn.bank='queue' (the paper's monitor): the train step fills the bank with the momentum encoder's
-    features of the training images it saw, in step order, labelled by their own labels; 2 replicas fill the queue
-    of 1; the monitor logs kNN top-1 from it."""
+    """config.knn.bank='queue' (the paper's monitor) on 2 replicas: the train step fills the bank with the momentum
+    encoder's features of the training images of the whole global batch (both replicas' rows), in step order,
+    labelled by their own labels; the monitor logs kNN top-1 from it."""
     from tf_mocov3.data import order as order_lib
     from tf_mocov3.data import sources as data
 
@@ -211,29 +211,23 @@ def test_queue_bank_holds_the_training_batches_features_and_labels(tmp_path, tin
     config.checkpoint_every_steps = 4
     config.knn = ml_collections.ConfigDict(dict(enabled=True, every_steps=2, bank="queue", queue_size=24,
                                                 max_eval_examples=100, batch_size=64, dip_margin=100.0))
-    runs = {}
-    for name, strategy in (("one", None), ("two", distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]))):
-        workdir = str(tmp_path / name)
-        lines = []
-        result = training.run_pretraining(config, workdir, strategy=strategy, make_callbacks=knn.monitor_callbacks,
-                                          print_fn=lines.append)
-        records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-        runs[name] = result["model"].feature_queue.filled(), records, lines
-    (features, labels), records, lines = runs["one"]
+    workdir, lines = str(tmp_path / "run"), []
+    result = training.run_pretraining(config, workdir, strategy=distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]),
+                                      make_callbacks=knn.monitor_callbacks, print_fn=lines.append)
+    model = result["model"]
+    features, labels = model.feature_queue.filled()
     # 4 steps of 8 into a ring of 24: rows 0-7 hold step 4's images, rows 8-23 those of steps 2 and 3.
     source = data.load_source(config.dataset)
     permutation = order_lib.ExampleOrder(source.num_examples, 8, config.seed).permutation(0).numpy()
     seen = np.asarray(source.labels)[permutation[:32]]
     np.testing.assert_array_equal(labels, np.concatenate([seen[24:32], seen[8:24]]))
     assert features.shape == (24, 32) and np.all(np.linalg.norm(features, axis=1) > 0)
-    (features2, labels2), records2, _ = runs["two"]
-    np.testing.assert_array_equal(labels, labels2)
-    np.testing.assert_allclose(features, features2, atol=1e-4)
-    knn_rows = [r for r in records if "knn_top1" in r]
-    assert [r["step"] for r in knn_rows] == [2, 4]
-    assert any("queue 16" in line for line in lines) and any("queue 24" in line for line in lines)
-    assert [r["knn_top1"] for r in knn_rows] == pytest.approx([r["knn_top1"] for r in records2 if "knn_top1" in r],
-                                                              abs=1.01)   # at most one of 100 images flips
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in records if "knn_top1" in r] == [2, 4]
+    assert any("queue 16," in line for line in lines) and any("queue 24," in line for line in lines)
+    # The queue is saved with the model: the checkpoint holds its rows.
+    saved = {k: v for k, v in checkpoint_tensors(workdir).items() if "feature_queue" in k and "labels" in k}
+    assert len(saved) == 1 and np.array_equal(next(iter(saved.values())), np.concatenate([seen[24:32], seen[8:24]]))
 
 
 def test_queue_bank_config_errors_are_one_sentence(tiny_config, tmp_path):
