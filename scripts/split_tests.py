@@ -1,7 +1,7 @@
 """Prints the test files of one half (argument 0 or 1) of the suite, halves balanced by cost (scripts/test.sh).
 
-COST: rough seconds per file, estimated from a full run's --durations on the 2-core development machine; a file not listed
-counts DEFAULT_COST. The split is greedy: the most expensive file first, each into the lighter half.
+COST: rough seconds per file, estimated from a full run's --durations on the 2-core development machine; a file not
+listed counts DEFAULT_COST. The split is greedy: the most expensive file first, each into the lighter half.
 """
 
 import glob
