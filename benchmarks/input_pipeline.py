@@ -118,6 +118,9 @@ def measure_ours(folder, mode, batch, steps, warmup, threads, image_size, prepar
 def _import_torchvision():
     try:
         import torchvision  # pylint: disable=import-outside-toplevel
+    except ImportError as err:
+        raise SystemExit("The official pipeline needs torchvision: pip install -r requirements-bench.txt, "
+                         "or pass --no_official.") from err
     except RuntimeError as err:
         # A torchvision wheel whose compiled ops do not load against this torch (e.g. the CUDA build next to a CPU
         # torch) fails while registering them; the transforms used here are pure Python on PIL images and need none.
@@ -255,7 +258,8 @@ def main():
         for r in range(args.rounds):
             for name in names:
                 results[name].append(_run_child(args, name))
-                print(f"  round {r + 1} {name}: {results[name][-1]['ips']:.1f} images/s", flush=True)
+                print(f"  round {r + 1} {name}: {results[name][-1]['ips']:.1f} images/s, "
+                      f"{results[name][-1]['per_cpu_s']:.1f} per CPU-second", flush=True)
         official = statistics.median(x["ips"] for x in results["official"]) if "official" in results else None
         from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
         defaults = config_lib.base_config().dataset

@@ -254,8 +254,12 @@ def decode_image(data):
 
 
 def crop_and_resize(image, window, image_size):
-    """Crop a decoded uint8 image to `window` and resize it to a float32 [S, S, 3] in [0, 1]."""
-    crop = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+    """Crop a decoded uint8 image to `window` and resize it to a float32 [S, S, 3] in [0, 1].
+
+    A plain slice: `random_resized_crop_window` only makes windows inside the image, and
+    `tf.image.crop_to_bounding_box` would add ~75 checking ops per view to the per-example map function."""
+    window = tf.cast(window, tf.int32)
+    crop = tf.slice(image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1]))
     return _resize(crop, image_size)
 
 
