@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
+import ml_collections  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
@@ -58,6 +59,23 @@ class StopAt(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) >= self.step:
             self.model.stop_training = True
+
+
+def tiny_model_config(arch="vit_micro"):
+    """config.model of a tiny MoCo v3 (2 blocks of width 32 for vit_micro, 1 for another ViT arch), for model tests
+    that build `moco.build_moco` directly."""
+    c = ml_collections.ConfigDict()
+    c.arch = arch
+    c.overrides = ({"embed_dim": 32, "depth": 2, "num_heads": 2} if arch == "vit_micro"
+                   else {"depth": 1, "embed_dim": 32, "num_heads": 2})
+    c.train_patch_embed = False
+    c.moco_dim = 16
+    c.mlp_dim = 32
+    c.temperature = 0.2
+    c.momentum = 0.99
+    c.momentum_cosine = True
+    c.monitor_grad_norms = True
+    return c
 
 
 def checkpoint_tensors(workdir):

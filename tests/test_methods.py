@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import needs_fmnist
+from conftest import needs_fmnist, tiny_model_config
 from tf_mocov3 import config_lib
 from tf_mocov3.models import losses
 from tf_mocov3.models import moco
@@ -73,20 +73,6 @@ def test_byol_loss_equals_the_numpy_reference():
     assert float(losses.byol_loss(q1, q2, k1, k2)) == pytest.approx(np_byol(q1, q2, k1, k2), rel=1e-6)
     # Queries parallel to the other view's keys: loss 0.
     assert float(losses.byol_loss(2 * k2, 3 * k1, k1, k2)) == pytest.approx(0.0, abs=1e-6)
-
-
-def tiny_model_config():
-    c = ml_collections.ConfigDict()
-    c.arch = "vit_micro"
-    c.overrides = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-    c.train_patch_embed = False
-    c.moco_dim = 16
-    c.mlp_dim = 32
-    c.temperature = 0.2
-    c.momentum = 0.99
-    c.momentum_cosine = True
-    c.monitor_grad_norms = True
-    return c
 
 
 def build(method, epsilon=EQUALITY_EPS, model_config=None):

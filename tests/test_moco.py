@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_model_config
 from tf_mocov3.models import losses
 from tf_mocov3.models import moco
 from tf_mocov3.training import distribute
@@ -13,20 +14,6 @@ from tf_mocov3.training import optim
 
 IMAGE = 16
 BATCH = 8
-
-
-def tiny_model_config(arch="vit_micro"):
-    c = ml_collections.ConfigDict()
-    c.arch = arch
-    c.overrides = {"embed_dim": 32, "depth": 2, "num_heads": 2} if arch == "vit_micro" else {"depth": 1, "embed_dim": 32, "num_heads": 2}
-    c.train_patch_embed = False
-    c.moco_dim = 16
-    c.mlp_dim = 32
-    c.temperature = 0.2
-    c.momentum = 0.99
-    c.momentum_cosine = True
-    c.monitor_grad_norms = True
-    return c
 
 
 def tiny_optim_config(epsilon=1e-8):
