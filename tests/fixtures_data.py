@@ -145,13 +145,14 @@ def write_imagenet_manual(manual, synsets=("n01440764", "n01443537"), per_class=
             add(val_tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", encode_image(photo_like(36, seed=100 + i)))
 
 
-def build_tfds_imagenet(root, file_format="tfrecord", **manual):
+def build_tfds_imagenet(root, file_format="tfrecord", num_shards=None, **manual):
     """Writes the manual-download archives under root/downloads/manual and builds TFDS's real imagenet2012 from them
-    in `file_format` ("tfrecord" or "array_record"); returns root (the data_dir)."""
+    in `file_format` ("tfrecord" or "array_record"), in `num_shards` files per split (None: TFDS decides, one
+    here); returns root (the data_dir)."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     manual_dir = os.path.join(str(root), "downloads", "manual")
     write_imagenet_manual(manual_dir, **manual)
     tfds.builder("imagenet2012", data_dir=str(root), file_format=file_format).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, num_shards=num_shards))
     return str(root)

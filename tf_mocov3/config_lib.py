@@ -139,6 +139,7 @@ def base_config():
     # build from disk by random access (bounded memory); "true" / "false" force memory / disk (sources.py).
     c.dataset.in_memory = "auto"
     c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (TFRecord builds too large to hold): shuffle buffer
+    c.dataset.cycle_length = 16       # streamed TFDS sources: files read at a time (file-level shuffle, order.py)
     return c
 
 
@@ -220,6 +221,7 @@ def finetune_config():
     c.dataset.eval_split = "test"
     c.dataset.in_memory = "auto"      # as in base_config: TFDS TFRecord splits under 2 GiB in memory
     c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (TFRecord builds too large to hold): shuffle buffer
+    c.dataset.cycle_length = 16       # streamed TFDS sources: files read at a time (file-level shuffle, order.py)
     c.dataset.validate_files = True
     c.dataset.threads = 0
 

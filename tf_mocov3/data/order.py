@@ -23,9 +23,14 @@ items of the repeated list (the augmentation seed of an item is that of its posi
 epoch down to a multiple of 256 images (`len // 256 * 256 / R` per replica); here the cut is N // R per replica.
 The default (`repeats=1`) is the plain order above, unchanged.
 
-Streamed sources (records in a fixed order, no random access) follow the same positions and seeds, but the
-permutation of an epoch is a shuffle buffer seeded by (seed, e) (`ExampleOrder.streamed_epoch`); resuming then
-reads, but does not decode, the records of the skipped steps of the current epoch.
+Streamed sources (TFRecord files, no random access) follow the same positions and seeds, but an epoch's order is
+a file-level shuffle: input pipeline p of P reads only its own files (every P-th, sources.StreamReader.share), in
+an order seeded by (seed, e) (`ExampleOrder.file_order`), several files interleaved, through a shuffle buffer seeded
+by (seed, e) (`ExampleOrder.streamed_epoch`). Its k-th example of an epoch fills row offset + k % rows of global
+step k // rows. The epoch is N' = P * (the smallest share) examples (= N for one pipeline), so that every pipeline
+fills every step. Resuming reads, but does not decode, the records of the pipeline's share before the restart step
+of the current epoch (never those of earlier epochs). How much this mixes the data, against a global permutation:
+benchmarks/stream_shuffle.py and BUILD_NOTES.md.
 
 Seeded subsets (numpy, decided once before any tf.data work): `subset_indices` (a fraction and/or a count of a
 split, kept in split order) and `holdout_split` (train / holdout indices of a training split).
@@ -125,11 +130,20 @@ class ExampleOrder:
             index = tf.gather(self.permutation(epoch), position)
         return tf.data.Dataset.from_tensor_slices((index, position, tf.fill(tf.shape(position), epoch)))
 
-    def streamed_epoch(self, stream, epoch, shuffle_buffer):
-        """Dataset of (example, position, epoch) of one epoch of a streamed source.
+    def file_order(self, file_ids, epoch):
+        """int64: the files `file_ids` of a streamed source in the order `epoch` reads them (seeded by seed, epoch)."""
+        file_ids = tf.constant(np.asarray(file_ids, np.int64))
+        return tf.gather(file_ids, tf.random.experimental.stateless_shuffle(
+            tf.range(tf.size(file_ids, out_type=tf.int64)), seed=tf.stack([
+                tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])))
 
-        `stream` is a Dataset of the N examples in a fixed order; the epoch's permutation is a shuffle buffer of
-        `shuffle_buffer` examples seeded by (seed, epoch). The skipped steps are read, not decoded.
+    def streamed_epoch(self, stream, epoch, shuffle_buffer):
+        """Dataset of (example, position, epoch) of one epoch of a streamed source, for this pipeline's rows.
+
+        `stream` is a Dataset of this pipeline's share of the epoch's examples (at least steps_per_epoch * rows
+        of them), in the epoch's file order; it passes a shuffle buffer of `shuffle_buffer` examples seeded by
+        (seed, epoch), and its k-th example fills row row_offset + k % rows of step k // rows. The skipped steps
+        are read, not decoded.
         """
         epoch = tf.cast(epoch, tf.int64)
         graph = tf.compat.v1.get_default_graph()
@@ -143,11 +157,10 @@ class ExampleOrder:
         if self.repeats > 1:  # each record `repeats` times in a row (read once)
             repeats = self.repeats
             ds = ds.flat_map(lambda *ex: tf.data.Dataset.from_tensors(ex if len(ex) > 1 else ex[0]).repeat(repeats))
-        batch, lo, hi = self.global_batch, self.row_offset, self.row_offset + self.rows
-        ds = ds.take(min(self.steps_per_epoch * batch, self.num_examples)).enumerate()
-        ds = ds.skip(self._first_step(epoch) * batch)
-        ds = ds.filter(lambda pos, ex: (pos % batch >= lo) & (pos % batch < hi))
-        return ds.map(lambda pos, ex: (ex, pos, epoch))
+        batch, rows, offset = self.global_batch, self.rows, self.row_offset
+        ds = ds.take(min(self.steps_per_epoch * rows, self.num_examples)).enumerate()
+        ds = ds.skip(self._first_step(epoch) * rows)
+        return ds.map(lambda k, ex: (ex, (k // rows) * batch + offset + k % rows, epoch))
 
     def epochs(self, one_epoch, end_epoch=None):
         """`one_epoch(epoch)` (a Dataset) for epochs start_epoch .. end_epoch - 1 (None: forever), concatenated."""

@@ -27,8 +27,6 @@ pipeline's rows by one), never the run. A prepared record that fails sources.py'
 way, with a warning naming its index and shard (sources.RecordReader).
 """
 
-import logging
-
 import numpy as np
 import tensorflow as tf
 
@@ -42,6 +40,8 @@ from tf_mocov3.data import sources
 # Keeps the per-step mixup seeds apart from the per-example seeds.
 MIX_SEED_SALT = 0x6D697875
 DEFAULT_SHUFFLE_BUFFER = 10_000
+# Files of a streamed source read at a time, one record of each in turn (TFDS's interleave default).
+DEFAULT_CYCLE_LENGTH = 16
 
 _get = sources.setting
 
@@ -74,11 +74,56 @@ def _layout(config, input_context):
     return n, local, pipeline * local * n
 
 
+def _pipelines(input_context):
+    """-> (this input pipeline's id, the number of input pipelines)."""
+    if input_context is None:
+        return 0, 1
+    return input_context.input_pipeline_id, input_context.num_input_pipelines
+
+
+def streamed_epoch_size(source, pipelines=1, indices=None):
+    """N' of a streamed source read by `pipelines` input pipelines, each from its own files (order.py): pipelines
+    times the smallest share (of the subset `indices`, if given)."""
+    keep = None
+    if indices is not None:
+        keep = np.zeros(source.num_examples, bool)
+        keep[np.asarray(indices, np.int64)] = True
+    reader = source.reader
+    return pipelines * min(reader.share_size(reader.share(p, pipelines), keep) for p in range(pipelines))
+
+
+def streamed_epochs(source, order, *, shuffle_buffer, cycle_length=DEFAULT_CYCLE_LENGTH, pipeline=0, pipelines=1,
+                    indices=None):
+    """one_epoch(epoch) -> Dataset of ((image, label), position, epoch) of this pipeline's share of a streamed
+    source: its own files in the epoch's file order, `cycle_length` at a time, through the epoch's shuffle buffer
+    (order.py); only the examples of the sorted subset `indices`, if given."""
+    reader = source.reader
+    files = reader.share(pipeline, pipelines)
+    keep = None
+    if indices is not None:
+        mask = np.zeros(source.num_examples, bool)
+        mask[np.asarray(indices, np.int64)] = True
+        keep = tf.constant(mask)
+    cycle_length = max(1, min(int(cycle_length), len(files)))
+
+    def one_epoch(epoch):
+        ds = reader.read(order.file_order(files, epoch), cycle_length)
+        if keep is not None:
+            ds = ds.filter(lambda index, image, label: tf.gather(keep, index))
+        ds = ds.map(lambda index, image, label: (image, label))
+        return order.streamed_epoch(ds, epoch, shuffle_buffer)
+
+    return one_epoch
+
+
 def pretrain_order(config, source, *, input_context=None, start_step=0):
     """The order.ExampleOrder of this input pipeline's rows (_layout) of the pre-training split `source`."""
     n, local, offset = _layout(config, input_context)
+    num_examples = source.num_examples
+    if source.kind == "stream":
+        num_examples = streamed_epoch_size(source, _pipelines(input_context)[1])
     try:
-        return order_lib.ExampleOrder(source.num_examples, config.batch_size, int(config.seed), start_step=start_step,
+        return order_lib.ExampleOrder(num_examples, config.batch_size, int(config.seed), start_step=start_step,
                                       rows=local * n, row_offset=offset)
     except ValueError as err:
         raise ValueError(f"The {source.name} split: {err}") from err
@@ -129,14 +174,11 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
         ds = ds.map(lambda image, label, pos, e: keep(augment_example(image, pos, e), label),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        buffer = int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
-        pipelines = input_context.num_input_pipelines if input_context is not None else 1
-        if pipelines > 1 and input_context.input_pipeline_id == 0:
-            logging.warning("%s is streamed from TFRecord files: each of the %d input pipelines (hosts) reads the "
-                            "whole split and keeps its rows. At this scale build it with --file_format=array_record "
-                            "or run python -m tf_mocov3.prepare_data, so that each host reads only its share.",
-                            source.name, pipelines)
-        ds = order.epochs(lambda e: order.streamed_epoch(source.stream(), e, buffer))
+        pipeline, pipelines = _pipelines(input_context)
+        ds = order.epochs(streamed_epochs(
+            source, order, shuffle_buffer=int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)),
+            cycle_length=int(_get(dcfg, "cycle_length", DEFAULT_CYCLE_LENGTH)), pipeline=pipeline,
+            pipelines=pipelines))
         ds = ds.map(lambda ex, pos, e: keep(augment_example(ex[0], pos, e), ex[-1]),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if source.is_encoded:
@@ -162,17 +204,19 @@ def labelled_examples(source, indices=None):
     """Dataset of (image, int64 label) of `indices` (sorted; None = all) of a source, in index order.
 
     The image is what the source holds (uint8 HWC array or encoded bytes); random-access sources (in memory or
-    'records' on disk) read only the selected examples, streamed ones read the stream up to the last selected one.
+    'records' on disk) read only the selected examples, streamed ones read the files that hold them.
     """
     if source.kind == "stream":
-        ds = source.stream()
-        if indices is not None:
-            keep = np.zeros(source.num_examples, bool)
-            keep[np.asarray(indices, np.int64)] = True
-            keep = tf.constant(keep)
-            ds = ds.take(int(np.max(indices)) + 1 if len(indices) else 0).enumerate()
-            ds = ds.filter(lambda i, ex: tf.gather(keep, i)).map(lambda i, ex: ex)
-        return ds.map(lambda image, label: (image, tf.cast(label, tf.int64)))
+        if indices is None:
+            return source.stream()
+        reader = source.reader
+        indices = np.asarray(indices, np.int64)
+        keep = np.zeros(source.num_examples, bool)
+        keep[indices] = True
+        files = np.unique(np.searchsorted(reader.starts, indices, side="right") - 1)
+        keep = tf.constant(keep)
+        ds = reader.read(files).filter(lambda index, image, label: tf.gather(keep, index))
+        return ds.map(lambda index, image, label: (image, label))
     index = tf.range(source.num_examples, dtype=tf.int64) if indices is None else tf.constant(indices, tf.int64)
     return source.examples(tf.data.Dataset.from_tensor_slices((index,)))
 
@@ -279,8 +323,8 @@ def train_crop(image, seed, *, image_size, scale=(0.08, 1.0), random_erasing=0.0
 
 def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale=(0.08, 1.0), random_erasing=0.0,
                            start_step=0, indices=None, keep_partial_batch=False, end_epoch=None, mix=None,
-                           shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, threads=0, interpolation="bilinear",
-                           rand_augment=None, repeats=1, num_replicas=1, mix_group=0):
+                           shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, cycle_length=DEFAULT_CYCLE_LENGTH, threads=0,
+                           interpolation="bilinear", rand_augment=None, repeats=1, num_replicas=1, mix_group=0):
     """Global batches (images [B, S, S, 3], labels) of `train_crop`s in the order of order.py.
 
     Args:
@@ -292,7 +336,8 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
       mix: None (labels int64 [B]) or mixup.mix_batch's keyword arguments (num_classes, mixup_alpha, cutmix_alpha,
         prob, switch_prob, smoothing): each global step t is mixed with a seed made from (seed, t), and the labels
         become soft targets float32 [B, num_classes].
-      shuffle_buffer: the epoch shuffle of a streamed source.
+      shuffle_buffer, cycle_length: the epoch shuffle of a streamed source (order.py): its shuffle buffer, and
+        how many files are read at a time.
       threads: tf.data's private thread pool (0 = TF's).
       interpolation, rand_augment: `train_crop`'s ("bilinear" / "bicubic"; None, a timm string such as
         "rand-m9-mstd0.5-inc1" or a randaugment.RandAugmentSpec).
@@ -300,6 +345,8 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
       mix_group: rows per mixup / cutmix group (mixup.mix_groups; 0 = one lambda per global batch).
     """
     num = source.num_examples if indices is None else len(indices)
+    if source.kind == "stream":
+        num = streamed_epoch_size(source, indices=indices)
     order = order_lib.ExampleOrder(num, global_batch, seed, start_step=start_step,
                                    keep_partial_batch=keep_partial_batch, repeats=repeats, num_replicas=num_replicas)
     image_size, scale, random_erasing = int(image_size), tuple(float(s) for s in crop_scale), float(random_erasing)
@@ -313,14 +360,12 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
         return image, label
 
     if source.kind == "stream":
-        stream = labelled_examples(source, indices)
-
         @tf.autograph.experimental.do_not_convert
         def example(ex, position, epoch):
             return crop(ex[0], ex[1], position, epoch)
 
-        def one_epoch(epoch):
-            return order.streamed_epoch(stream, epoch, shuffle_buffer)
+        one_epoch = streamed_epochs(source, order, shuffle_buffer=shuffle_buffer, cycle_length=cycle_length,
+                                    indices=indices)
     else:
         subset = None if indices is None else tf.constant(indices, tf.int64)
 

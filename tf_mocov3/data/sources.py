@@ -18,9 +18,11 @@ Kinds of source (`Source.kind`):
   with `--file_format=array_record` (`tfds build imagenet2012 --file_format=array_record`). Host memory holds only
   the shard list; each input pipeline reads only the records of its own rows of each global batch, in batched reads
   (one Python call per READ_BATCH records inside tf.data, about 18,000 records/s on one core: BUILD_NOTES.md).
-- 'stream': a TFDS set stored as TFRecord that is too large to hold (no random access): its records are read in
-  TFDS's deterministic order and shuffled with a buffer of `config.dataset.shuffle_buffer` (order.py); every input
-  pipeline reads the whole stream. Prefer an array_record build or a prepared set at ImageNet scale.
+- 'stream': a TFDS set stored as TFRecord that is too large to hold (no random access; `StreamReader`): each input
+  pipeline reads only its own files (every P-th of the split's files), each epoch in a seeded file order,
+  `config.dataset.cycle_length` files interleaved, through a shuffle buffer of `config.dataset.shuffle_buffer`
+  records (order.py): a file-level shuffle, not a global one. Prefer an array_record build or a prepared set at
+  ImageNet scale.
 
 `config.dataset.in_memory`: "auto" (default) holds a TFDS TFRecord split in memory when it is under
 IN_MEMORY_LIMIT_BYTES encoded and streams it otherwise, and reads array_record builds from disk; True / False force
@@ -229,23 +231,38 @@ def _tfds_encoded(builder, split):
     return ds.map(lambda ex: (ex["image"], ex["label"]))
 
 
-def _tfds_is_array_record(builder):
-    return "array_record" in str(getattr(builder.info, "file_format", "") or "").lower()
-
-
-def _tfds_reader(builder, split):
-    """RecordReader of a TFDS split built as array_record (records are TFDS's serialized tf.train.Examples)."""
+def _tfds_parser(builder):
+    """TF function: one serialized TFDS example -> (encoded image, int64 label)."""
     import tensorflow_datasets as tfds
 
-    info = builder.info.splits[split]
-    paths = [str(p) for p in info.filepaths]
     features = builder.info.features
 
     def parse(record):
         example = features.deserialize_example(record, decoders={"image": tfds.decode.SkipDecoding()})
         return example["image"], tf.cast(example["label"], tf.int64)
 
-    return RecordReader(paths, list(info.shard_lengths), parse, name=f"{builder.name}/{split}",
+    return parse
+
+
+def _tfds_stream_reader(builder, split):
+    """StreamReader of a TFDS split built as TFRecord (TFDS's default file format)."""
+    info = builder.info.splits[split]
+    root = os.path.dirname(os.path.dirname(builder.data_dir))
+    return StreamReader([str(p) for p in info.filepaths], list(info.shard_lengths), _tfds_parser(builder),
+                        name=f"{builder.name}/{split}",
+                        fix=f"rebuild it with `tfds build {builder.name} --data_dir={root}`, or as array_record "
+                            f"(`--file_format=array_record`) for random access")
+
+
+def _tfds_is_array_record(builder):
+    return "array_record" in str(getattr(builder.info, "file_format", "") or "").lower()
+
+
+def _tfds_reader(builder, split):
+    """RecordReader of a TFDS split built as array_record (records are TFDS's serialized tf.train.Examples)."""
+    info = builder.info.splits[split]
+    paths = [str(p) for p in info.filepaths]
+    return RecordReader(paths, list(info.shard_lengths), _tfds_parser(builder), name=f"{builder.name}/{split}",
                         fix=f"rebuild it with `tfds build {builder.name} --file_format=array_record "
                             f"--data_dir={os.path.dirname(os.path.dirname(builder.data_dir))}`")
 
@@ -317,6 +334,77 @@ class RecordReader:
                             name=f"{self.name}+{other.name}", fix=self.fix)
 
 
+# === Sequential files (TFRecord) ===
+
+
+class StreamReader:
+    """The TFRecord files of one split (no random access): read whole files, in any file order, several at a time.
+
+    Host memory holds the file list and the record count of each file (TFDS's shard lengths). Example `i` of the
+    split is record i - starts[f] of the file f that holds it, so every record read carries its index in the split.
+    `share(p, P)` gives input pipeline p of P its own files (every P-th), so P hosts read disjoint shares;
+    `read(file_ids, cycle_length)` reads files in the given order, `cycle_length` at a time, one record of each in
+    turn (the file-level shuffle of order.py decides that order per epoch). `parse(record)` (TF) -> (encoded image,
+    int64 label).
+    """
+
+    def __init__(self, paths, counts, parse, *, name="", fix=""):
+        self.paths, self.counts = [str(p) for p in paths], [int(c) for c in counts]
+        self.parse, self.name, self.fix = parse, name, fix
+        if len(self.paths) != len(self.counts):
+            raise ValueError(f"{name} lists {len(self.paths)} files but {len(self.counts)} record counts: {fix}.")
+        self.starts = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
+        for path in self.paths:
+            if not tf.io.gfile.exists(path):
+                raise ValueError(f"File {path} of {name} is missing: {fix}.")
+
+    @property
+    def num_records(self):
+        return int(self.starts[-1])
+
+    def share(self, pipeline=0, pipelines=1):
+        """int64 ids of the files that input pipeline `pipeline` of `pipelines` reads: every `pipelines`-th file."""
+        if len(self.paths) < pipelines:
+            raise ValueError(f"{self.name} is stored in {len(self.paths)} TFRecord files, fewer than the {pipelines} "
+                             f"input pipelines (hosts) that each read their own files: {self.fix}.")
+        return np.arange(pipeline, len(self.paths), pipelines, dtype=np.int64)
+
+    def share_size(self, file_ids, keep=None):
+        """Examples in the files `file_ids` (only those marked in the bool mask `keep` over the split, if given)."""
+        if keep is None:
+            return int(sum(self.counts[int(f)] for f in file_ids))
+        return int(sum(np.count_nonzero(keep[self.starts[f]:self.starts[f + 1]]) for f in file_ids))
+
+    def read(self, file_ids, cycle_length=1):
+        """Dataset of (int64 index in the split, encoded image, int64 label) of the files `file_ids` (int64, a list
+        or a tensor), in that order, `cycle_length` files open at a time (1: one file after the other)."""
+        paths, starts = tf.constant(self.paths), tf.constant(self.starts)
+
+        def one_file(k):
+            records = tf.data.TFRecordDataset(tf.gather(paths, k))
+            index = tf.data.Dataset.range(tf.gather(starts, k), tf.gather(starts, k + 1))
+            return tf.data.Dataset.zip(index, records)
+
+        files = tf.data.Dataset.from_tensor_slices(tf.cast(file_ids, tf.int64))
+        if int(cycle_length) <= 1:
+            ds = files.flat_map(one_file)
+        else:
+            ds = files.interleave(one_file, cycle_length=int(cycle_length), block_length=1,
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        parse = self.parse
+        return ds.map(lambda index, record: (index, *parse(record)), num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True)
+
+    def stream(self):
+        """Dataset of (encoded image, int64 label) of the whole split in its order (file after file)."""
+        return self.read(np.arange(len(self.paths), dtype=np.int64)).map(lambda index, image, label: (image, label))
+
+    def concatenate(self, other):
+        """The files of this reader followed by those of `other` (a split "a+b")."""
+        return StreamReader(self.paths + other.paths, self.counts + other.counts, self.parse,
+                            name=f"{self.name}+{other.name}", fix=self.fix)
+
+
 # === Prepared data sets (python -m tf_mocov3.prepare_data) ===
 
 
@@ -383,7 +471,7 @@ class Source:
 
     kind: 'array' (uint8 [N, H, W, C] in `images`), 'bytes' (encoded images in `images`),
     'paths' (file names in `images`), 'records' (a RecordReader in `reader`: random access on disk) or 'stream'
-    (`stream()` gives (encoded, label) in a deterministic order).
+    (a StreamReader in `reader`: TFRecord files; `stream()` gives (encoded, label) of the split in its order).
     """
     name: str
     kind: str
@@ -507,8 +595,8 @@ def load_source(dataset_config, split=None):
         logger.warning("%s/%s is stored as TFRecord (no random access): streaming it, each input pipeline reads the "
                        "whole split and shuffles with a buffer; for a global shuffle per epoch rebuild it with "
                        "`tfds build %s --file_format=array_record` or use tf_mocov3.prepare_data.", name, split, name)
-        return Source(name, "stream", num_examples, num_classes,
-                      stream=lambda: _tfds_encoded(builder, split))
+        reader = _tfds_stream_reader(builder, split)
+        return Source(name, "stream", num_examples, num_classes, stream=reader.stream, reader=reader)
     raise ValueError(f"Unknown dataset.name {name!r}; valid names: {', '.join(SOURCE_NAMES)}.")
 
 
@@ -543,9 +631,15 @@ def _concatenate(sources, split):
             reader = reader.concatenate(s.reader)
         return Source(first.name, "records", reader.num_records, max(s.num_classes for s in sources),
                       reader=reader)
-    if any(s.kind != first.kind or s.kind == "stream" for s in sources):
-        raise LabelledSplitError(f"Cannot join the splits {split!r} of {first.name} (streamed or mixed sources); "
-                                 f"set config.dataset.in_memory=True.")
+    if first.kind == "stream" and all(s.kind == "stream" for s in sources):
+        reader = first.reader
+        for s in sources[1:]:
+            reader = reader.concatenate(s.reader)
+        return Source(first.name, "stream", reader.num_records, max(s.num_classes for s in sources),
+                      stream=reader.stream, reader=reader)
+    if any(s.kind != first.kind for s in sources):
+        raise LabelledSplitError(f"Cannot join the splits {split!r} of {first.name} (held in memory and on disk); "
+                                 f"set config.dataset.in_memory to True or False.")
     images = tf.concat([s.images for s in sources], axis=0)
     labels = np.concatenate([s.labels for s in sources])
     return Source(first.name, first.kind, len(labels), max(s.num_classes for s in sources), images, labels)

@@ -102,8 +102,9 @@ def build_train_dataset(config, source, *, start_step=0, num_replicas=1):
             mix=mix, threads=int(config.dataset.get("threads", 0) or 0),
             interpolation=str(aug.get("interpolation", "bilinear")), rand_augment=aug.get("rand_augment", "") or None,
             repeats=int(aug.get("repeated_aug", 1)), num_replicas=int(num_replicas),
-            mix_group=int(aug.get("mixup_group", 0)), shuffle_buffer=int(
-                config.dataset.get("shuffle_buffer", pipelines.DEFAULT_SHUFFLE_BUFFER)))
+            mix_group=int(aug.get("mixup_group", 0)),
+            shuffle_buffer=int(config.dataset.get("shuffle_buffer", pipelines.DEFAULT_SHUFFLE_BUFFER)),
+            cycle_length=int(config.dataset.get("cycle_length", pipelines.DEFAULT_CYCLE_LENGTH)))
     except ValueError as err:
         raise FinetuneError(str(err)) from err
 

@@ -422,7 +422,9 @@ def run_probe(config, pretrained_path, workdir, *, strategy=None, tpu="", print_
         dataset = pipelines.labelled_train_dataset(
             train_source, indices=train_idx, global_batch=batch, seed=config.seed, image_size=image_size,
             crop_scale=(config.dataset.crop_min, 1.0), start_step=start_step, keep_partial_batch=True,
-            end_epoch=config.epochs)
+            end_epoch=config.epochs,
+            shuffle_buffer=int(config.dataset.get("shuffle_buffer", pipelines.DEFAULT_SHUFFLE_BUFFER)),
+            cycle_length=int(config.dataset.get("cycle_length", pipelines.DEFAULT_CYCLE_LENGTH)))
     curves = fit_heads(probe, dataset, trainer=trainer, start_step=start_step, steps_per_epoch=spe,
                        holdout=holdout, init_lrs=init_lrs)
 
