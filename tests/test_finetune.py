@@ -93,6 +93,27 @@ def test_resume_gives_the_same_weights_and_report(pretrained_dir, tmp_path):
     assert os.path.exists(os.path.join(resumed_dir, "finetune.png"))
 
 
+@needs_fmnist
+def test_two_replicas_fine_tune_as_one(pretrained_dir, tmp_path):
+    """On 2 mirrored CPU replicas each replica gets its rows of the global batch from the input pipeline
+    (distribute_datasets_from_function) and the weights after 3 steps equal one replica's (mixup, cutmix, label
+    smoothing on; drop-path off, its masks are drawn per replica)."""
+    from tf_mocov3.training import distribute  # pylint: disable=import-outside-toplevel
+
+    runs = {}
+    for name, strategy in (("one", None), ("two", distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]))):
+        config = tiny_config()
+        config.max_steps, config.model.drop_path_rate = 3, 0.0
+        result = finetune.run_finetune(config, str(tmp_path / name), pretrained_dir, strategy=strategy,
+                                       print_fn=lambda _: None)
+        assert result["step"] == 3
+        runs[name] = _weights(str(tmp_path / name))
+    assert runs["one"].keys() == runs["two"].keys()
+    for key in runs["one"]:
+        if runs["one"][key].dtype.kind == "f":
+            np.testing.assert_allclose(runs["one"][key], runs["two"][key], atol=2e-5, err_msg=key)
+
+
 def test_image_folder_run_of_two_steps(pretrained_dir, tmp_path):
     folder = str(tmp_path / "images")
     _write_folder(folder)

@@ -110,6 +110,43 @@ def test_labelled_train_dataset_crops_each_example_with_its_contract_seed(tmp_pa
         np.testing.assert_array_equal(b, d)
 
 
+def _host(pipeline, pipelines_, replicas):
+    return tf.distribute.InputContext(num_input_pipelines=pipelines_, input_pipeline_id=pipeline,
+                                      num_replicas_in_sync=replicas)
+
+
+@pytest.mark.parametrize("repeats,mix_group", [(1, 0), (2, 2)])
+def test_each_host_of_a_fine_tuning_run_yields_its_rows_of_the_one_pipeline_batch(repeats, mix_group):
+    """Two hosts with two replicas each read and augment only their rows of each global batch; side by side they
+    equal the one-pipeline batches (repeated augmentation and mixup groups included); per-replica batches follow."""
+    images = np.random.default_rng(3).integers(0, 255, (24, 12, 12, 3), dtype=np.uint8)
+    source = sources.Source("toy", "array", 24, 4, tf.constant(images), np.arange(24, dtype=np.int64) % 4)
+    mix = None if not mix_group else dict(num_classes=4, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0,
+                                          switch_prob=0.5, smoothing=0.1)
+    kwargs = dict(global_batch=8, seed=2, image_size=8, repeats=repeats, mix=mix, mix_group=mix_group,
+                  start_step=1)
+    one = list(pipelines.labelled_train_dataset(source, num_replicas=4, **kwargs).take(4))
+    hosts = [list(pipelines.labelled_train_dataset(source, input_context=_host(p, 2, 4), **kwargs).take(4))
+             for p in range(2)]
+    for step in range(4):
+        for k in range(2):  # images, labels / soft targets
+            np.testing.assert_allclose(np.concatenate([hosts[0][step][k], hosts[1][step][k]]), one[step][k],
+                                       atol=1e-6)
+    replica_batches = list(pipelines.per_replica_batches(
+        pipelines.labelled_train_dataset(source, input_context=_host(1, 2, 4), **kwargs), 2).take(2))
+    np.testing.assert_array_equal(np.concatenate([replica_batches[0][0], replica_batches[1][0]]), hosts[1][0][0])
+
+
+def test_mixup_groups_that_cross_hosts_are_refused_with_the_fix():
+    images = np.zeros((16, 8, 8, 3), np.uint8)
+    source = sources.Source("toy", "array", 16, 2, tf.constant(images), np.arange(16, dtype=np.int64) % 2)
+    mix = dict(num_classes=2, mixup_alpha=0.8)
+    with pytest.raises(ValueError, match=r"Mixup groups of 4 rows cross the 2 rows of each of the 4 hosts; set "
+                                         r"config.aug.mixup_group to a divisor of 2 \(or 0\)"):
+        pipelines.labelled_train_dataset(source, global_batch=8, seed=0, image_size=8, mix=mix, mix_group=4,
+                                         input_context=_host(0, 4, 4))
+
+
 def test_train_crop_of_jpeg_bytes_equals_the_crop_of_the_decoded_image():
     pixels = np.random.default_rng(1).integers(0, 255, (30, 26, 3), dtype=np.uint8)
     data = tf.io.encode_jpeg(tf.constant(pixels), quality=95, chroma_downsampling=False)  # 4:4:4: crops exact

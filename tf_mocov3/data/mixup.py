@@ -111,7 +111,7 @@ def mix_batch(images, labels, seed, *, num_classes, mixup_alpha=0.0, cutmix_alph
     return out, targets, lam
 
 
-def mix_groups(images, labels, seed, *, group_size=0, **kwargs):
+def mix_groups(images, labels, seed, *, group_size=0, first_group=0, **kwargs):
     """`mix_batch` per group of `group_size` consecutive rows (module docstring); returns (images, targets, lams [G]).
 
     Args:
@@ -119,23 +119,27 @@ def mix_groups(images, labels, seed, *, group_size=0, **kwargs):
         labels: int [B].
         seed: int tensor [2].
         group_size: rows per group; 0 (or B) = one group, exactly `mix_batch(images, labels, seed, ...)`.
+        first_group: the number of the first group (an input pipeline serving rows from group k on passes k, so
+          that its groups are mixed as in the whole batch); with first_group > 0 one group is mixed under
+          fold_in(seed, first_group) too.
         **kwargs: mix_batch's keyword arguments (num_classes, mixup_alpha, cutmix_alpha, prob, switch_prob,
             smoothing).
     """
     batch = images.shape[0]
     if batch is None:
         raise ValueError("mix_groups needs a static batch size; batch with drop_remainder=True.")
-    group_size = int(group_size or batch)
-    if group_size >= batch:
+    group_size, first_group = int(group_size or batch), int(first_group)
+    if group_size >= batch and not first_group:
         out, targets, lam = mix_batch(images, labels, seed, **kwargs)
         return out, targets, tf.reshape(lam, [1])
+    group_size = min(group_size, batch)
     if batch % group_size:
         raise ValueError(f"The batch of {batch} rows does not split into mixup groups of {group_size}; set "
                          f"config.aug.mixup_group to a divisor of the per-step batch (or 0 for one group).")
     outs, targets, lams = [], [], []
     for g in range(batch // group_size):
         rows = slice(g * group_size, (g + 1) * group_size)
-        out, target, lam = mix_batch(images[rows], labels[rows], _fold(seed, g), **kwargs)
+        out, target, lam = mix_batch(images[rows], labels[rows], _fold(seed, first_group + g), **kwargs)
         outs.append(out)
         targets.append(target)
         lams.append(lam)

@@ -77,10 +77,9 @@ class ExampleOrder:
         if self.repeats < 1 or self.num_replicas < 1:
             raise ValueError(f"repeats ({self.repeats}) and num_replicas ({self.num_replicas}) must be >= 1; set "
                              f"config.aug.repeated_aug to 1 (off) or e.g. 3 (DeiT).")
-        if self.repeats > 1 and (self.keep_partial_batch or self.rows != self.global_batch
-                                 or self.global_batch % self.num_replicas):
-            raise ValueError("Repeated augmentation needs whole global batches served by one pipeline, split evenly "
-                             "over the replicas; set config.aug.repeated_aug=1 for this input.")
+        if self.repeats > 1 and (self.keep_partial_batch or self.global_batch % self.num_replicas):
+            raise ValueError("Repeated augmentation needs whole global batches split evenly over the replicas; set "
+                             "config.aug.repeated_aug=1 for this input.")
         if self.keep_partial_batch:
             self.steps_per_epoch = -(-self.num_examples // self.global_batch)
         elif self.repeats > 1:  # RASampler: N // R items per replica
@@ -102,10 +101,18 @@ class ExampleOrder:
     def _first_step(self, epoch):
         return tf.where(epoch == self.start_epoch, tf.constant(self.first_step, tf.int64), 0)
 
+    def _row_items(self):
+        """int64 [rows]: which of a step's items this pipeline's rows take. All rows: items 0..B-1 in item order
+        (with repeated augmentation the caller puts them in rows with batch_rows()); part of the rows (one of
+        several input pipelines): the items of rows row_offset.. in row order, batch_rows() already applied."""
+        if self.repeats > 1 and self.rows != self.global_batch:
+            return tf.constant(self.batch_rows()[self.row_offset:self.row_offset + self.rows])
+        return tf.range(self.row_offset, self.row_offset + self.rows, dtype=tf.int64)
+
     def positions(self, epoch):
         """int64 positions of `epoch` this pipeline serves, in order (from start_step in the first epoch)."""
         step = tf.range(self._first_step(epoch), self.steps_per_epoch, dtype=tf.int64)
-        rows = tf.range(self.row_offset, self.row_offset + self.rows, dtype=tf.int64)
+        rows = self._row_items()
         position = tf.reshape(step[:, None] * self.global_batch + rows[None], [-1])
         if self.keep_partial_batch:
             position = tf.boolean_mask(position, position < self.num_examples)
@@ -155,6 +162,9 @@ class ExampleOrder:
         ds = stream.shuffle(shuffle_buffer, seed=self.seed * _STREAM_SEED_STRIDE + epoch,
                             reshuffle_each_iteration=False)
         if self.repeats > 1:  # each record `repeats` times in a row (read once)
+            if self.rows != self.global_batch:
+                raise ValueError("Repeated augmentation of a streamed (TFRecord) set read by several hosts is not "
+                                 "supported; set config.aug.repeated_aug=1 or read an array_record / prepared set.")
             repeats = self.repeats
             ds = ds.flat_map(lambda *ex: tf.data.Dataset.from_tensors(ex if len(ex) > 1 else ex[0]).repeat(repeats))
         batch, rows, offset = self.global_batch, self.rows, self.row_offset

@@ -324,8 +324,10 @@ def train_crop(image, seed, *, image_size, scale=(0.08, 1.0), random_erasing=0.0
 def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale=(0.08, 1.0), random_erasing=0.0,
                            start_step=0, indices=None, keep_partial_batch=False, end_epoch=None, mix=None,
                            shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, cycle_length=DEFAULT_CYCLE_LENGTH, threads=0,
-                           interpolation="bilinear", rand_augment=None, repeats=1, num_replicas=1, mix_group=0):
-    """Global batches (images [B, S, S, 3], labels) of `train_crop`s in the order of order.py.
+                           interpolation="bilinear", rand_augment=None, repeats=1, num_replicas=1, mix_group=0,
+                           input_context=None):
+    """Global batches (images [B, S, S, 3], labels) of `train_crop`s in the order of order.py, or, with an
+    `input_context` of several input pipelines, this pipeline's rows of each global batch.
 
     Args:
       source: a labelled sources.Source.
@@ -343,12 +345,31 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
         "rand-m9-mstd0.5-inc1" or a randaugment.RandAugmentSpec).
       repeats, num_replicas: repeated augmentation (order.py; DeiT's RASampler with repeats=3); 1 = off.
       mix_group: rows per mixup / cutmix group (mixup.mix_groups; 0 = one lambda per global batch).
+      input_context: a tf.distribute.InputContext. With several input pipelines (hosts), pipeline p reads and
+        augments only its rows of each global batch (its replicas' rows, as in pre-training) and yields batches of
+        those rows, equal to the rows of the one-pipeline batch, mixup groups and repeated augmentation included.
+        Mixup needs groups that do not cross pipelines: mix_group must divide the pipeline's rows; with mix_group
+        0 each pipeline mixes its rows as one group under fold_in(step seed, pipeline) (as timm mixes each
+        process's batch). Streamed sources: each pipeline reads its own files (order.py).
     """
+    replicas, pipelines = (input_context.num_replicas_in_sync, input_context.num_input_pipelines) if input_context \
+        else (num_replicas, 1)
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    rows, offset = global_batch, 0
+    if pipelines > 1:
+        if keep_partial_batch or global_batch % replicas or replicas % pipelines:
+            raise ValueError(f"A global batch of {global_batch} cannot be split over {replicas} replicas on "
+                             f"{pipelines} hosts without a last partial batch; choose a multiple of {replicas}.")
+        rows = global_batch // pipelines
+        offset = pipeline * rows
+        if mix is not None and mix_group and mix_group < global_batch and rows % mix_group:
+            raise ValueError(f"Mixup groups of {mix_group} rows cross the {rows} rows of each of the {pipelines} "
+                             f"hosts; set config.aug.mixup_group to a divisor of {rows} (or 0).")
     num = source.num_examples if indices is None else len(indices)
     if source.kind == "stream":
-        num = streamed_epoch_size(source, indices=indices)
-    order = order_lib.ExampleOrder(num, global_batch, seed, start_step=start_step,
-                                   keep_partial_batch=keep_partial_batch, repeats=repeats, num_replicas=num_replicas)
+        num = streamed_epoch_size(source, pipelines, indices=indices)
+    order = order_lib.ExampleOrder(num, global_batch, seed, start_step=start_step, rows=rows, row_offset=offset,
+                                   keep_partial_batch=keep_partial_batch, repeats=repeats, num_replicas=replicas)
     image_size, scale, random_erasing = int(image_size), tuple(float(s) for s in crop_scale), float(random_erasing)
     if rand_augment is not None and not isinstance(rand_augment, randaugment.RandAugmentSpec):
         rand_augment = randaugment.RandAugmentSpec(rand_augment) if str(rand_augment) else None
@@ -365,7 +386,7 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
             return crop(ex[0], ex[1], position, epoch)
 
         one_epoch = streamed_epochs(source, order, shuffle_buffer=shuffle_buffer, cycle_length=cycle_length,
-                                    indices=indices)
+                                    pipeline=pipeline, pipelines=pipelines, indices=indices)
     else:
         subset = None if indices is None else tf.constant(indices, tf.int64)
 
@@ -382,14 +403,19 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
                                                      deterministic=True).batch(global_batch), end_epoch)
     else:
         ds = order.epochs(one_epoch, end_epoch).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(global_batch, drop_remainder=True)
-    if order.repeats > 1 and order.num_replicas > 1:  # the copies of an image go to different replicas (RASampler)
-        rows = tf.constant(order.batch_rows())
-        ds = ds.map(lambda images, labels: (tf.gather(images, rows), tf.gather(labels, rows)),
+        ds = ds.batch(rows, drop_remainder=True)
+    if order.repeats > 1 and order.num_replicas > 1 and pipelines == 1:  # the copies of an image go to different
+        # replicas (RASampler); a pipeline serving part of the rows gets them in row order already (order.py)
+        row_items = tf.constant(order.batch_rows())
+        ds = ds.map(lambda images, labels: (tf.gather(images, row_items), tf.gather(labels, row_items)),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if mix is not None:
         mix = dict(mix)
         group = int(mix_group or 0)
+        first_group = 0
+        if pipelines > 1:  # this pipeline's groups keep their number in the global batch (mixup.mix_groups)
+            group = group if 0 < group < global_batch else rows
+            first_group = offset // group
 
         @tf.autograph.experimental.do_not_convert
         def mix_step(step, images_labels):
@@ -397,7 +423,8 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
             mix_seed = tf.random.experimental.stateless_fold_in(
                 tf.stack([tf.constant(seed, tf.int64), step]), MIX_SEED_SALT)
             if group:
-                images, targets, _ = mixup.mix_groups(images, y, mix_seed, group_size=group, **mix)
+                images, targets, _ = mixup.mix_groups(images, y, mix_seed, group_size=group, first_group=first_group,
+                                                      **mix)
             else:
                 images, targets, _ = mixup.mix_batch(images, y, mix_seed, **mix)
             return images, targets
@@ -406,6 +433,20 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
         ds = ds.map(mix_step, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(threads, tf.data.experimental.AutoShardPolicy.DATA))
+
+
+def per_replica_batches(ds, local_replicas):
+    """Batches of an input pipeline's rows -> its `local_replicas` replicas' batches (each row block in turn, one
+    per replica and step): what `Strategy.distribute_datasets_from_function` expects of a pipeline."""
+    local = int(local_replicas)
+    if local == 1:
+        return ds
+
+    def split(*batch):
+        return tf.data.Dataset.from_tensor_slices(tuple(
+            tf.reshape(t, tf.concat([[local, -1], tf.shape(t)[1:]], 0)) for t in batch))
+
+    return ds.flat_map(split)
 
 
 def cached_feature_dataset(features, labels, *, batch_size, seed, start_step=0, end_epoch=None):

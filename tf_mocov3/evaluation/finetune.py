@@ -62,6 +62,7 @@ from tf_mocov3.data import sources as data
 from tf_mocov3.evaluation import features as features_lib
 from tf_mocov3.models import backbones
 from tf_mocov3.models import vit
+from tf_mocov3.training import distribute
 from tf_mocov3.training import optim
 from tf_mocov3.training import reports
 from tf_mocov3.training import trainer as trainer_lib
@@ -87,10 +88,11 @@ def load_split(dataset_config, split):
         raise FinetuneError(str(err)) from err
 
 
-def build_train_dataset(config, source, *, start_step=0, num_replicas=1):
+def build_train_dataset(config, source, *, start_step=0, num_replicas=1, input_context=None):
     """Infinite dataset of global batches (images [B, S, S, 3], soft targets [B, C]) from global step start_step:
     pipelines.labelled_train_dataset with this recipe's crop (interpolation, RandAugment), random erasing, repeated
-    augmentation (spread over `num_replicas`) and mixup / cutmix (per global batch or per aug.mixup_group rows)."""
+    augmentation (spread over `num_replicas`) and mixup / cutmix (per global batch or per aug.mixup_group rows).
+    With an `input_context`, this input pipeline's rows of each global batch (labelled_train_dataset)."""
     aug = config.aug
     mix = dict(num_classes=source.num_classes, mixup_alpha=float(aug.mixup_alpha),
                cutmix_alpha=float(aug.cutmix_alpha), prob=float(aug.mix_prob), switch_prob=float(aug.switch_prob),
@@ -104,9 +106,26 @@ def build_train_dataset(config, source, *, start_step=0, num_replicas=1):
             repeats=int(aug.get("repeated_aug", 1)), num_replicas=int(num_replicas),
             mix_group=int(aug.get("mixup_group", 0)),
             shuffle_buffer=int(config.dataset.get("shuffle_buffer", pipelines.DEFAULT_SHUFFLE_BUFFER)),
-            cycle_length=int(config.dataset.get("cycle_length", pipelines.DEFAULT_CYCLE_LENGTH)))
+            cycle_length=int(config.dataset.get("cycle_length", pipelines.DEFAULT_CYCLE_LENGTH)),
+            input_context=input_context)
     except ValueError as err:
         raise FinetuneError(str(err)) from err
+
+
+def distributed_train_dataset(config, source, strategy, start_step, end_step):
+    """The training batches of global steps [start_step, end_step) for `strategy`: on several replicas each input
+    pipeline (host) reads and augments only its replicas' rows (distribute_datasets_from_function), not the whole
+    global batch to keep a share of it."""
+    steps = int(end_step) - int(start_step)
+    if distribute.is_single_device(strategy):
+        return build_train_dataset(config, source, start_step=start_step).take(steps)
+
+    def per_pipeline(ctx):
+        local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        ds = build_train_dataset(config, source, start_step=start_step, input_context=ctx).take(steps)
+        return pipelines.per_replica_batches(ds, local)
+
+    return strategy.distribute_datasets_from_function(per_pipeline)
 
 
 def build_eval_dataset(config, source):
@@ -473,8 +492,7 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
                         f"({steps_per_epoch} per epoch), global batch {config.batch_size} on "
                         f"{strategy.num_replicas_in_sync} replica(s), workdir {workdir}.")
             # Ends at total_steps, so that several steps per host call stop there.
-            train_ds = build_train_dataset(config, train_source, start_step=start_step,
-                                           num_replicas=strategy.num_replicas_in_sync).take(total_steps - start_step)
+            train_ds = distributed_train_dataset(config, train_source, strategy, start_step, total_steps)
             trainer.fit(model, train_ds,
                         start_step=start_step,
                         callbacks=[*([EmaUpdate(ema)] if ema else []), evaluator, *extra_callbacks],
