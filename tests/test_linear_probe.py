@@ -229,13 +229,15 @@ def test_official_imagenet_config_is_main_lincls():
 
 
 @needs_fmnist
-def test_two_replicas_train_the_heads_of_one_replica(tmp_path):
+@pytest.mark.parametrize("cache_features", [True, False])
+def test_two_replicas_train_the_heads_of_one_replica(tmp_path, cache_features):
     """The probe on 2 mirrored CPU replicas (features embedded split over them, each global batch split over them,
-    a last partial batch included) gives the heads and the report of 1 replica."""
+    a last partial batch included; on augmented images each replica's rows come from the input pipeline) gives the
+    heads and the report of 1 replica."""
     from tf_mocov3.training import distribute  # pylint: disable=import-outside-toplevel
 
     pre = make_pretrained_dir(tmp_path / "pre")
-    config = tiny_probe_config(cache_features=True, epochs=2, batch_size=128, train_examples=700,
+    config = tiny_probe_config(cache_features=cache_features, epochs=2, batch_size=128, train_examples=700,
                                eval_examples=300)
     runs = {}
     for name, strategy in (("one", None), ("two", distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]))):

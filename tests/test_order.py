@@ -137,6 +137,27 @@ def test_each_host_of_a_fine_tuning_run_yields_its_rows_of_the_one_pipeline_batc
     np.testing.assert_array_equal(np.concatenate([replica_batches[0][0], replica_batches[1][0]]), hosts[1][0][0])
 
 
+def test_hosts_split_the_last_partial_batch_of_an_epoch_and_a_host_without_rows_gets_an_empty_one():
+    """The linear probe's input (a last, partial batch per epoch) on 2 hosts of 2 replicas: every step is one batch
+    per host, the rows of the one-pipeline batch; the last step's 3 rows all sit on host 0, host 1 gets 0 rows, and
+    its replicas 0-row batches."""
+    images = np.random.default_rng(4).integers(0, 255, (11, 10, 10, 3), dtype=np.uint8)
+    source = sources.Source("toy", "array", 11, 2, tf.constant(images), np.arange(11, dtype=np.int64) % 2)
+    kwargs = dict(global_batch=8, seed=1, image_size=8, keep_partial_batch=True, end_epoch=2)
+    one = list(pipelines.labelled_train_dataset(source, num_replicas=4, **kwargs))
+    hosts = [list(pipelines.labelled_train_dataset(source, input_context=_host(p, 2, 4), **kwargs))
+             for p in range(2)]
+    assert [len(y) for _, y in one] == [8, 3] * 2
+    assert [len(y) for _, y in hosts[0]] == [4, 3] * 2 and [len(y) for _, y in hosts[1]] == [4, 0] * 2
+    for step in range(4):
+        for k in range(2):
+            np.testing.assert_array_equal(np.concatenate([hosts[0][step][k], hosts[1][step][k]]), one[step][k])
+    replicas = list(pipelines.per_replica_batches(
+        pipelines.labelled_train_dataset(source, input_context=_host(0, 2, 4), **kwargs), 2, replica_rows=2))
+    assert [len(y) for _, y in replicas] == [2, 2, 2, 1] * 2
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in replicas[2:4]]), hosts[0][1][0])
+
+
 def test_mixup_groups_that_cross_hosts_are_refused_with_the_fix():
     images = np.zeros((16, 8, 8, 3), np.uint8)
     source = sources.Source("toy", "array", 16, 2, tf.constant(images), np.arange(16, dtype=np.int64) % 2)

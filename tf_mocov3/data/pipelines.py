@@ -357,9 +357,12 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
     pipeline = input_context.input_pipeline_id if input_context else 0
     rows, offset = global_batch, 0
     if pipelines > 1:
-        if keep_partial_batch or global_batch % replicas or replicas % pipelines:
-            raise ValueError(f"A global batch of {global_batch} cannot be split over {replicas} replicas on "
-                             f"{pipelines} hosts without a last partial batch; choose a multiple of {replicas}.")
+        if global_batch % replicas or replicas % pipelines:
+            raise ValueError(f"A global batch of {global_batch} cannot be split evenly over {replicas} replicas on "
+                             f"{pipelines} hosts; choose a multiple of {replicas}.")
+        if keep_partial_batch and source.kind == "stream":
+            raise ValueError("A streamed (TFRecord) set read by several hosts cannot end its epochs with a partial "
+                             "batch; set config.cache_features=True, or read an array_record / prepared set.")
         rows = global_batch // pipelines
         offset = pipeline * rows
         if mix is not None and mix_group and mix_group < global_batch and rows % mix_group:
@@ -399,8 +402,17 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
         example = crop
 
     if keep_partial_batch:  # batches end with the epoch
-        ds = order.epochs(lambda e: one_epoch(e).map(example, num_parallel_calls=tf.data.AUTOTUNE,
-                                                     deterministic=True).batch(global_batch), end_epoch)
+        # This pipeline's rows of the last, partial step; with none, an empty batch keeps every host in step.
+        last_rows = order.num_examples - (order.steps_per_epoch - 1) * global_batch - offset
+
+        def epoch_batches(epoch):
+            ds = one_epoch(epoch).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(rows)
+            if last_rows <= 0:
+                ds = ds.concatenate(tf.data.Dataset.from_tensors(tuple(
+                    tf.zeros([0, *spec.shape[1:]], spec.dtype) for spec in ds.element_spec)))
+            return ds
+
+        ds = order.epochs(epoch_batches, end_epoch)
     else:
         ds = order.epochs(one_epoch, end_epoch).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(rows, drop_remainder=True)
@@ -435,16 +447,24 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
     return ds.with_options(_options(threads, tf.data.experimental.AutoShardPolicy.DATA))
 
 
-def per_replica_batches(ds, local_replicas):
+def per_replica_batches(ds, local_replicas, replica_rows=None):
     """Batches of an input pipeline's rows -> its `local_replicas` replicas' batches (each row block in turn, one
-    per replica and step): what `Strategy.distribute_datasets_from_function` expects of a pipeline."""
+    per replica and step): what `Strategy.distribute_datasets_from_function` expects of a pipeline.
+
+    Full batches (replica_rows None) split evenly, keeping a static batch size (TPUs need it); with `replica_rows`
+    replica r takes rows [r * replica_rows, (r + 1) * replica_rows) of each batch, fewer or none of a last,
+    partial one (the linear probe's)."""
     local = int(local_replicas)
     if local == 1:
         return ds
+    if replica_rows is not None:
+        n = int(replica_rows)
+        return ds.flat_map(lambda *batch: tf.data.Dataset.range(local).map(
+            lambda r: tuple(t[r * n:(r + 1) * n] for t in batch)))
 
     def split(*batch):
         return tf.data.Dataset.from_tensor_slices(tuple(
-            tf.reshape(t, tf.concat([[local, -1], tf.shape(t)[1:]], 0)) for t in batch))
+            tf.reshape(t, [local, t.shape[0] // local, *t.shape[1:]]) for t in batch))
 
     return ds.flat_map(split)
 

@@ -117,15 +117,8 @@ def distributed_train_dataset(config, source, strategy, start_step, end_step):
     pipeline (host) reads and augments only its replicas' rows (distribute_datasets_from_function), not the whole
     global batch to keep a share of it."""
     steps = int(end_step) - int(start_step)
-    if distribute.is_single_device(strategy):
-        return build_train_dataset(config, source, start_step=start_step).take(steps)
-
-    def per_pipeline(ctx):
-        local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        ds = build_train_dataset(config, source, start_step=start_step, input_context=ctx).take(steps)
-        return pipelines.per_replica_batches(ds, local)
-
-    return strategy.distribute_datasets_from_function(per_pipeline)
+    return distribute.pipeline_datasets(strategy, lambda ctx: build_train_dataset(
+        config, source, start_step=start_step, input_context=ctx).take(steps))
 
 
 def build_eval_dataset(config, source):

@@ -42,6 +42,7 @@ from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources as data
 from tf_mocov3.evaluation import features as features_lib
 from tf_mocov3.training import callbacks as callbacks_lib
+from tf_mocov3.training import distribute
 from tf_mocov3.training import trainer as trainer_lib
 from tf_mocov3.weights import pretrained
 
@@ -419,12 +420,14 @@ def run_probe(config, pretrained_path, workdir, *, strategy=None, tpu="", print_
         say(f"Cached {len(all_y)} train features in {time.perf_counter() - t0:.0f}s.")
     else:
         holdout = split_features(train_source, hold_idx, "holdout images")
-        dataset = pipelines.labelled_train_dataset(
+        # Each host augments only its replicas' rows of each global batch (the last one of an epoch may be short).
+        dataset = distribute.pipeline_datasets(strategy, lambda ctx: pipelines.labelled_train_dataset(
             train_source, indices=train_idx, global_batch=batch, seed=config.seed, image_size=image_size,
             crop_scale=(config.dataset.crop_min, 1.0), start_step=start_step, keep_partial_batch=True,
-            end_epoch=config.epochs,
+            end_epoch=config.epochs, input_context=ctx,
             shuffle_buffer=int(config.dataset.get("shuffle_buffer", pipelines.DEFAULT_SHUFFLE_BUFFER)),
-            cycle_length=int(config.dataset.get("cycle_length", pipelines.DEFAULT_CYCLE_LENGTH)))
+            cycle_length=int(config.dataset.get("cycle_length", pipelines.DEFAULT_CYCLE_LENGTH))),
+            replica_rows=batch // strategy.num_replicas_in_sync)
     curves = fit_heads(probe, dataset, trainer=trainer, start_step=start_step, steps_per_epoch=spe,
                        holdout=holdout, init_lrs=init_lrs)
 

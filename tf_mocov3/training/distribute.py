@@ -16,6 +16,7 @@ import os
 import tensorflow as tf
 
 from tf_mocov3 import config_lib
+from tf_mocov3.data import pipelines
 
 STRATEGIES = config_lib.STRATEGIES
 
@@ -100,6 +101,24 @@ def is_chief(strategy):
 def is_single_device(strategy):
     return strategy.num_replicas_in_sync == 1 and not isinstance(
         strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy))
+
+
+def pipeline_datasets(strategy, make, *, replica_rows=None):
+    """The input of a training loop over `strategy`, built per input pipeline.
+
+    `make(input_context)` returns a dataset of batches: of the global batch for None (one device), else of that
+    input pipeline's rows of each global batch. On several replicas each pipeline (host) builds only its rows and
+    hands them to its local replicas (pipelines.per_replica_batches; `replica_rows` for batches that may end short),
+    instead of Keras distributing the global batch, which makes every worker build all of it and keep a share.
+    """
+    if is_single_device(strategy):
+        return make(None)
+
+    def per_pipeline(ctx):
+        local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        return pipelines.per_replica_batches(make(ctx), local, replica_rows)
+
+    return strategy.distribute_datasets_from_function(per_pipeline)
 
 
 def worker_index(strategy):
