@@ -171,7 +171,10 @@ def labelled_examples(source, indices=None):
             keep[np.asarray(indices, np.int64)] = True
             keep = tf.constant(keep)
             ds = ds.take(int(np.max(indices)) + 1 if len(indices) else 0).enumerate()
-            ds = ds.filter(lambda i, ex: tf.gather(keep, i)).map(lambda i, ex: ex)
+            # Plain TF ops, kept from AutoGraph: it cannot find the source of two lambdas on one line and warns.
+            selected = tf.autograph.experimental.do_not_convert(lambda i, ex: tf.gather(keep, i))
+            ds = ds.filter(selected)
+            ds = ds.map(tf.autograph.experimental.do_not_convert(lambda i, ex: ex))
         return ds.map(lambda image, label: (image, tf.cast(label, tf.int64)))
     index = tf.range(source.num_examples, dtype=tf.int64) if indices is None else tf.constant(indices, tf.int64)
     return source.examples(tf.data.Dataset.from_tensor_slices((index,)))
