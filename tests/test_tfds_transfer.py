@@ -1,5 +1,6 @@
 """A transfer set built by TFDS itself: cifar10 from tiny archives in the release's format (fixtures_data), read by
-name, held in memory or streamed, and fine-tuning, the linear probe and the kNN command on both kinds."""
+name held in memory, streamed or (an array_record build) by index, and fine-tuning, the linear probe and the kNN
+command on the held and the streamed split."""
 
 import json
 import os
@@ -31,6 +32,13 @@ def cifar(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def cifar_array_record(tmp_path_factory):
+    """The same images built by TFDS as array_record (`tfds build cifar10 --file_format=array_record`)."""
+    return build_tfds_cifar10(tmp_path_factory.mktemp("tfds_ar"), file_format="array_record",
+                              train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS)[0]
+
+
+@pytest.fixture(scope="module")
 def pretrained_dirs(tmp_path_factory):
     """Tiny pre-training workdirs (read-only): "finetune" (finetune_helpers'), "probe" (test_linear_probe's)."""
     tmp = tmp_path_factory.mktemp("pretrained")
@@ -47,7 +55,8 @@ def read(root, split, in_memory):
                     for image, label in pipelines.labelled_examples(source).as_numpy_iterator()]
 
 
-def test_cifar10_counts_come_from_metadata_and_every_image_reads_back_pixel_exact(cifar, monkeypatch):
+def test_cifar10_counts_come_from_metadata_and_every_image_reads_back_pixel_exact(cifar, cifar_array_record,
+                                                                                   monkeypatch):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     root, written = cifar
@@ -72,11 +81,13 @@ def test_cifar10_counts_come_from_metadata_and_every_image_reads_back_pixel_exac
         assert (held.kind, streamed.kind, held.num_classes, streamed.num_examples) == ("bytes", "stream", 10,
                                                                                         len(labels))
         assert streamed_examples == examples  # the same records in the same (TFDS's) order
+        by_index, by_index_examples = read(cifar_array_record, split, "auto")  # random access on disk
+        assert by_index.kind == "records" and by_index_examples == examples
         for (png, label), i in zip(examples, ids):
             np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), images[i])
             assert label == labels[i]
         some = [1, 2, 5, len(labels) - 2]  # a subset (a holdout, the first eval images) reads the same both ways
-        for source in (held, streamed):
+        for source in (held, streamed, by_index):
             assert [(bytes(i), int(l)) for i, l in pipelines.labelled_examples(source, some).as_numpy_iterator()] == [
                 examples[k] for k in some]
 
