@@ -1,7 +1,9 @@
-"""Writers of test data, shared by tests/ and benchmarks/: IDX files, image folders, JPEG/PNG bytes, corrupt files.
+"""Writers of test data, shared by tests/ and benchmarks/: IDX files, image folders, JPEG/PNG bytes, corrupt files,
+the ImageNet and CIFAR-10 download archives and TFDS builds from them.
 
 Import it as `from tests import fixtures_data` (the repository root on sys.path, as tests/conftest.py and the
-benchmarks arrange). It needs only numpy and Pillow, so the benchmarks can use it without pytest.
+benchmarks arrange). It needs only numpy and Pillow (the TFDS builds import tensorflow_datasets inside them), so the
+benchmarks can use it without pytest.
 """
 
 import gzip
@@ -156,3 +158,93 @@ def build_tfds_imagenet(root, file_format="tfrecord", num_shards=None, **manual)
     tfds.builder("imagenet2012", data_dir=str(root), file_format=file_format).download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, num_shards=num_shards))
     return str(root)
+
+
+# The CIFAR-10 binary release (https://www.cs.toronto.edu/~kriz/cifar.html) as TFDS's cifar10 builder downloads it.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR10_DIR = "cifar-10-batches-bin"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch.bin"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def cifar_like(label, rng):
+    """A uint8 (32, 32, 3) image that shows its class: a class colour, stripes whose angle and frequency depend on the
+    class, and noise, so that even a tiny classifier can tell the ten classes apart."""
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32) / 32
+    angle, freq = np.pi * label / 10, 1 + label % 4
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 6))
+    colour = np.array([(label * 37) % 256, (label * 91 + 60) % 256, (255 - label * 23) % 256], np.float32) / 255
+    img = 0.55 * colour + 0.35 * stripes[..., None] + rng.normal(0, 0.05, (32, 32, 3))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def cifar10_records(images, labels):
+    """The bytes of a CIFAR-10 binary batch file: per image 1 label byte, then the 1024 red, 1024 green and 1024 blue
+    bytes of the 32x32 image, rows first."""
+    images, labels = np.asarray(images, np.uint8), np.asarray(labels, np.uint8)
+    if images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
+        raise ValueError(f"CIFAR-10 records need images [N, 32, 32, 3] and N labels, got {images.shape} and "
+                         f"{labels.shape}.")
+    planes = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+    return np.concatenate([labels[:, None], planes], axis=1).tobytes()
+
+
+def write_cifar10(folder, train_per_class=4, test_per_class=2, seed=0):
+    """Writes FOLDER/cifar-10-binary.tar.gz with the release's layout (cifar-10-batches-bin/: data_batch_1..5.bin,
+    test_batch.bin, batches.meta.txt) of `cifar_like` images, class c at every 10th place, the training images dealt
+    round-robin to the five batch files.
+
+    Returns {"archive": its path, "train": (images, labels), "test": (images, labels)}, the training images in the
+    order of the files (data_batch_1's first), as TFDS numbers them.
+    """
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def split(per_class):
+        labels = np.tile(np.arange(10, dtype=np.uint8), per_class)
+        return np.stack([cifar_like(int(l), rng) for l in labels]), labels
+
+    train, test = split(train_per_class), split(test_per_class)
+    files = {name: (train[0][k::5], train[1][k::5]) for k, name in enumerate(CIFAR10_TRAIN_FILES)}
+    files[CIFAR10_TEST_FILE] = test
+    archive = os.path.join(folder, CIFAR10_ARCHIVE)
+    with tarfile.open(archive, "w:gz") as tar:
+        def add(name, data):
+            info = tarfile.TarInfo(f"{CIFAR10_DIR}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for name, (images, labels) in files.items():
+            add(name, cifar10_records(images, labels))
+        add("batches.meta.txt", ("\n".join(CIFAR10_CLASSES) + "\n\n").encode())
+        add("readme.html", b'<meta HTTP-EQUIV="REFRESH" content="0; url=http://www.cs.toronto.edu/~kriz/cifar.html">')
+    ordered = [files[name] for name in CIFAR10_TRAIN_FILES]
+    train = (np.concatenate([images for images, _ in ordered]), np.concatenate([labels for _, labels in ordered]))
+    return {"archive": archive, "train": train, "test": test}
+
+
+def build_tfds_cifar10(root, file_format="tfrecord", **sizes):
+    """Builds TFDS's real cifar10 in ROOT (the data_dir) from tiny archives written by `write_cifar10`, offline.
+
+    The archive goes where TFDS looks for a download the user made by hand: ROOT/downloads/manual/
+    cifar-10-binary.tar.gz (DownloadManager finds a registered URL's file there by name, instead of fetching it).
+    The one thing replaced is the URL's registered size and sha256 (TFDS's url_checksums/cifar10.txt, those of the
+    real 170 MB archive): for this build they are the fixture's, so TFDS's own checksum check passes. Everything
+    else is TFDS's code: the checksum check, the extraction of the .tar.gz, reading the label names and the batch
+    files (cifar.py), example encoding (PNG), shuffling by key, TFRecord / array_record writing, dataset_info.json.
+    `try_download_gcs=False`: never fetch TFDS's prepared copy from GCS. Returns (root, the write_cifar10 dict).
+    """
+    from unittest import mock  # pylint: disable=import-outside-toplevel
+
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    manual_dir = os.path.join(str(root), "downloads", "manual")
+    written = write_cifar10(manual_dir, **sizes)
+    url_info = tfds.download.checksums.compute_url_info(written["archive"])
+    builder = tfds.builder("cifar10", data_dir=str(root), file_format=file_format)
+    with mock.patch.object(type(builder), "url_infos", {CIFAR10_URL: url_info}):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, try_download_gcs=False))
+    return str(root), written
