@@ -134,3 +134,10 @@ def test_a_missing_tfrecord_file_is_named_at_start(data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"imagenet2012-train.tfrecord-00002-of-00004 of imagenet2012/train is "
                                          r"missing: rebuild it"):
         streamed(copy)
+
+
+def test_array_record_shards_on_gcs_are_refused_at_start_with_the_fix():
+    with pytest.raises(ValueError, match=r"imagenet2012/train is stored as array_record under gs://, which "
+                                         r"array_record cannot read .*gsutil -m cp -r.*or read a TFRecord build"):
+        sources.RecordReader(["gs://bucket/imagenet2012-train.array_record-00000-of-00001"], [10], None,
+                             name="imagenet2012/train")

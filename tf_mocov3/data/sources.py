@@ -289,6 +289,12 @@ class RecordReader:
         self.skipped = 0
         self._readers = [None] * len(self.paths)
         self._lock = threading.Lock()
+        remote = [p for p in self.paths if "://" in p]
+        if remote:  # array_record 0.8 opens local files only (google/array_record#120)
+            raise ValueError(f"{name} is stored as array_record under {remote[0].split('://')[0]}://, which "
+                             f"array_record cannot read (it opens local files only): copy it to a local disk "
+                             f"(`gsutil -m cp -r`) and point the command there, or read a TFRecord build, which is "
+                             f"streamed from any file system TensorFlow reads.")
         for path in self.paths:
             if not tf.io.gfile.exists(path):
                 raise ValueError(f"Shard {path} of {name} is missing: {fix}.")
