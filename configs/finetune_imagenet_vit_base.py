@@ -13,8 +13,8 @@ rand-m9-mstd0.5-inc1; random erasing 0.25 (pixel mode); repeated augmentation x3
 embedding from the sin-cos table. Model EMA (0.99996) is off: DeiT keeps one but reports the model; turn it on
 with --config.ema.enabled=True (logged as eval_top1_ema). Reads imagenet2012 from TFDS by index when it is built
 as array_record (`tfds build imagenet2012 --file_format=array_record`), else through the streamed input path
-(per-epoch seeded shuffle buffer, config.dataset.shuffle_buffer); or a prepared set with
---config.dataset.name=prepared --config.dataset.path=DIR (README "Pre-training on ImageNet").
+(each host its own files, in a new seeded order every epoch, through config.dataset.shuffle_buffer); or a
+prepared set with --config.dataset.name=prepared --config.dataset.path=DIR (README "Pre-training on ImageNet").
 """
 
 from tf_mocov3 import config_lib

@@ -598,9 +598,10 @@ def load_source(dataset_config, split=None):
                           np.concatenate(labels).astype(np.int64))
         if array_record:
             return Source(name, "records", num_examples, num_classes, reader=_tfds_reader(builder, split))
-        logger.warning("%s/%s is stored as TFRecord (no random access): streaming it, each input pipeline reads the "
-                       "whole split and shuffles with a buffer; for a global shuffle per epoch rebuild it with "
-                       "`tfds build %s --file_format=array_record` or use tf_mocov3.prepare_data.", name, split, name)
+        logger.warning("%s/%s is stored as TFRecord (no random access): streaming it, each input pipeline reads its "
+                       "own files in a new order every epoch through a shuffle buffer (a file-level shuffle); for a "
+                       "global shuffle per epoch rebuild it with `tfds build %s --file_format=array_record` or use "
+                       "tf_mocov3.prepare_data.", name, split, name)
         reader = _tfds_stream_reader(builder, split)
         return Source(name, "stream", num_examples, num_classes, stream=reader.stream, reader=reader)
     raise ValueError(f"Unknown dataset.name {name!r}; valid names: {', '.join(SOURCE_NAMES)}.")
