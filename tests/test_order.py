@@ -158,6 +158,15 @@ def test_hosts_split_the_last_partial_batch_of_an_epoch_and_a_host_without_rows_
     np.testing.assert_array_equal(np.concatenate([x for x, _ in replicas[2:4]]), hosts[0][1][0])
 
 
+def test_an_image_that_fails_to_decode_costs_one_example_of_fine_tuning_not_the_run():
+    good = [tf.io.encode_png(np.full((6, 6, 3), 20 * i, np.uint8)).numpy() for i in range(8)]
+    bad = b"\x89PNG\r\n\x1a\n" + bytes(40)  # a PNG signature, then nothing decodable
+    encoded = good[:3] + [bad] + good[3:]
+    source = sources.Source("toy", "bytes", 9, 2, tf.constant(encoded), np.arange(9, dtype=np.int64) % 2)
+    batches = list(pipelines.labelled_train_dataset(source, global_batch=1, seed=0, image_size=4, end_epoch=2))
+    assert len(batches) == 2 * 8  # each epoch: the 8 good images of the 9
+
+
 def test_mixup_groups_that_cross_hosts_are_refused_with_the_fix():
     images = np.zeros((16, 8, 8, 3), np.uint8)
     source = sources.Source("toy", "array", 16, 2, tf.constant(images), np.arange(16, dtype=np.int64) % 2)

@@ -21,9 +21,10 @@ Replica layout of the pre-training pipeline: replica r of a global batch takes r
 replicas; input pipeline p serves replicas p*R .. p*R+R-1 (R = replicas / pipelines) and emits, for each global
 step, their R per-replica batches in replica order.
 
-Bad files: an encoded source also ignores decoding errors as a last resort (`Dataset.ignore_errors`, logged by TF),
-so a file that passes sources.py's integrity check but fails to decode costs one example (and shifts that
-pipeline's rows by one), never the run. A prepared record that fails sources.py's check when read is dropped the same
+Bad files: the training inputs of an encoded source (pre-training, fine-tuning, the probe on augmented images)
+also ignore decoding errors as a last resort (`Dataset.ignore_errors`, logged by TF), so a file that passes
+sources.py's integrity check but fails to decode costs one example (and shifts that pipeline's rows by one), never
+the run; a damaged TFRecord file costs the rest of that file. A prepared record that fails sources.py's check when read is dropped the same
 way, with a warning naming its index and shard (sources.RecordReader).
 """
 
@@ -401,12 +402,16 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
 
         example = crop
 
+    def crops(ds):  # an image that fails to decode costs one example (as in pre-training), not the run
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.ignore_errors(log_warning=True) if source.is_encoded else ds
+
     if keep_partial_batch:  # batches end with the epoch
         # This pipeline's rows of the last, partial step; with none, an empty batch keeps every host in step.
         last_rows = order.num_examples - (order.steps_per_epoch - 1) * global_batch - offset
 
         def epoch_batches(epoch):
-            ds = one_epoch(epoch).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(rows)
+            ds = crops(one_epoch(epoch)).batch(rows)
             if last_rows <= 0:
                 ds = ds.concatenate(tf.data.Dataset.from_tensors(tuple(
                     tf.zeros([0, *spec.shape[1:]], spec.dtype) for spec in ds.element_spec)))
@@ -414,8 +419,7 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
 
         ds = order.epochs(epoch_batches, end_epoch)
     else:
-        ds = order.epochs(one_epoch, end_epoch).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(rows, drop_remainder=True)
+        ds = crops(order.epochs(one_epoch, end_epoch)).batch(rows, drop_remainder=True)
     if order.repeats > 1 and order.num_replicas > 1 and pipelines == 1:  # the copies of an image go to different
         # replicas (RASampler); a pipeline serving part of the rows gets them in row order already (order.py)
         row_items = tf.constant(order.batch_rows())
