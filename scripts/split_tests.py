@@ -11,7 +11,7 @@ import sys
 DEFAULT_COST = 10
 COST = {
     "test_training.py": 150, "test_knn.py": 130, "test_precision.py": 100, "test_resnet.py": 100,
-    "test_methods.py": 100, "test_export.py": 80, "test_finetune.py": 95, "test_prepared_data.py": 45,
+    "test_methods.py": 190, "test_export.py": 80, "test_finetune.py": 95, "test_prepared_data.py": 45,
     "test_stability.py": 35, "test_finetune_deit.py": 40, "test_convert_official.py": 40, "test_moco.py": 45,
     "test_ablations.py": 40, "test_linear_probe.py": 60, "test_export_client.py": 30, "test_cli.py": 30,
     "test_demo.py": 20, "test_checkpoint_compat.py": 25, "test_data.py": 25, "test_augment.py": 20,
