@@ -82,13 +82,19 @@ def _pipelines(input_context):
     return input_context.input_pipeline_id, input_context.num_input_pipelines
 
 
+def _index_mask(num_examples, indices):
+    """bool [N]: True at `indices` (None: None, no subset)."""
+    if indices is None:
+        return None
+    mask = np.zeros(num_examples, bool)
+    mask[np.asarray(indices, np.int64)] = True
+    return mask
+
+
 def streamed_epoch_size(source, pipelines=1, indices=None):
     """N' of a streamed source read by `pipelines` input pipelines, each from its own files (order.py): pipelines
     times the smallest share (of the subset `indices`, if given)."""
-    keep = None
-    if indices is not None:
-        keep = np.zeros(source.num_examples, bool)
-        keep[np.asarray(indices, np.int64)] = True
+    keep = _index_mask(source.num_examples, indices)
     reader = source.reader
     return pipelines * min(reader.share_size(reader.share(p, pipelines), keep) for p in range(pipelines))
 
@@ -100,11 +106,8 @@ def streamed_epochs(source, order, *, shuffle_buffer, cycle_length=DEFAULT_CYCLE
     (order.py); only the examples of the sorted subset `indices`, if given."""
     reader = source.reader
     files = reader.share(pipeline, pipelines)
-    keep = None
-    if indices is not None:
-        mask = np.zeros(source.num_examples, bool)
-        mask[np.asarray(indices, np.int64)] = True
-        keep = tf.constant(mask)
+    keep = _index_mask(source.num_examples, indices)
+    keep = None if keep is None else tf.constant(keep)
     cycle_length = max(1, min(int(cycle_length), len(files)))
 
     def one_epoch(epoch):
@@ -211,11 +214,8 @@ def labelled_examples(source, indices=None):
         if indices is None:
             return source.stream()
         reader = source.reader
-        indices = np.asarray(indices, np.int64)
-        keep = np.zeros(source.num_examples, bool)
-        keep[indices] = True
-        files = np.unique(np.searchsorted(reader.starts, indices, side="right") - 1)
-        keep = tf.constant(keep)
+        keep = tf.constant(_index_mask(source.num_examples, indices))
+        files = np.unique(np.searchsorted(reader.starts, np.asarray(indices, np.int64), side="right") - 1)
         ds = reader.read(files).filter(lambda index, image, label: tf.gather(keep, index))
         return ds.map(lambda index, image, label: (image, label))
     index = tf.range(source.num_examples, dtype=tf.int64) if indices is None else tf.constant(indices, tf.int64)

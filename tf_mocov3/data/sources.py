@@ -273,7 +273,28 @@ def _tfds_reader(builder, split):
 READ_HOOK = None
 
 
-class RecordReader:
+class _SplitFiles:
+    """The files of one split and the record count of each (all that host memory holds): `starts[f]` is the split
+    index of file f's first record. A missing file stops here with `fix`; `noun` names a file in that sentence."""
+
+    noun = "File"
+
+    def __init__(self, paths, counts, parse, *, name="", fix=""):
+        self.paths, self.counts = [str(p) for p in paths], [int(c) for c in counts]
+        self.parse, self.name, self.fix = parse, name, fix
+        if len(self.paths) != len(self.counts):
+            raise ValueError(f"{name} lists {len(self.paths)} files but {len(self.counts)} record counts: {fix}.")
+        self.starts = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
+        for path in self.paths:
+            if not tf.io.gfile.exists(path):
+                raise ValueError(f"{self.noun} {path} of {name} is missing: {fix}.")
+
+    @property
+    def num_records(self):
+        return int(self.starts[-1])
+
+
+class RecordReader(_SplitFiles):
     """Random access to the records of one split stored as array_record shards, in shard order.
 
     Host memory holds the shard list and their record counts; readers open lazily (once per shard and process).
@@ -282,26 +303,20 @@ class RecordReader:
     `skipped`, and dropped by `Source.examples`. `parse(record)` (TF) -> (encoded image, int64 label).
     """
 
+    noun = "Shard"
+
     def __init__(self, paths, counts, parse, *, check=None, name="", fix=""):
-        self.paths, self.counts = [str(p) for p in paths], [int(c) for c in counts]
-        self.parse, self.check, self.name, self.fix = parse, check, name, fix
-        self.starts = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
-        self.skipped = 0
-        self._readers = [None] * len(self.paths)
-        self._lock = threading.Lock()
-        remote = [p for p in self.paths if "://" in p]
-        if remote:  # array_record 0.8 opens local files only (google/array_record#120)
+        remote = [str(p) for p in paths if "://" in str(p)]
+        if remote:  # array_record 0.8 opens local files only (google/array_record#120); checked before any I/O
             raise ValueError(f"{name} is stored as array_record under {remote[0].split('://')[0]}://, which "
                              f"array_record cannot read (it opens local files only): copy it to a local disk "
                              f"(`gsutil -m cp -r`) and point the command there, or read a TFRecord build, which is "
                              f"streamed from any file system TensorFlow reads.")
-        for path in self.paths:
-            if not tf.io.gfile.exists(path):
-                raise ValueError(f"Shard {path} of {name} is missing: {fix}.")
-
-    @property
-    def num_records(self):
-        return int(self.starts[-1])
+        super().__init__(paths, counts, parse, name=name, fix=fix)
+        self.check = check
+        self.skipped = 0
+        self._readers = [None] * len(self.paths)
+        self._lock = threading.Lock()
 
     def _reader(self, k):
         with self._lock:
@@ -343,7 +358,7 @@ class RecordReader:
 # === Sequential files (TFRecord) ===
 
 
-class StreamReader:
+class StreamReader(_SplitFiles):
     """The TFRecord files of one split (no random access): read whole files, in any file order, several at a time.
 
     Host memory holds the file list and the record count of each file (TFDS's shard lengths). Example `i` of the
@@ -353,20 +368,6 @@ class StreamReader:
     turn (the file-level shuffle of order.py decides that order per epoch). `parse(record)` (TF) -> (encoded image,
     int64 label).
     """
-
-    def __init__(self, paths, counts, parse, *, name="", fix=""):
-        self.paths, self.counts = [str(p) for p in paths], [int(c) for c in counts]
-        self.parse, self.name, self.fix = parse, name, fix
-        if len(self.paths) != len(self.counts):
-            raise ValueError(f"{name} lists {len(self.paths)} files but {len(self.counts)} record counts: {fix}.")
-        self.starts = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
-        for path in self.paths:
-            if not tf.io.gfile.exists(path):
-                raise ValueError(f"File {path} of {name} is missing: {fix}.")
-
-    @property
-    def num_records(self):
-        return int(self.starts[-1])
 
     def share(self, pipeline=0, pipelines=1):
         """int64 ids of the files that input pipeline `pipeline` of `pipelines` reads: every `pipelines`-th file."""
