@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import roundoff
 from conftest import ROOT, checkpoint_tensors, needs_fmnist
 from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
 from tests.fixtures_data import write_image_folder as _write_folder
@@ -93,6 +94,7 @@ def test_resume_gives_the_same_weights_and_report(pretrained_dir, tmp_path):
     assert os.path.exists(os.path.join(resumed_dir, "finetune.png"))
 
 
+@pytest.mark.roundoff
 @needs_fmnist
 def test_two_replicas_fine_tune_as_one(pretrained_dir, tmp_path):
     """On 2 mirrored CPU replicas each replica gets its rows of the global batch from the input pipeline
@@ -100,18 +102,23 @@ def test_two_replicas_fine_tune_as_one(pretrained_dir, tmp_path):
     smoothing on; drop-path off, its masks are drawn per replica)."""
     from tf_mocov3.training import distribute  # pylint: disable=import-outside-toplevel
 
-    runs = {}
+    runs, models = {}, {}
     for name, strategy in (("one", None), ("two", distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]))):
         config = tiny_config()
         config.max_steps, config.model.drop_path_rate = 3, 0.0
         result = finetune.run_finetune(config, str(tmp_path / name), pretrained_dir, strategy=strategy,
                                        print_fn=lambda _: None)
         assert result["step"] == 3
-        runs[name] = _weights(str(tmp_path / name))
+        runs[name], models[name] = _weights(str(tmp_path / name)), result["model"]
     assert runs["one"].keys() == runs["two"].keys()
-    for key in runs["one"]:
-        if runs["one"][key].dtype.kind == "f":
-            np.testing.assert_allclose(runs["one"][key], runs["two"][key], atol=2e-5, err_msg=key)
+    floats = {key for key in runs["one"] if runs["one"][key].dtype.kind == "f"}
+    # 2e-5 as before (3 AdamW steps at eps 1e-8), and the qkv key bias, whose gradient is zero in exact arithmetic,
+    # within Adam's bound for the 3 steps' learning rates (tests/roundoff.py).
+    model = models["one"]
+    roundoff.assert_runs_agree({k: runs["one"][k] for k in floats}, {k: runs["two"][k] for k in floats},
+                               roundoff.checkpoint_variables(str(tmp_path / "one" / "checkpoints"), model),
+                               model=model, lrs=roundoff.learning_rates(model, 3), what="3 steps, 2 replicas vs 1",
+                               atol=2e-5)
 
 
 def test_image_folder_run_of_two_steps(pretrained_dir, tmp_path):
