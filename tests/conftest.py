@@ -21,6 +21,13 @@ import textwrap  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "roundoff: the result depends on float round-off (an equality of two runs within a tolerance, a "
+                   "threshold on a short run); scripts/test.sh runs these again on other kernels "
+                   "(TF_ENABLE_ONEDNN_OPTS=0 ONEDNN_MAX_CPU_ISA=AVX), as another CPU would (tests/roundoff.py)")
 FMNIST = "/usr/share/datasets/fashion-mnist"
 needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")),
                                   reason="scripts/setup.sh installs dataset-fashion-mnist")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import roundoff
 from conftest import needs_fmnist, tiny_model_config
 from tf_mocov3 import config_lib
 from tf_mocov3.models import losses
@@ -115,6 +116,7 @@ def test_method_parts():
     assert "bn_1" in [layer.name for layer in mocov3.predictor.layers]
 
 
+@pytest.mark.roundoff
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_one_step_logs_the_method_loss_and_two_replicas_equal_one(method):
     x1, x2 = batch()
@@ -137,9 +139,12 @@ def test_one_step_logs_the_method_loss_and_two_replicas_equal_one(method):
     assert two_logs["loss"] == pytest.approx(one_logs["loss"], abs=1e-5)
     for key in ("grad_norm_first_block", "grad_norm_last_block"):
         assert two_logs[key] == pytest.approx(one_logs[key], rel=1e-4)
-    assert len(one_w) == len(two_w)
-    for a, b in zip(one_w, two_w):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert len(one_w) == len(two_w) == len(model.weights)
+    # Weights to 1e-5, except the entries whose gradient is zero by construction (the qkv key bias; the final norm's
+    # beta before the projector's BN), which Adam moves by up to +-lr on round-off alone: tests/roundoff.py.
+    roundoff.assert_runs_agree(dict(enumerate(one_w)), dict(enumerate(two_w)), dict(enumerate(model.weights)),
+                               model=model, lrs=roundoff.learning_rates(model, 1),
+                               what=f"{method}: one step, 2 replicas vs 1")
 
 
 def test_config_validation_names_a_bad_method():
@@ -174,17 +179,13 @@ def test_byol_recipe_heads_and_momentum():
 
 
 # === A short run of each method learns something ===
-# Short-run settings (measured on this 2-core machine, see BUILD_NOTES.md): 64 images a step at 16 px, base lr 1e-2,
-# m0 0.9 (0.99 barely moves the key encoder in a short run), heads 256 -> 64. MoCo v3 and SimCLR gain 5-8 kNN points
-# over the random initialisation in 120 steps (kNN bank of 1,200 images, 1,000 test images). BYOL needs longer: in
-# 120-300 steps no setting tried gained on every seed (+0.2 to +7.9 over 7 seeds at crop_min 0.35, 200 steps); in
-# 1,000 steps at crop_min 0.35 seeds 1 / 2 / 3 / 6 gained +6.0 / +5.6 / +7.0 / +3.5 on a 6,000-image bank and all
-# 10,000 test images (the larger measure: the small one differs from it by up to 3-5 points on the same weights).
-SHORT_RUNS = {
-    "mocov3": dict(steps=120, gain=3.0, crop_min=None, bank_fraction=0.02, test_images=1000),
-    "simclr": dict(steps=120, gain=3.0, crop_min=None, bank_fraction=0.02, test_images=1000),
-    "byol": dict(steps=1000, gain=1.5, crop_min=0.35, bank_fraction=0.1, test_images=0),
-}
+# configs/short_run_fashion_mnist.py: a tiny ViT on Fashion-MNIST, 200 steps (BYOL 1,000), kNN on a 6,000-image bank
+# and all 10,000 test images. benchmarks/knn_gain_spread.py measured the gain over the random initialisation on seeds
+# 0-3 x three kernel settings (BUILD_NOTES.md, "Round-off across CPUs"): MoCo v3 +3.8 to +9.0 (seed 0: +8.9),
+# SimCLR +8.3 to +11.0; BYOL (seed 0 here) +13.2 and, on seeds 1-3 and 6, +3.5 to +7.0 (issue 12). A run on other
+# kernels moves the gain by at most 0.6 points, another seed by up to 5: the threshold sits 1.8 points below the
+# smallest gain measured for each method.
+GAIN = {"mocov3": 2.0, "simclr": 2.0, "byol": 1.5}
 
 
 class _KNNAtStart(keras.callbacks.Callback):
@@ -200,31 +201,20 @@ class _KNNAtStart(keras.callbacks.Callback):
 
 
 @needs_fmnist
+@pytest.mark.roundoff
 @pytest.mark.parametrize("method", ["mocov3", "simclr", "byol"])
-def test_short_fashion_mnist_run_improves_knn_over_random_init(method, tiny_config, tmp_path):
+def test_short_fashion_mnist_run_improves_knn_over_random_init(method, tmp_path):
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import os  # pylint: disable=import-outside-toplevel
+
     from tf_mocov3.evaluation import knn  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import pretrain  # pylint: disable=import-outside-toplevel
 
-    run = SHORT_RUNS[method]
-    config, _ = tiny_config(tmp_path)
-    config.method = method
-    config.batch_size = 64
-    config.max_steps = run["steps"]
-    config.log_every_steps = 20
-    config.checkpoint_every_steps = run["steps"]
-    config.model.overrides.patch_size = 4
-    config.model.mlp_dim = 256
-    config.model.moco_dim = 64
-    config.model.momentum = 0.9
-    config.optim.base_lr = 1e-2
-    config.optim.warmup_epochs = 0.0
-    if run["crop_min"] is not None:
-        config.dataset.crop_min = run["crop_min"]
-    config.knn.enabled = True
-    config.knn.every_steps = run["steps"]
-    config.knn.train_fraction = run["bank_fraction"]
-    config.knn.max_eval_examples = run["test_images"]  # 0: all 10,000
-    config.knn.k = 20
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("short", os.path.join(root, "configs", "short_run_fashion_mnist.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(method)
     made = {}
 
     def make_callbacks(cfg, trainer):
@@ -236,6 +226,6 @@ def test_short_fashion_mnist_run_improves_knn_over_random_init(method, tiny_conf
                                       print_fn=lambda line: None)
     start = made["start"].at_start
     end = result["callbacks"][1].history[-1][1]
-    print(f"{method}: kNN {start:.2f} at random init, {end:.2f} after {run['steps']} steps")
-    assert result["step"] == run["steps"]
-    assert end > start + run["gain"], (method, start, end)
+    print(f"{method}: kNN {start:.2f} at random init, {end:.2f} after {config.max_steps} steps")
+    assert result["step"] == config.max_steps
+    assert end > start + GAIN[method], (method, start, end)
