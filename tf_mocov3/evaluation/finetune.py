@@ -46,7 +46,9 @@ transfer configs keep the per-step lr from 0 to 0 and one mixup lambda per globa
 Determinism and resume: epoch e visits the training set in a permutation seeded by (seed, e); the example at
 position p of epoch e is augmented with the seed [seed, e * 2**32 + p]; the mixup/cutmix of global step t uses a
 seed made from (seed, t); the stochastic-depth generators' states are part of the checkpoint. A run stopped at
-step k and restarted gives the weights of an uninterrupted run.
+step k and restarted gives the weights of an uninterrupted run. A workdir whose run had another position-table or
+EMA setting, lr schedule or mixup grouping is refused before any work, with the flags that resume it as it ran
+(`check_resume_options`; workdirs recorded before a key existed ran with finetune_config's default).
 """
 
 import json
@@ -403,21 +405,43 @@ class Evaluator(keras.callbacks.Callback):
 # === The run ===
 
 
+# Options a run cannot change and stay the same run, with what a record written before the option existed ran with
+# (such a record resumes with that value): the position-table and EMA variables, the lr schedule, the mixup groups.
+_RESUME_OPTIONS = (("model.train_pos_embed", False), ("ema.enabled", False), ("optim.schedule", "per_step"),
+                   ("aug.mixup_group", 0))
+_PER_EPOCH_OPTIONS = (("optim.warmup_lr_init", 1e-6), ("optim.min_lr", 1e-5))  # read by the per_epoch lr only
+
+
+def _option(record, key, default):
+    for part in key.split("."):
+        record = record.get(part) if isinstance(record, dict) else None
+    return default if record is None else record
+
+
 def check_resume_options(workdir, config):
     """Refuses to resume a workdir whose run used another position-embedding mode or EMA setting (their variables
-    differ). A record without the key was written before it existed: a fixed table, no EMA."""
+    differ), another lr schedule (optim.schedule; with per_epoch also warmup_lr_init and min_lr) or other mixup
+    groups, in one sentence that lists every difference and the flags that resume the run as it ran. A record without
+    a key was written before it existed: a fixed table, no EMA, the per-step lr, one mixup lambda per global batch
+    (what config_lib.finetune_config() still defaults to)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
     with open(path) as f:
         saved = json.load(f)
-    for key, value in (("model.train_pos_embed", bool(config.model.get("train_pos_embed", False))),
-                       ("ema.enabled", bool(config.get("ema") is not None and config.ema.enabled))):
-        section, name = key.split(".")
-        was = bool((saved.get(section) or {}).get(name, False))
-        if was != value:
-            raise FinetuneError(f"--workdir={workdir} holds a fine-tuning run with config.{key}={was}, not {value}; "
-                                f"resume with --config.{key}={was} or choose a new --workdir.")
+    current = config_lib.as_record(config)
+    options = list(_RESUME_OPTIONS)
+    if _option(saved, "optim.schedule", "per_step") == "per_epoch" == _option(current, "optim.schedule", "per_step"):
+        options += _PER_EPOCH_OPTIONS
+    differ = [(key, _option(saved, key, default), _option(current, key, default)) for key, default in options
+              if _option(saved, key, default) != _option(current, key, default)]
+    if differ:
+        shown = lambda value: repr(value) if isinstance(value, str) else str(value)
+        was = " and ".join(f"config.{key}={shown(old)}" for key, old, _ in differ)
+        now = " and ".join(shown(new) for _, _, new in differ)
+        flags = " ".join(f"--config.{key}={old}" for key, old, _ in differ)
+        raise FinetuneError(f"--workdir={workdir} holds a fine-tuning run with {was}, not {now}; resume with "
+                            f"{flags} or choose a new --workdir.")
 
 
 def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", print_fn=None, extra_callbacks=()):
