@@ -132,6 +132,30 @@ def test_resuming_with_another_pos_embed_mode_is_refused(tmp_path):
         finetune.check_resume_options(str(workdir), config)
 
 
+def test_resuming_a_transfer_run_with_another_schedule_or_mixup_grouping_is_refused(tmp_path):
+    workdir = tmp_path / "ft"
+    workdir.mkdir()
+    ran = load_config("finetune_cifar10")
+    ran.optim.schedule, ran.aug.mixup_group = "per_step", 0  # what the CIFAR-10 recipe recorded before issue 22
+    (workdir / finetune.CONFIG_FILE).write_text(json.dumps(config_lib.as_record(ran)))
+    with pytest.raises(finetune.FinetuneError) as refused:
+        finetune.check_resume_options(str(workdir), load_config("finetune_cifar10"))
+    assert str(refused.value) == (
+        f"--workdir={workdir} holds a fine-tuning run with config.optim.schedule='per_step' and "
+        f"config.aug.mixup_group=0, not 'per_epoch' and 128; resume with --config.optim.schedule=per_step "
+        f"--config.aug.mixup_group=0 or choose a new --workdir.")
+    finetune.check_resume_options(str(workdir), ran)  # the flags of the sentence: resumes
+    # Both per_epoch: its start and floor are part of the schedule too.
+    (workdir / finetune.CONFIG_FILE).write_text(json.dumps(config_lib.as_record(load_config("finetune_cifar10"))))
+    other = load_config("finetune_cifar10")
+    other.optim.min_lr = 2e-5
+    with pytest.raises(finetune.FinetuneError, match=r"config.optim.min_lr=1e-05, not 2e-05; resume with "
+                                                     r"--config.optim.min_lr=1e-05 or"):
+        finetune.check_resume_options(str(workdir), other)
+    other.optim.min_lr, other.optim.base_lr = 1e-5, 1e-4  # base_lr may change (the divergence hint lowers it)
+    finetune.check_resume_options(str(workdir), other)
+
+
 # === Recipes ===
 
 
