@@ -424,10 +424,11 @@ def _option(record, key, default):
 
 def check_resume_options(workdir, config):
     """Refuses to resume a workdir whose run used another position-embedding mode or EMA setting (their variables
-    differ), another lr schedule (optim.schedule; with per_epoch also warmup_lr_init and min_lr) or other mixup
-    groups, in one sentence that lists every difference and the flags that resume the run as it ran. A record without
-    a key was written before it existed: a fixed table, no EMA, the per-step lr, one mixup lambda per global batch
-    (what config_lib.finetune_config() still defaults to)."""
+    differ), another lr schedule (optim.schedule; with per_epoch also warmup_lr_init and min_lr; epochs when neither
+    run sets max_steps; base_lr may change, as the divergence message advises) or other mixup groups, in one
+    sentence that lists every difference and the flags that resume the run as it ran. A record without a key was
+    written before it existed: a fixed table, no EMA, the per-step lr, one mixup lambda per global batch (what
+    config_lib.finetune_config() still defaults to)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
@@ -437,6 +438,8 @@ def check_resume_options(workdir, config):
     options = list(_RESUME_OPTIONS)
     if _option(saved, "optim.schedule", "per_step") == "per_epoch" == _option(current, "optim.schedule", "per_step"):
         options += _PER_EPOCH_OPTIONS
+    if not _option(saved, "max_steps", 0) and not _option(current, "max_steps", 0):  # the length sets the cosine
+        options.append(("epochs", _option(current, "epochs", 0)))
     differ = [(key, _option(saved, key, default), _option(current, key, default)) for key, default in options
               if _option(saved, key, default) != _option(current, key, default)]
     if differ:
