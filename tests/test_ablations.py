@@ -3,7 +3,9 @@ says, bad values are refused in one sentence, and a run with non-default switche
 weights/pretrained.py (and the fine-tuning copy) with identical features."""
 
 import importlib.util
+import math
 import os
+import re
 
 import keras
 import ml_collections
@@ -187,6 +189,45 @@ def test_ablation_configs_set_their_switch_and_validate():
         config_lib.validate(config)
         assert config.model[key] == value and config.model.arch == "vit_base", name
         assert f"config.model.{key}" in module.__doc__, name
+
+
+def table_rows(doc):
+    """{first cell: [(dotted key, value string), ...]} of the `  | m | paper | command` table of a docstring."""
+    rows, current = {}, None
+    for line in doc.splitlines():
+        cell = re.match(r"\s*\|\s*([0-9.]*)\s*\|", line)
+        if not cell:
+            continue
+        if cell.group(1):
+            current = cell.group(1)
+            rows[current] = []
+        if current is not None:
+            rows[current] += re.findall(r"--config\.([\w.]+)=(\S+)", line)
+    return rows
+
+
+def test_table_9_commands_mean_their_rows():
+    spec = importlib.util.spec_from_file_location("ablation_momentum", os.path.join(ROOT, "configs",
+                                                                                    "ablation_momentum.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = table_rows(module.__doc__)
+    assert sorted(rows, key=float) == ["0", "0.9", "0.99", "0.999"]  # the paper's four m
+    total = 1000
+    for m, flags in rows.items():
+        config = module.get_config()
+        for key, value in flags:
+            section, name = key.split(".")
+            old = config[section][name]
+            config[section][name] = (value == "True") if isinstance(old, bool) else type(old)(value)
+        assert config.model.momentum == float(m)
+        got = [float(moco.momentum_schedule(t, config.model.momentum, total, cosine=config.model.momentum_cosine))
+               for t in (0, total // 2, total - 1)]
+        if m == "0":  # no momentum: the key encoder is the query encoder at every step
+            assert got == [0.0, 0.0, 0.0]
+        else:  # the recipe's cosine from m to 1 (SPEC: m_t = 1 - (1 - m0) (1 + cos(pi t / T)) / 2)
+            want = [1 - (1 - float(m)) * (1 + math.cos(math.pi * t / total)) / 2 for t in (0, total // 2, total - 1)]
+            assert got == pytest.approx(want, abs=1e-7)  # float32 values near 1: an ulp is 6e-8
 
 
 def test_backbones_feature_dim_and_resolve_accept_the_switches():
