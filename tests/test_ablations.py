@@ -91,7 +91,12 @@ def test_learned_pos_embed_is_a_trained_weight():
     model = backbone(pos_embed="learned", pooling="gap")
     learned = [w for w in model.trainable_weights if w.path == "cls_pos_embed/pos_embed"]
     assert len(learned) == 1 and tuple(learned[0].shape) == (1, (IMAGE // 4) ** 2, SIZES["embed_dim"])
-    assert 0 < float(np.std(learned[0].numpy())) < 0.03  # trunc-normal std 0.02
+    table = learned[0].numpy()
+    # timm's trunc_normal_(std=.02) cuts at +-2 absolute (100 std): N(0, 0.02). The std of 512 draws has a standard
+    # error of 0.02 / sqrt(2 * 512) = 0.0006, so 0.002 is over 3 of them and still excludes the 0.0176 of a normal cut
+    # at 2 std (Keras' TruncatedNormal), which also never exceeds 0.04; N(0, 0.02) does, in 4.6% of draws.
+    assert abs(float(np.std(table)) - 0.02) < 0.002
+    assert np.abs(table).max() > 0.04
     x = images()
     before = model(x).numpy()
     learned[0].assign(learned[0].numpy() + 1.0)
