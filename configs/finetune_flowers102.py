@@ -12,7 +12,8 @@ transfer/datasets.py builds its own transform); RandomResizedCrop(224, scale 0.0
 train+validation (2,040 images; the 6,149-image test split is the eval set): 1 step per epoch at batch 1024 (the
 remainder is dropped each epoch, as DeiT's drop_last; DeiT's 8 GPUs also take one batch of 128 each from their 255
 images), so the per-epoch lr is one value per step: 1e-6 for the first two steps, then 2.007e-4, 4.003e-4,
-5.987e-4 (timm's cosine counts from epoch 0, so it never reaches 6e-4) and on down the cosine to 1.015e-5. Needs TFDS oxford_flowers102 prepared in --config.dataset.data_dir.
+5.987e-4 (timm's cosine counts from epoch 0, so it never reaches 6e-4) and on down the cosine to 1.058e-5 at the
+last step (timm's value for epoch 98). Needs TFDS oxford_flowers102 prepared in --config.dataset.data_dir.
 """
 
 from tf_mocov3 import config_lib
