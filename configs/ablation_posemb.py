@@ -10,7 +10,8 @@ One run per row, each the configs/vit_base.py recipe with one override (config.m
   |           |       |     --config.model.pos_embed=none
 
 (add --config.dataset.data_dir=/path/to/tensorflow_datasets to each). "learned" is a trained weight
-cls_pos_embed/pos_embed (trunc-normal, std 0.02, as timm); "none" adds nothing to the tokens. Evaluate each run
+cls_pos_embed/pos_embed drawn from N(0, 0.02) (timm's trunc_normal_(std=.02): its bounds +-2 are absolute, 100 std
+away, so it is a plain normal); "none" adds nothing to the tokens. Evaluate each run
 like any other (the linear probe and kNN rebuild the backbone from the run's config.json):
 
   python -m tf_mocov3.linear_probe --config=configs/linear_imagenet.py --pretrained=/tmp/posemb_learned \

@@ -177,3 +177,25 @@ def test_old_finetuning_checkpoint_resumes_to_the_numbers_of_a_straight_run(tmp_
     assert_same_run(want, got, straight_dir, straight["model"],
                     "step-4 fine-tuning checkpoint, resumed old run vs straight current run")
     assert resumed["top1"] == straight["top1"]
+
+
+def test_old_finetuning_workdir_meets_deits_schedule_with_one_sentence_before_any_work(tmp_path):
+    old_pre = copy_old("pretrain", tmp_path)
+    old = copy_old("finetune", tmp_path)
+    record_path = os.path.join(old, "config.json")
+    record = open(record_path).read()
+    # Written before optim.schedule and aug.mixup_group existed: it ran the per-step lr and one lambda per batch.
+    assert "schedule" not in json.loads(record)["optim"] and "mixup_group" not in json.loads(record)["aug"]
+    finetune.check_resume_options(old, finetune_config())  # finetune_config's defaults are what it ran: it resumes
+    deit = finetune_config()
+    deit.optim.schedule, deit.aug.mixup_group = "per_epoch", 4  # the transfer recipes' switches (groups of 4 of 8)
+    before = checkpoint_tensors(old)
+    with pytest.raises(finetune.FinetuneError) as refused:
+        finetune.run_finetune(deit, old, old_pre, print_fn=lambda s: None)
+    assert str(refused.value) == (
+        f"--workdir={old} holds a fine-tuning run with config.optim.schedule='per_step' and config.aug.mixup_group=0, "
+        f"not 'per_epoch' and 4; resume with --config.optim.schedule=per_step --config.aug.mixup_group=0 or choose a "
+        f"new --workdir.")
+    after = checkpoint_tensors(old)  # nothing was written: the same checkpoint and record
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert open(record_path).read() == record

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import roundoff
 from conftest import ROOT, checkpoint_tensors, needs_fmnist
 from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
 from tests.fixtures_data import write_image_folder as _write_folder
+from tf_mocov3 import config_lib
+from tf_mocov3.data import sources
 from tf_mocov3.evaluation import finetune
 from tf_mocov3.models import vit
 from tf_mocov3.weights import pretrained
@@ -174,24 +177,113 @@ def test_command_prints_one_error_line_and_exits_1(pretrained_dir, tmp_path):
     assert len(errors) == 1 and "holds a vit_micro backbone" in errors[0]
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "flowers102", "pets", "fashion_mnist"])
-def test_recipe_configs(name):
+TRANSFER = ("cifar10", "cifar100", "flowers102", "pets")
+
+
+def load_recipe(name):
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"finetune_{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    c = module.get_config()
+    return module.get_config()
+
+
+@pytest.mark.parametrize("name", TRANSFER + ("fashion_mnist",))
+def test_recipe_configs(name):
+    c = load_recipe(name)
+    config_lib.validate(c, kind="finetune")
+    # moco-v3 transfer/README.md: --weight-decay, --drop-path, --mixup, --cutmix, --reprob of each command (Flowers:
+    # no random erasing, issue 13: its --reprob 0.25 is never read by the official transfer/datasets.py).
     want = {"cifar10": (0.8, 1.0, 0.1, 0.1, 0.0), "cifar100": (0.5, 1.0, 0.1, 0.1, 0.0),
-            # Flowers: no random erasing (issue 13; the official transfer/datasets.py never reads --reprob).
             "flowers102": (0.0, 0.0, 0.3, 0.1, 0.0), "pets": (0.8, 0.0, 0.1, 0.0, 0.0)}
     if name in want:
         assert (c.aug.mixup_alpha, c.aug.cutmix_alpha, c.optim.weight_decay, c.model.drop_path_rate,
                 c.aug.random_erasing) == want[name]
         assert (c.batch_size, c.epochs, c.optim.warmup_epochs, c.image_size) == (1024, 100, 3, 224)
-        # lr = 3e-4 * batch / 512 == base_lr * batch / 256
-        assert c.optim.base_lr * c.batch_size / 256 == pytest.approx(3e-4 * c.batch_size / 512)
+        # DeiT's defaults for the rest: timm's cosine per epoch from --warmup-lr 1e-6 to --min-lr 1e-5, Mixup on
+        # each GPU's batch of 128.
+        assert (c.optim.schedule, c.optim.warmup_lr_init, c.optim.min_lr) == ("per_epoch", 1e-6, 1e-5)
+        assert c.aug.mixup_group == 128
         assert (c.aug.label_smoothing, c.aug.crop_min, c.aug.switch_prob, c.aug.mix_prob) == (0.1, 0.05, 0.5, 1.0)
+        assert c.model.train_pos_embed
     if name == "flowers102":
         assert c.dataset.train_split == "train+validation"
+
+
+def timm_cosine_of_epoch(t, peak, warmup_epochs=3, epochs=100, warmup_lr=1e-6, min_lr=1e-5):
+    """timm's CosineLRScheduler(t_initial=epochs, lr_min=min_lr, warmup_lr_init=warmup_lr, warmup_t=warmup_epochs,
+    t_in_epochs=True) at epoch t, as DeiT's create_scheduler builds it (warmup_prefix False: the cosine counts from
+    epoch 0; one cycle)."""
+    if t < warmup_epochs:
+        return warmup_lr + t * (peak - warmup_lr) / warmup_epochs
+    if t < epochs:
+        return min_lr + 0.5 * (peak - min_lr) * (1.0 + math.cos(math.pi * t / epochs))
+    return min_lr
+
+
+def deit_lr_at_step(step, steps_per_epoch, peak):
+    """DeiT main.py builds the scheduler (lr = f(0)), trains epoch 0, then calls lr_scheduler.step(epoch) after each
+    epoch: epoch e trains at f(max(e - 1, 0))."""
+    return timm_cosine_of_epoch(max(step // steps_per_epoch - 1, 0), peak)
+
+
+@pytest.mark.parametrize("name", TRANSFER)
+def test_transfer_lr_is_deits_per_epoch_cosine_at_6e4(name):
+    c = load_recipe(name)
+    spe = 2  # a tiny epoch; the recipe's 100 epochs of it
+    opt = finetune.build_optimizer(c, steps_per_epoch=spe, total_steps=c.epochs * spe)
+    lr = opt._learning_rate
+    # The absolute lr the optimizer gets: DeiT's --lr 3e-4 x (8 GPUs x 128) / 512.
+    assert lr.peak_lr == pytest.approx(3e-4 * 1024 / 512, rel=1e-12)  # float64 products; 6e-4
+    peak = 6e-4
+    want = {0: 1e-6, 1: 1e-6,            # epoch 0: f(0) = --warmup-lr
+            2: 1e-6, 3: 1e-6,            # epoch 1: still f(0), DeiT steps the scheduler after the epoch
+            4: 1e-6 + (peak - 1e-6) / 3,  # epoch 2: f(1), a third of the warmup
+            7: 1e-6 + 2 * (peak - 1e-6) / 3,  # epoch 3: f(2)
+            8: 1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * 3 / 100)),  # epoch 4: f(3), cosine from epoch 0
+            101: 1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * 49 / 100)),  # epoch 50: f(49)
+            199: 1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * 98 / 100))}  # the last step: f(98)
+    for step, value in want.items():
+        assert value == pytest.approx(deit_lr_at_step(step, spe, peak), rel=1e-12)  # the table is the formula
+        # float32 schedule arithmetic: a few ulps (~1e-7 relative) of terms no larger than the result.
+        assert float(lr(step)) == pytest.approx(value, rel=1e-5), (name, step)
+
+
+def test_flowers_trains_one_step_per_epoch_at_the_per_epoch_lr():
+    c = load_recipe("flowers102")
+    spe = 2040 // c.batch_size  # train+validation at batch 1024, the remainder dropped (run_finetune, DeiT drop_last)
+    assert spe == 1
+    opt = finetune.build_optimizer(c, steps_per_epoch=spe, total_steps=c.epochs * spe)
+    got = [float(opt._learning_rate(step)) for step in range(5)] + [float(opt._learning_rate(99))]
+    # One value per step: f(0), f(0), f(1), f(2), f(3), ..., f(98) (deit_lr_at_step's formula, evaluated by hand).
+    want = [1e-6, 1e-6, 2.0066667e-4, 4.0033333e-4, 5.9869078e-4, 1.0582115e-5]
+    assert got == pytest.approx(want, rel=1e-5)  # float32 schedule arithmetic; 8 digits written above
+    assert want == pytest.approx([deit_lr_at_step(s, 1, 6e-4) for s in (0, 1, 2, 3, 4, 99)], rel=1e-7)
+
+
+def test_transfer_batch_draws_one_mixup_lambda_per_128_rows():
+    c = load_recipe("cifar10")  # mixup 0.8 / cutmix 1.0, label smoothing 0.1, mixup_group 128, batch 1024
+    c.image_size = 32  # the crop size only (a 1024 x 224 px batch is 600 MB); the grouping does not depend on it
+    n = c.batch_size
+    images = np.random.default_rng(0).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    source = sources.Source("unique", "array", n, n, images, np.arange(n))  # every image is its own class
+    plain = load_recipe("cifar10")
+    plain.image_size, plain.aug.mixup_alpha, plain.aug.cutmix_alpha = 32, 0.0, 0.0
+    _, unmixed = next(iter(finetune.build_train_dataset(plain, source)))  # the same rows in the same order, unmixed
+    own = np.argmax(unmixed.numpy(), axis=1)
+    _, targets = next(iter(finetune.build_train_dataset(c, source)))
+    targets = targets.numpy().astype(np.float64)
+    off = 0.1 / n  # timm's smoothed one-hot: off = s / C, on = 1 - s + off
+    rows = np.arange(n)
+    partner = 128 * (rows // 128) + 127 - rows % 128  # timm's Mixup on a 128-image batch mixes it with its flip
+    lam = (targets[rows, own] - off) / 0.9
+    # Every row is lam * smooth(own) + (1 - lam) * smooth(partner's own), lam shared by its 128-row group; float32
+    # targets (values <= 1, a few ulps).
+    np.testing.assert_allclose(targets[rows, own[partner]], (1 - lam) * 0.9 + off, atol=1e-6)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+    groups = lam.reshape(n // 128, 128)
+    np.testing.assert_allclose(groups, groups[:, :1] * np.ones((1, 128)), atol=1e-6)
+    assert len(np.unique(np.round(groups[:, 0], 6))) > 1  # independent lambdas, not one per global batch
+    assert np.all(partner != rows) and not np.array_equal(partner, n - 1 - rows)
 
 
 def test_plus_joins_splits_as_flowers_train_plus_validation(tmp_path):

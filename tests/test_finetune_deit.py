@@ -132,6 +132,46 @@ def test_resuming_with_another_pos_embed_mode_is_refused(tmp_path):
         finetune.check_resume_options(str(workdir), config)
 
 
+def test_resuming_a_transfer_run_with_another_schedule_or_mixup_grouping_is_refused(tmp_path):
+    workdir = tmp_path / "ft"
+    workdir.mkdir()
+    ran = load_config("finetune_cifar10")
+    ran.optim.schedule, ran.aug.mixup_group = "per_step", 0  # what the CIFAR-10 recipe recorded before issue 22
+    (workdir / finetune.CONFIG_FILE).write_text(json.dumps(config_lib.as_record(ran)))
+    with pytest.raises(finetune.FinetuneError) as refused:
+        finetune.check_resume_options(str(workdir), load_config("finetune_cifar10"))
+    assert str(refused.value) == (
+        f"--workdir={workdir} holds a fine-tuning run with config.optim.schedule='per_step' and "
+        f"config.aug.mixup_group=0, not 'per_epoch' and 128; resume with --config.optim.schedule=per_step "
+        f"--config.aug.mixup_group=0 or choose a new --workdir.")
+    finetune.check_resume_options(str(workdir), ran)  # the flags of the sentence: resumes
+    # Both per_epoch: its start and floor are part of the schedule too.
+    (workdir / finetune.CONFIG_FILE).write_text(json.dumps(config_lib.as_record(load_config("finetune_cifar10"))))
+    other = load_config("finetune_cifar10")
+    other.optim.min_lr = 2e-5
+    with pytest.raises(finetune.FinetuneError, match=r"config.optim.min_lr=1e-05, not 2e-05; resume with "
+                                                     r"--config.optim.min_lr=1e-05 or"):
+        finetune.check_resume_options(str(workdir), other)
+    other.optim.min_lr, other.optim.base_lr = 1e-5, 1e-4  # base_lr may change (the divergence hint lowers it)
+    finetune.check_resume_options(str(workdir), other)
+
+
+def test_resuming_the_150_epoch_vit_s_fine_tuning_with_the_300_epoch_recipe_is_refused(tmp_path):
+    workdir = tmp_path / "ft"
+    workdir.mkdir()
+    ran = load_config("finetune_imagenet_vit_small")
+    ran.epochs = 150  # the recipe before issue 22
+    (workdir / finetune.CONFIG_FILE).write_text(json.dumps(config_lib.as_record(ran)))
+    with pytest.raises(finetune.FinetuneError, match=r"with config.epochs=150, not 300; resume with "
+                                                     r"--config.epochs=150 or choose a new --workdir\."):
+        finetune.check_resume_options(str(workdir), load_config("finetune_imagenet_vit_small"))
+    finetune.check_resume_options(str(workdir), ran)
+    both = load_config("finetune_imagenet_vit_small")
+    both.max_steps = ran.max_steps = 20  # a run of max_steps: epochs do not set its length, so they are not compared
+    (workdir / finetune.CONFIG_FILE).write_text(json.dumps(config_lib.as_record(ran)))
+    finetune.check_resume_options(str(workdir), both)
+
+
 # === Recipes ===
 
 
@@ -158,7 +198,9 @@ def test_imagenet_recipes_are_deits_defaults():
     assert (c.batch_size, c.image_size, c.dataset.name) == (1024, 224, "imagenet2012")
     large = load_config("finetune_imagenet_vit_large")
     assert (large.model.arch, large.epochs, large.model.drop_path_rate) == ("vit_large", 100, 0.5)
-    assert load_config("finetune_imagenet_vit_small").model.arch == "vit_small"
+    small = load_config("finetune_imagenet_vit_small")
+    # moco-v3 README: "using all the default DeiT configs", 150 epochs named for ViT-B only: DeiT's --epochs 300.
+    assert (small.model.arch, small.epochs, small.model.drop_path_rate) == ("vit_small", 300, 0.1)
 
 
 def test_bicubic_eval_is_pils_resize_256_crop_224():

@@ -266,6 +266,27 @@ def test_lars_matches_official():
     assert_params(got, want, rtol=2e-6, atol=1e-7)
 
 
+def test_a_factor_on_the_loss_is_a_factor_on_adamws_eps_and_not_neutral_for_lars():
+    # Why losses.nt_xent_loss can keep the SimCLR paper's scale (half of SimCLR's code) under AdamW: gradients 2g
+    # with eps 2e give the updates of g with e, bit for bit (doubling is exact in floating point and the decay does
+    # not see the gradient). LARS adds wd * w to the gradient before its trust ratio: 2g is another run.
+    grads = make_grads([v.shape for v in make_vars()[0]])
+    doubled = [[2.0 * g for g in step] for step in grads]
+    one = run(optim.AdamW(learning_rate=0.05, weight_decay=0.5, epsilon=1e-8), make_vars()[0], grads)
+    two = run(optim.AdamW(learning_rate=0.05, weight_decay=0.5, epsilon=2e-8), make_vars()[0], doubled)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    # Gradients of the size of wd * w (1e-2), where the balance decides the direction of the kernel's update.
+    small = [[1e-2 * g for g in step] for step in grads]
+    one = run(optim.LARS(learning_rate=0.1, weight_decay=1e-2), make_vars()[0], small)
+    two = run(optim.LARS(learning_rate=0.1, weight_decay=1e-2), make_vars()[0], [[2.0 * g for g in s] for s in small])
+    init = make_vars()[1]
+    want = [official_lars(init, [[f * g for g in s] for s in small], [0.1] * STEPS, 1e-2)["kernel"] for f in (1, 2)]
+    for got, ref in zip((one[0], two[0]), want):
+        np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-7)  # as test_lars_matches_official
+    assert np.abs(want[0] - want[1]).max() > 1e-5  # float64 references: 2g moves the kernel elsewhere
+
+
 # === build_optimizer ===
 
 

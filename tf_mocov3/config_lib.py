@@ -1,9 +1,10 @@
 """Every run's configuration: the defaults of pre-training, fine-tuning and the linear probe, and their checks.
 
 The recipe files in configs/ start from one of the three defaults here (`base_config` for pre-training,
-`finetune_config`, `probe_config`) and change what the recipe changes; the command line overrides any key
-(`--config.batch_size=1024`). `validate(config, kind=...)` is the one place that checks a config before any work:
-each problem is one sentence that names the key and the fix, and ConfigError carries all of them.
+`finetune_config`, `probe_config`; `transfer_config` is the official transfer recipe on top of `finetune_config`)
+and change what the recipe changes; the command line overrides any key (`--config.batch_size=1024`).
+`validate(config, kind=...)` is the one place that checks a config before any work: each problem is one sentence
+that names the key and the fix, and ConfigError carries all of them.
 
 Where this module sits: it reads the names that models/ (architectures) and data/ (data sets) define, and the
 training code (optimizers, strategies) reads the names defined here, so imports keep pointing one way. It imports
@@ -163,7 +164,10 @@ def resnet50_config():
 
 
 def finetune_config():
-    """The official transfer recipe (ViT-B, DeiT's main.py) as used for CIFAR-10; configs/finetune_*.py adapt it."""
+    """The defaults of every fine-tuning run: the transfer recipe's optimizer and augmentation (ViT-B, DeiT's main.py,
+    CIFAR-10's values) with the per-step lr and one mixup lambda per global batch, which any batch size can run.
+    `transfer_config()` (the four transfer recipes) and configs/finetune_imagenet_vit_base.py `recipe()` switch to
+    DeiT's per-epoch lr and per-GPU-batch lambda; configs/finetune_fashion_mnist.py keeps these defaults."""
     c = _run_defaults(ml_collections.ConfigDict())
     c.batch_size = 1024               # global
     c.epochs = 100
@@ -230,6 +234,29 @@ def finetune_config():
     c.eval.batch_size = 256
     c.eval.max_examples = 0           # 0 = the whole eval split
     c.eval.crop_pct = 0.0             # > 0: resize the shorter side to int(S / crop_pct) (DeiT: 0.875); 0 = S*256/224
+    return c
+
+
+def transfer_config():
+    """The official transfer recipe that configs/finetune_{cifar10,cifar100,flowers102,pets}.py share; each sets its
+    data set, weight decay, drop-path, mixup and cutmix.
+
+    moco-v3 transfer/README.md runs DeiT's main.py on 8 GPUs with `--batch-size 128 --lr 3e-4 --warmup-epochs 3
+    --epochs 100` and DeiT's defaults otherwise: a global batch of 1024; lr 3e-4 * 1024 / 512 (DeiT scales by 512;
+    base_lr 1.5e-4 per 256 is the same 6e-4); timm's cosine stepped after each epoch (warmup from --warmup-lr 1e-6,
+    floor --min-lr 1e-5); timm's Mixup called on each GPU's batch of 128, so one lambda per 128 images; DeiT's
+    trainable pos_embed.
+    """
+    c = finetune_config()
+    c.batch_size = 1024               # 8 GPUs x --batch-size 128
+    c.epochs = 100
+    c.model.train_pos_embed = True    # DeiT trains pos_embed from the sin-cos start (not decayed)
+    c.optim.base_lr = 1.5e-4          # per 256 = DeiT's --lr 3e-4 per 512: 6e-4 at batch 1024
+    c.optim.warmup_epochs = 3
+    c.optim.schedule = "per_epoch"
+    c.optim.warmup_lr_init = 1e-6
+    c.optim.min_lr = 1e-5
+    c.aug.mixup_group = 128           # DeiT's per-GPU batch
     return c
 
 

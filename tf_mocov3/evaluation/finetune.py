@@ -7,19 +7,22 @@ Running the same command again resumes from the last checkpoint in --workdir (th
 read again, only checked). Writes WORKDIR/checkpoints, metrics.jsonl, tensorboard/, metrics.json (final top-1 and
 the per-epoch eval top-1 curve) and finetune.png, and prints a summary table.
 
-The recipe (moco-v3 transfer/README.md, run with DeiT's main.py; ViT-B):
+The transfer recipe (moco-v3 transfer/README.md, run with DeiT's main.py on 8 GPUs x 128; ViT-B;
+config_lib.transfer_config):
 * the whole network is trained, the patch projection included (it was random and frozen in pre-training),
   with stochastic depth (config.model.drop_path_rate) and a new Dense(num_classes) head on the [CLS] feature;
-* AdamW, lr = 3e-4 * batch / 512 (= base_lr 1.5e-4 per 256 in optim.build_optimizer's convention), linear
-  warmup then half-cosine per step, weight decay (paper convention -lr*wd*w) on all but biases, norms and the
-  [CLS] token (timm's optimizer factory skips 1-D parameters and `no_weight_decay()`);
+* AdamW, lr = 3e-4 * batch / 512 (= base_lr 1.5e-4 per 256 in optim.build_optimizer's convention: 6e-4 at batch
+  1024), weight decay (paper convention -lr*wd*w) on all but biases, norms and the [CLS] token (timm's optimizer
+  factory skips 1-D parameters and `no_weight_decay()`); the lr per epoch as DeiT steps timm's cosine (below);
 * per example: RandomResizedCrop(image_size, scale (crop_min, 1), ratio (3/4, 4/3)) of the image at its own
-  size (32 px CIFAR is upsampled by the resize), horizontal flip, ImageNet normalisation, random erasing;
-* per batch: mixup / cutmix with label smoothing (data/mixup.py), soft-target cross-entropy;
+  size (32 px CIFAR is upsampled by the resize), horizontal flip, ImageNet normalisation (random erasing is an
+  option that no transfer recipe uses);
+* per group of 128 images (DeiT's per-GPU batch): mixup / cutmix with label smoothing (data/mixup.py),
+  soft-target cross-entropy;
 * evaluation: resize the shorter side to image_size * 256 / 224, centre crop, top-1.
 
-ImageNet end-to-end fine-tuning (configs/finetune_imagenet_vit_*.py) is DeiT's main.py recipe, which the same code
-runs with these options (config keys in config_lib.finetune_config):
+ImageNet end-to-end fine-tuning (configs/finetune_imagenet_vit_*.py) is DeiT's main.py recipe with its defaults.
+Both recipes use these options (config keys in config_lib.finetune_config):
 * `model.train_pos_embed`: the position table is a trainable weight, as DeiT loads the converted `pos_embed` into
   its trainable parameter; it starts from the pre-training sin-cos table, bicubically interpolated when the
   fine-tuning grid differs (`interpolate_pos_embed`: PyTorch's F.interpolate(mode="bicubic",
@@ -27,8 +30,11 @@ runs with these options (config keys in config_lib.finetune_config):
   a = -0.5, so it is not used for this), and it is not decayed (timm's `no_weight_decay()`: pos_embed, cls_token).
   Every configs/finetune_*.py sets it; False keeps the fixed table;
 * `optim.schedule="per_epoch"`: DeiT's lr (schedules.EpochWarmupCosine: warmup from 1e-6, cosine to 1e-5, stepped
-  after each epoch);
-* `aug.mixup_group`: one mixup / cutmix lambda per group of rows (DeiT: per 128-image GPU batch);
+  after each epoch, so epoch e trains at timm's value for e - 1); "per_step" (finetune_config's default) is the
+  MoCo v3 pre-training schedule, warmup from 0 and half-cosine to 0 per step;
+* `aug.mixup_group`: one mixup / cutmix lambda per group of rows (DeiT: per 128-image GPU batch; 0 = one per
+  global batch, finetune_config's default).
+The ImageNet recipes also use:
 * `aug.rand_augment` (data/randaugment.py), `aug.repeated_aug` (data/order.py), `aug.interpolation="bicubic"`
   (train crop and eval resize), `eval.crop_pct` (0.875: resize 256, crop 224), random erasing (data/erasing.py);
 * `ema.enabled`: model EMA (timm ModelEma, decay 0.99996) evaluated beside the model as `eval_top1_ema`; as in
@@ -38,15 +44,15 @@ prints both.
 
 Head init (documented choice): N(0, 0.02), zero bias. timm's `trunc_normal_(std=.02)` used by DeiT has absolute
 bounds +-2, i.e. +-100 standard deviations, so it is a plain normal; Keras' TruncatedNormal would cut at 2 std.
-Differences from DeiT kept on purpose (the official transfer runs replace DeiT's transform with RandomResizedCrop + flip,
-and the transfer recipe lists none of these): no RandAugment / colour jitter, no repeated augmentation. The
-transfer configs keep the per-step lr from 0 to 0 and one mixup lambda per global batch; `optim.schedule` and
-`aug.mixup_group` switch to DeiT's per-epoch lr and per-GPU-batch lambda.
+The transfer recipe has no RandAugment / colour jitter and no repeated augmentation: the official transfer runs
+replace DeiT's transform with RandomResizedCrop + flip and pass --no-repeated-aug.
 
 Determinism and resume: epoch e visits the training set in a permutation seeded by (seed, e); the example at
 position p of epoch e is augmented with the seed [seed, e * 2**32 + p]; the mixup/cutmix of global step t uses a
 seed made from (seed, t); the stochastic-depth generators' states are part of the checkpoint. A run stopped at
-step k and restarted gives the weights of an uninterrupted run.
+step k and restarted gives the weights of an uninterrupted run. A workdir whose run had another position-table or
+EMA setting, lr schedule or mixup grouping is refused before any work, with the flags that resume it as it ran
+(`check_resume_options`; workdirs recorded before a key existed ran with finetune_config's default).
 """
 
 import json
@@ -403,21 +409,46 @@ class Evaluator(keras.callbacks.Callback):
 # === The run ===
 
 
+# Options a run cannot change and stay the same run, with what a record written before the option existed ran with
+# (such a record resumes with that value): the position-table and EMA variables, the lr schedule, the mixup groups.
+_RESUME_OPTIONS = (("model.train_pos_embed", False), ("ema.enabled", False), ("optim.schedule", "per_step"),
+                   ("aug.mixup_group", 0))
+_PER_EPOCH_OPTIONS = (("optim.warmup_lr_init", 1e-6), ("optim.min_lr", 1e-5))  # read by the per_epoch lr only
+
+
+def _option(record, key, default):
+    for part in key.split("."):
+        record = record.get(part) if isinstance(record, dict) else None
+    return default if record is None else record
+
+
 def check_resume_options(workdir, config):
     """Refuses to resume a workdir whose run used another position-embedding mode or EMA setting (their variables
-    differ). A record without the key was written before it existed: a fixed table, no EMA."""
+    differ), another lr schedule (optim.schedule; with per_epoch also warmup_lr_init and min_lr; epochs when neither
+    run sets max_steps; base_lr may change, as the divergence message advises) or other mixup groups, in one
+    sentence that lists every difference and the flags that resume the run as it ran. A record without a key was
+    written before it existed: a fixed table, no EMA, the per-step lr, one mixup lambda per global batch (what
+    config_lib.finetune_config() still defaults to)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
     with open(path) as f:
         saved = json.load(f)
-    for key, value in (("model.train_pos_embed", bool(config.model.get("train_pos_embed", False))),
-                       ("ema.enabled", bool(config.get("ema") is not None and config.ema.enabled))):
-        section, name = key.split(".")
-        was = bool((saved.get(section) or {}).get(name, False))
-        if was != value:
-            raise FinetuneError(f"--workdir={workdir} holds a fine-tuning run with config.{key}={was}, not {value}; "
-                                f"resume with --config.{key}={was} or choose a new --workdir.")
+    current = config_lib.as_record(config)
+    options = list(_RESUME_OPTIONS)
+    if _option(saved, "optim.schedule", "per_step") == "per_epoch" == _option(current, "optim.schedule", "per_step"):
+        options += _PER_EPOCH_OPTIONS
+    if not _option(saved, "max_steps", 0) and not _option(current, "max_steps", 0):  # the length sets the cosine
+        options.append(("epochs", _option(current, "epochs", 0)))
+    differ = [(key, _option(saved, key, default), _option(current, key, default)) for key, default in options
+              if _option(saved, key, default) != _option(current, key, default)]
+    if differ:
+        shown = lambda value: repr(value) if isinstance(value, str) else str(value)
+        was = " and ".join(f"config.{key}={shown(old)}" for key, old, _ in differ)
+        now = " and ".join(shown(new) for _, _, new in differ)
+        flags = " ".join(f"--config.{key}={old}" for key, old, _ in differ)
+        raise FinetuneError(f"--workdir={workdir} holds a fine-tuning run with {was}, not {now}; resume with "
+                            f"{flags} or choose a new --workdir.")
 
 
 def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", print_fn=None, extra_callbacks=()):

@@ -51,6 +51,17 @@ def nt_xent_loss(z1, z2, z1_all, z2_all, temperature, replica_id=0):
     Anchor z1[i] (global row g = i + replica_id * N_local) has the positive z2_all[g] and the 2N - 2 negatives
     z1_all[j], z2_all[j] for j != g; likewise for z2[i]. Cosine similarities divided by `temperature`.
 
+    Scale (a documented choice): the SimCLR paper's loss (its Algorithm 1), the mean over the 2N anchors. SimCLR's
+    own code returns twice this: google-research/simclr objective.py `add_contrastive_loss` gives loss_a + loss_b,
+    the mean over the view-1 anchors plus the mean over the view-2 anchors (and run.py divides it by the replica
+    count, as models/moco.py does here). The MoCo v3 paper does not say at which scale its SimCLR runs trained.
+    Under Adam / AdamW, the optimizer of this project's SimCLR recipe (paper Fig. 6), a factor c on the loss is
+    exactly eps / c (the update m / (sqrt(v) + eps) is unchanged when g and eps scale together, and the decay does
+    not see the loss), so the two scales differ only as eps 1e-8 against 5e-9 (tests/test_optim.py checks both
+    facts). Under LARS, SimCLR's own optimizer, the factor is not neutral: the gradient is added to wd * w before
+    the trust ratio, so a LARS run meant to reproduce SimCLR's code needs twice this loss (no recipe here runs
+    SimCLR with LARS).
+
     Args:
       z1, z2: [N_local, C] projections of the two views on this replica (with gradient).
       z1_all, z2_all: [N_global, C] the same projections gathered from every replica in replica order (the

@@ -149,9 +149,10 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
                 trainable=True,
             )
         if self.train_pos_embed:
-            # sincos (fine-tuning): starts at the table; learned (ablation): timm's trunc-normal, std 0.02.
+            # sincos (fine-tuning): starts at the table. learned (ablation): timm's trunc_normal_(std=.02), whose
+            # bounds a=-2, b=2 are absolute (+-100 std), i.e. N(0, 0.02); Keras' TruncatedNormal would cut at 2 std.
             initializer = (keras.initializers.Constant(table) if self.pos_embed_kind == "sincos"
-                           else keras.initializers.TruncatedNormal(stddev=0.02))
+                           else keras.initializers.RandomNormal(stddev=0.02))
             self.pos_embed = self.add_weight(
                 name="pos_embed",
                 shape=table.shape,
@@ -515,8 +516,9 @@ def build_backbone(
             [CLS] / position-embedding adds and the residual stream stay float32,
             as under PyTorch autocast; False runs them in the compute dtype),
             pos_embed (the paper's Table 5: "sincos" default, the fixed table;
-            "learned", a trained weight "pos_embed", trunc-normal std 0.02 as
-            timm; "none", no position information), pooling (Table 6: "cls"
+            "learned", a trained weight "pos_embed", N(0, 0.02) as timm's
+            trunc_normal_(std=.02) with its absolute +-2 bounds; "none", no
+            position information), pooling (Table 6: "cls"
             default, the [CLS] token after the final LayerNorm; "gap_ln", no
             [CLS], the final LayerNorm on every token then their average, layers
             "norm" and "pool"; "gap", no [CLS], no final LayerNorm, the average
