@@ -9,6 +9,7 @@ process because oneDNN reads its settings when TensorFlow starts:
 
   default       oneDNN as this CPU picks it (AVX-512 or AVX2 kernels)
   onednn_off    TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's own kernels
+  onednn_on     TF_ENABLE_ONEDNN_OPTS=1: oneDNN's ops, the default only on CPUs with AVX-512 VNNI / BF16 or AMX
   avx, sse41, avx2   ONEDNN_MAX_CPU_ISA=...: oneDNN capped at that instruction set
 
 A run on other kernels rounds differently from its first step on and ends on other weights, like another seed. Each
@@ -31,7 +32,8 @@ sys.path.insert(0, ROOT)
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-SETTINGS = {"default": {}, "onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "avx": {"ONEDNN_MAX_CPU_ISA": "AVX"},
+SETTINGS = {"default": {}, "onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "onednn_on": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+            "avx": {"ONEDNN_MAX_CPU_ISA": "AVX"},
             "sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41"}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
 _METHODS = flags.DEFINE_list("methods", ["mocov3", "simclr", "byol"], "Methods (configs/short_run_fashion_mnist.py).")

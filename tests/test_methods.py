@@ -183,8 +183,8 @@ def test_byol_recipe_heads_and_momentum():
 # and all 10,000 test images. benchmarks/knn_gain_spread.py measured the gain over the random initialisation on seeds
 # 0-3 x three kernel settings (BUILD_NOTES.md, "Round-off across CPUs"): MoCo v3 +3.8 to +9.0 (seed 0: +8.9),
 # SimCLR +8.3 to +11.0; BYOL (seed 0 here) +13.2 and, on seeds 1-3 and 6, +3.5 to +7.0 (issue 12). A run on other
-# kernels moves the gain by at most 0.6 points, another seed by up to 5: the threshold sits 1.8 points below the
-# smallest gain measured for each method.
+# kernels moves the gain by at most 0.6 points, another seed by up to 5: each threshold sits at least 1.8 points
+# below the smallest gain measured for its method.
 GAIN = {"mocov3": 2.0, "simclr": 2.0, "byol": 1.5}
 
 
