@@ -13,7 +13,7 @@ import sys
 
 DEFAULT_COST = 10
 ROUNDOFF_PASS = "roundoff pass"
-ROUNDOFF_PASS_COST = 240
+ROUNDOFF_PASS_COST = 200
 COST = {
     "test_training.py": 150, "test_knn.py": 130, "test_precision.py": 100, "test_resnet.py": 100,
     "test_methods.py": 190, "test_export.py": 80, "test_finetune.py": 95, "test_prepared_data.py": 45,

@@ -113,7 +113,11 @@ def assert_same_run(want, got, workdir, model, what):
     straight run's live model, whose variables name the checkpoint keys of `workdir`."""
     variables = roundoff.checkpoint_variables(os.path.join(workdir, "checkpoints"), model)
     assert sum(v is not None for v in variables.values()) > 10
-    roundoff.assert_runs_agree(want, got, variables, model=model, lrs=roundoff.learning_rates(model, 4), what=what)
+    # Adam's moments (eps 1e-8 here, the recipe's) to 1e-3 of their largest entry: between the fixture machine's
+    # steps and an AVX-capped run here they differed by up to 1.2e-4 of it (BUILD_NOTES.md, "Round-off across CPUs");
+    # a moment lost or given to another variable on restore differs by the whole of it.
+    roundoff.assert_runs_agree(want, got, variables, model=model, lrs=roundoff.learning_rates(model, 4), what=what,
+                               slots_scale=1e-3)
 
 
 def assert_same_tensors(want, got, what):

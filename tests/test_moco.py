@@ -130,9 +130,10 @@ def test_logged_loss_is_the_loss_computed_by_hand():
 # Some parameters have a gradient that is exactly zero in exact arithmetic: the key part of the qkv bias (softmax
 # ignores a constant added to every key) and the final LayerNorm beta (the projector's BN removes a constant shift).
 # Their computed gradient is round-off, which AdamW turns into a step of up to +-lr whose sign depends on summation
-# order (PyTorch does the same). The equality tests use eps 1e-5, which keeps a small real gradient's step from
-# amplifying its round-off, and compare those structural zeros within Adam's bound (tests/roundoff.py).
-EQUALITY_EPS = 1e-5
+# order (PyTorch does the same). The equality tests use eps 1e-3, where Adam's step moves by at most lr / eps = 0.31
+# times a gradient's round-off (1e-5 let a near-zero real gradient move one entry 1.5e-5 on AVX-capped kernels), and
+# compare those structural zeros within Adam's bound (tests/roundoff.py).
+EQUALITY_EPS = 1e-3
 
 
 def _one_step(strategy, data, jit_compile=False):

@@ -138,7 +138,6 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.roundoff
 @needs_fmnist
 def test_two_workers_on_localhost_match_one_process(tmp_path, tiny_config):
     """On a prepared (array_record) set of 48 Fashion-MNIST images: each worker reads only its own rows by index
