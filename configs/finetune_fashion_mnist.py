@@ -4,8 +4,10 @@ r"""A small, offline fine-tune: the demo's vit_micro (configs/demo.py) on Fashio
   python -m tf_mocov3.finetune --config=configs/finetune_fashion_mnist.py --pretrained=runs/demo \
       --workdir=runs/demo_finetune
 
-Reads the Fashion-MNIST IDX files of the Debian package dataset-fashion-mnist (no download). The transfer
-recipe scaled down: AdamW with warmup + cosine, drop-path 0.1, mixup 0.8 / cutmix 1.0 with label smoothing 0.1,
+Reads the Fashion-MNIST IDX files of the Debian package dataset-fashion-mnist (no download). Transfer-style, on
+`config_lib.finetune_config()`'s defaults rather than the transfer recipe's DeiT schedule (a few hundred steps, not
+100 epochs of 1024): AdamW with warmup + cosine per step, one mixup lambda per batch, drop-path 0.1,
+mixup 0.8 / cutmix 1.0 with label smoothing 0.1,
 RandomResizedCrop(32, scale 0.05-1) + flip of the 28 px images, eval resize 36 + centre crop 32. For an image
 folder instead: --config.dataset.name=image_folder --config.dataset.path=DIR (one sub-folder per class; DIR/train
 and DIR/val are used when present, with --config.dataset.eval_split=val).
