@@ -1,7 +1,7 @@
 r"""Spread of the short runs' kNN gain over seeds and CPU kernel settings (the margin of a threshold test).
 
   python benchmarks/knn_gain_spread.py [--methods=mocov3,simclr,byol] [--seeds=0,1,2,3]
-      [--settings=default,onednn_off,avx] [--every=100] [--parallel=2]
+      [--settings=default,onednn_off,avx] [--every=0] [--steps=0] [--parallel=2]
 
 Runs `configs/short_run_fashion_mnist.py:METHOD` (the runs of tests/test_methods.py's
 test_short_fashion_mnist_run_improves_knn_over_random_init) once per method, seed and kernel setting, each in its own
@@ -39,7 +39,9 @@ SETTINGS = {"default": {}, "onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "onednn
 _METHODS = flags.DEFINE_list("methods", ["mocov3", "simclr", "byol"], "Methods (configs/short_run_fashion_mnist.py).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "config.seed values.")
 _SETTINGS = flags.DEFINE_list("settings", ["default", "onednn_off", "avx"], f"Kernel settings: {', '.join(SETTINGS)}.")
-_EVERY = flags.DEFINE_integer("every", 100, "kNN every this many steps (0: only at the end).")
+_EVERY = flags.DEFINE_integer("every", 0, "kNN every this many steps (0: only at the end, as the test). An evaluation "
+                                          "changes the run's later steps, so a curve is not the test's run.")
+_STEPS = flags.DEFINE_integer("steps", 0, "Steps of each run (0: the config's).")
 _PARALLEL = flags.DEFINE_integer("parallel", 2, "Runs at a time (one core each).")
 _WORKER = flags.DEFINE_string("worker", "", "Internal: METHOD,SEED runs one measurement and prints it as JSON.")
 
@@ -58,7 +60,7 @@ def cpu_line():
     return f"{model}; flags {' '.join(sorted(flags_seen)) or 'n/a'}"
 
 
-def measure(method, seed, every):
+def measure(method, seed, every, steps=0):
     """One short run in this process: {"start": kNN before step 1, "curve": [[step, kNN], ...], "seconds": ...}."""
     import importlib.util  # pylint: disable=import-outside-toplevel
 
@@ -71,6 +73,8 @@ def measure(method, seed, every):
     spec.loader.exec_module(module)
     config = module.get_config(method)
     config.seed = seed
+    if steps:
+        config.max_steps = config.checkpoint_every_steps = config.knn.every_steps = steps
     if every:
         config.knn.every_steps = every
     start = {}
@@ -98,7 +102,7 @@ def main(argv):
     del argv
     if _WORKER.value:
         method, seed = _WORKER.value.split(",")
-        print("RESULT " + json.dumps(measure(method, int(seed), _EVERY.value)), flush=True)
+        print("RESULT " + json.dumps(measure(method, int(seed), _EVERY.value, _STEPS.value)), flush=True)
         return
     print(f"CPU: {cpu_line()}")
     jobs = [(m, int(s), k) for m in _METHODS.value for s in _SEEDS.value for k in _SETTINGS.value]
@@ -107,7 +111,8 @@ def main(argv):
         while jobs and len(running) < _PARALLEL.value:
             method, seed, setting = jobs.pop(0)
             env = dict(os.environ, **SETTINGS[setting])
-            cmd = [sys.executable, os.path.abspath(__file__), f"--worker={method},{seed}", f"--every={_EVERY.value}"]
+            cmd = [sys.executable, os.path.abspath(__file__), f"--worker={method},{seed}", f"--every={_EVERY.value}",
+                   f"--steps={_STEPS.value}"]
             running.append(((method, seed, setting), subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                                                        stderr=subprocess.PIPE, text=True)))
         time.sleep(1)
