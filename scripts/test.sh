@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up everything, then runs the test suite (tiny models; about 14 minutes on 2 CPU cores).
+# Sets up everything, then runs the test suite (tiny models; about 14 minutes on 2 CPU cores without AVX-512).
 # Extra arguments go to pytest in one process, e.g. scripts/test.sh -k resume.
 #
 # Without arguments the test files run as two pytest processes side by side, split by their measured cost
