@@ -13,6 +13,7 @@ no TensorFlow itself (models/ and data/ are imported when a check needs them), s
 
 import json
 import os
+import re
 import tempfile
 
 import ml_collections
@@ -141,6 +142,9 @@ def base_config():
     c.dataset.in_memory = "auto"
     c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (TFRecord builds too large to hold): shuffle buffer
     c.dataset.cycle_length = 16       # streamed TFDS sources: files read at a time (file-level shuffle, order.py)
+    # "grpc://HOST:PORT": a tf.data service dispatcher runs the pre-training input pipeline on its workers
+    # (training/pretrain.py); "" = on this host.
+    c.dataset.data_service = ""
     return c
 
 
@@ -388,6 +392,10 @@ def _pretrain_problems(config):
     from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
 
     problems = []
+    service = str(config.dataset.get("data_service") or "")
+    if service and not re.fullmatch(r"grpc://[^/:]+:[0-9]+", service):
+        problems.append(f"config.dataset.data_service={service!r} is not a tf.data service dispatcher address; "
+                        f"give it as grpc://HOST:PORT or leave it empty to read on this host.")
     method = config.get("method", "mocov3")
     if method not in moco.METHODS:
         problems.append(f"config.method={method!r} is unknown; choose one of {', '.join(moco.METHODS)}.")

@@ -54,22 +54,43 @@ def attach_feature_queue(model, config, strategy, num_train):
     return queue
 
 
+def through_data_service(ds, address):
+    """`ds` produced by the tf.data service dispatcher at `address` (config.dataset.data_service) instead of here.
+
+    The dataset's graph is sent to the service's workers, processes that hold TensorFlow and none of this package (as
+    a TPU pod's input hosts do), so it must be pure TensorFlow. ShardingPolicy.OFF: the job's one worker produces the
+    whole dataset in order, so the batches are exactly the local pipeline's and a resumed run gets the same batches
+    as a straight one. No job name: every iteration is a job of its own, so a rerun never joins a finished run's job.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    service = tf.data.experimental.service
+    ds = ds.apply(service.distribute(processing_mode=service.ShardingPolicy.OFF, service=address))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def make_dataset(config, strategy, start_step, end_step):
     """The per-replica two-view batches of global steps [start_step, end_step), distributed over `strategy` (with
     the images' labels when the kNN monitor's feature queue needs them).
 
     The dataset ends at end_step, so that several steps per host call stop exactly there (Keras runs a whole call of
-    steps_per_execution steps as long as the data lasts).
+    steps_per_execution steps as long as the data lasts). With config.dataset.data_service set, each input pipeline
+    is produced by the tf.data service (`through_data_service`).
     """
     steps = int(end_step) - int(start_step)
     labels = uses_feature_queue(config)
+    address = config.dataset.get("data_service") or ""
+
+    def serve(ds):
+        return through_data_service(ds, address) if address else ds
+
     if distribute.is_single_device(strategy):
-        return pipelines.build_pretrain_dataset(config, start_step=start_step, with_labels=labels).take(steps)
+        return serve(pipelines.build_pretrain_dataset(config, start_step=start_step, with_labels=labels).take(steps))
 
     def per_pipeline(ctx):  # each pipeline emits its local replicas' batches, one per replica and step
         local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step,
-                                                with_labels=labels).take(steps * local)
+        return serve(pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step,
+                                                      with_labels=labels).take(steps * local))
 
     return strategy.distribute_datasets_from_function(per_pipeline)
 
