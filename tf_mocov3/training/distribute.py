@@ -82,10 +82,35 @@ def make_strategy(name="auto", *, tpu="", num_cpu_devices=0):
     # tpu
     if not tpu:
         raise ValueError("config.strategy='tpu' needs the TPU's name; pass --tpu=NAME (or --tpu=local on a TPU VM).")
+    check_tpu_launch(tpu)
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
+
+
+def check_tpu_launch(tpu, environ=None):
+    """Refuses a multi-host TPU slice started the way JAX or PyTorch/XLA start one (a process per host).
+
+    TensorFlow drives a whole pod slice from ONE client process: on the slice's first VM (worker 0), with
+    TPU_LOAD_LIBRARY=0 (that process must not claim the local chips itself) and --tpu=NAME naming the slice; the
+    input function runs as a graph on every host's TensorFlow server. What is detectable from the environment is
+    refused here in one sentence: --tpu=local on a VM that TPU_WORKER_HOSTNAMES says is one of several hosts, and a
+    process on a VM other than worker 0 (TPU_WORKER_ID; both variables are set where the TPU runtime exports them,
+    e.g. on GKE). Elsewhere a wrong start fails in TensorFlow's TPU initialisation.
+    """
+    environ = os.environ if environ is None else environ
+    hosts = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    worker = environ.get("TPU_WORKER_ID", "").strip()
+    if tpu == "local" and len(hosts) > 1:
+        raise ValueError(f"--tpu=local drives only this VM's chips, but this VM is one of the {len(hosts)} hosts of a "
+                         f"pod slice (TPU_WORKER_HOSTNAMES): TensorFlow drives a slice from one process, so run the "
+                         f"command once, on worker 0, with TPU_LOAD_LIBRARY=0 and --tpu=SLICE_NAME (README, "
+                         f"'Cloud TPU pod slices').")
+    if worker not in ("", "0") and len(hosts) > 1:
+        raise ValueError(f"This VM is worker {worker} of a {len(hosts)}-host pod slice, and TensorFlow drives a slice "
+                         f"from one process on worker 0: stop the command here and run it once on worker 0 with "
+                         f"TPU_LOAD_LIBRARY=0 and --tpu=SLICE_NAME (README, 'Cloud TPU pod slices').")
 
 
 def is_chief(strategy):
