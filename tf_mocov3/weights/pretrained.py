@@ -81,8 +81,7 @@ def _is_file(path):
 
 def _parent(path):
     """The directory holding `path` (a trailing slash ignored); os.path.normpath would turn gs://b into gs:/b."""
-    path = path.rstrip("/")
-    return os.path.dirname(path if "://" in path else os.path.abspath(path))
+    return os.path.dirname(config_lib.absolute_path(path.rstrip("/")))
 
 
 def _is_official(config):
