@@ -6,10 +6,11 @@ r"""Exports a pre-trained MoCo v3 backbone as a frozen SavedModel for TF Serving
 --pretrained is anything `tf_mocov3.pretrained.load_encoder` reads: a pre-training workdir (latest checkpoint), a
 checkpoint prefix (WORKDIR/checkpoints/ckpt-200), a converted official model, or a `backbone.keras` written here.
 The version directory DIR/N (N defaults to one more than the newest version already in DIR, else 1) is written in
-TF Serving's layout, to a temporary directory DIR/.tmp-N-* first and then moved to DIR/N, so a model server watching
-DIR never sees a half-written version. On a local disk the move is one atomic rename; DIR may also be a URL (gs://,
-or ram:// in tests: every file goes through tf.io.gfile), where a directory cannot be renamed in one step, so the
-files are moved one by one with saved_model.pb last (a server loads a version only once its saved_model.pb exists):
+TF Serving's layout, to a temporary directory DIR/.tmp-N-* first and then moved to DIR/N. On a local disk the move
+is one atomic rename, so a model server watching DIR never sees a half-written version. DIR may also be a URL (gs://,
+or ram:// in tests: every file goes through tf.io.gfile), where a directory cannot be renamed in one step: the files
+are moved one by one with saved_model.pb last, so a server that looks during the move finds no SavedModel yet, fails
+that load and retries it (tensorflow_model_server --max_num_load_retries, 5 by default, a minute apart):
 
   DIR/N/saved_model.pb, DIR/N/variables/      the frozen SavedModel (no trainable variable; BN and LayerNorm in
                                               inference mode)
