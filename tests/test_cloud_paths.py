@@ -84,6 +84,10 @@ def test_pretraining_resume_reports_and_export_stay_on_ram(tmp_path, tmp_path_fa
     # 1e-5: the SavedModel runs the same float32 ops on copies of the same weights in a graph, where TensorFlow may
     # fuse or order them differently; features are of order 1, so this allows a few float32 ulps of round-off.
     np.testing.assert_allclose(exported, live, atol=1e-5, rtol=0)
+    # The export's backbone.keras as --pretrained=ram://... (Keras copies a remote .keras to a system temp folder,
+    # outside the current directory, and loads it from there). Same tolerance, same reason.
+    from_keras = pretrained.load_backbone(f"{version_dir}/{sm.KERAS_FILE}")(images, training=False).numpy()
+    np.testing.assert_allclose(from_keras, live, atol=1e-5, rtol=0)
 
     # Nothing landed on the local disk: not in the current directory (tmp_path), not beside the repository.
     assert os.listdir(tmp_path) == []
