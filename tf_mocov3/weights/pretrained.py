@@ -119,7 +119,9 @@ def _stored_objects(prefix):
     Variable key strings cannot tell this: a training checkpoint names each trainable variable after the first
     path that reaches it, often optimizer/_trainable_variables/N, not model/backbone/...
     """
-    reader = tf.train.load_checkpoint(prefix)
+    # `prefix` is already a checkpoint prefix: tf.train.load_checkpoint would first ask whether it is a directory,
+    # which ram:// answers yes for WORKDIR/checkpoints/ckpt-0 (its listing matches ckpt-0.index by name prefix).
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     root = {child.local_name: child.node_id for child in graph.nodes[0].children}
