@@ -1,7 +1,8 @@
 """A run whose workdir and export are URLs keeps every file there: on TensorFlow's in-process `ram://` file system
 (what a gs:// bucket is to tf.io.gfile, without a network), a tiny pre-training run with the kNN monitor, its resume,
-its reports, the `--pretrained` look-up of the workdir and a SavedModel export write nothing on the local disk. A
-plain Python file call on such a path would create a local folder named `ram:` instead."""
+its reports, the `--pretrained` look-ups, a SavedModel export and the official-checkpoint converter's output write
+nothing on the local disk, and the probe's and fine-tuning's resume checks read their records there. A plain Python
+file call on such a path would create a local folder named `ram:` instead (or fail to find the file)."""
 
 import json
 import os
@@ -20,6 +21,7 @@ from tf_mocov3.evaluation import knn
 from tf_mocov3.evaluation import linear_probe
 from tf_mocov3.training import pretrain
 from tf_mocov3.training import reports
+from tf_mocov3.weights import convert_official
 from tf_mocov3.weights import pretrained
 
 gfile = tf.io.gfile
@@ -92,6 +94,31 @@ def test_pretraining_resume_reports_and_export_stay_on_ram(tmp_path, tmp_path_fa
     # Nothing landed on the local disk: not in the current directory (tmp_path), not beside the repository.
     assert os.listdir(tmp_path) == []
     assert not os.path.exists(os.path.join(ROOT, "ram:"))
+
+
+def test_converted_official_weights_are_written_to_ram_and_load_back(tmp_path, monkeypatch):
+    """The converter's output (checkpoint, config.json, conversion.json) on ram://, read back as --pretrained."""
+    import torch  # pylint: disable=import-outside-toplevel  (requirements-convert.txt, as test_convert_official)
+
+    from test_convert_official import MICRO, _images, official_backbone, torch_vit_features
+
+    state = official_backbone("", dim=32, depth=2, grid=4, g=torch.Generator().manual_seed(2))  # DeiT layout
+    result = convert_official.convert_state_dict(convert_official.extract_state_dict({"model": state}),
+                                                 arch="vit_micro", overrides=MICRO, source="official:deit.pth")
+    monkeypatch.chdir(tmp_path)
+    out = f"{_bucket()}/converted"
+    convert_official.write_converted(result, out)
+    assert config_lib.read_json(f"{out}/conversion.json")["tensors_converted"] == result["report"]["tensors_converted"]
+    encoder = pretrained.load_encoder(out)
+    assert encoder.source == "official"
+    images = _images(16)
+    # 1e-4: test_convert_official's bound for this comparison (float32 TensorFlow against float32 torch, which sum
+    # in other orders).
+    np.testing.assert_allclose(encoder.backbone(images, training=False).numpy(),
+                               torch_vit_features(state, "", images, heads=2, depth=2), atol=1e-4, rtol=0)
+    with pytest.raises(convert_official.ConversionError, match=r"already holds a config.json; choose a new"):
+        convert_official.write_converted(result, out)  # the existence check reads ram://, not a local folder
+    assert os.listdir(tmp_path) == []
 
 
 def test_probe_and_finetune_resume_checks_read_a_ram_workdir():
