@@ -6,8 +6,11 @@ r"""Exports a pre-trained MoCo v3 backbone as a frozen SavedModel for TF Serving
 --pretrained is anything `tf_mocov3.pretrained.load_encoder` reads: a pre-training workdir (latest checkpoint), a
 checkpoint prefix (WORKDIR/checkpoints/ckpt-200), a converted official model, or a `backbone.keras` written here.
 The version directory DIR/N (N defaults to one more than the newest version already in DIR, else 1) is written in
-TF Serving's layout, to a temporary directory first and then renamed, so a model server watching DIR never sees a
-half-written version:
+TF Serving's layout, to a temporary directory DIR/.tmp-N-* first and then moved to DIR/N. On a local disk the move
+is one atomic rename, so a model server watching DIR never sees a half-written version. DIR may also be a URL (gs://,
+or ram:// in tests: every file goes through tf.io.gfile), where a directory cannot be renamed in one step: the files
+are moved one by one with saved_model.pb last, so a server that looks during the move finds no SavedModel yet, fails
+that load and retries it (tensorflow_model_server --max_num_load_retries, 5 by default, a minute apart):
 
   DIR/N/saved_model.pb, DIR/N/variables/      the frozen SavedModel (no trainable variable; BN and LayerNorm in
                                               inference mode)
@@ -34,11 +37,12 @@ InvalidArgument error naming the problem; an empty batch returns an empty [0, D]
 import json
 import os
 import sys
-import tempfile
+import uuid
 
 import numpy as np
 import tensorflow as tf
 
+from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.weights.plain_keras import to_plain_keras
 
@@ -178,6 +182,30 @@ def _next_version(output_dir):
     return max(versions, default=0) + 1
 
 
+def _move_version(tmp, target):
+    """Moves the finished export `tmp` to `target` (absent): one rename on a local disk; file by file elsewhere.
+
+    TensorFlow's ram:// file system renames a directory without its files, and GCS renames one object at a time
+    anyway (a copy and a delete each), so a URL's files are moved one by one, saved_model.pb last.
+    """
+    if "://" not in tmp:
+        tf.io.gfile.rename(tmp, target)
+        return
+    files = []
+    for folder, _, names in tf.io.gfile.walk(tmp):
+        tf.io.gfile.makedirs(os.path.join(target, folder[len(tmp):].lstrip("/")))  # empty ones too (assets/)
+        # ram:// lists by name prefix: assets.extra/X also shows up as a file ".extra" of assets/, one that does not
+        # exist; on GCS this costs one look-up per file of the export (a handful).
+        files.extend(path for path in (os.path.join(folder, name) for name in names) if tf.io.gfile.exists(path))
+    files.sort(key=lambda path: os.path.basename(path) == "saved_model.pb")  # stable: saved_model.pb last
+    for path in files:
+        tf.io.gfile.rename(path, os.path.join(target, path[len(tmp):].lstrip("/")))
+    try:
+        tf.io.gfile.rmtree(tmp)
+    except tf.errors.NotFoundError:  # ram:// deletes the tree, then fails on the phantom entry above
+        pass
+
+
 def warmup_images(seed=0):
     """A JPEG and a PNG of different sizes (smooth colour gradients), as encoded bytes."""
     rng = np.random.default_rng(seed)
@@ -249,7 +277,8 @@ def export_saved_model(backbone, output_dir, *, projector=None, version=None, ov
                               f"another --version (default: the next free one, {_next_version(output_dir)}).")
     tf.io.gfile.makedirs(output_dir)
     extractor = FeatureExtractor(backbone, projector)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=output_dir)
+    tmp = os.path.join(output_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    tf.io.gfile.makedirs(tmp)
     try:
         tf.saved_model.save(extractor, tmp, signatures=extractor.signatures())
         extra = os.path.join(tmp, "assets.extra")
@@ -278,7 +307,7 @@ def export_saved_model(backbone, output_dir, *, projector=None, version=None, ov
             json.dump(description, f, indent=2)
         if tf.io.gfile.exists(target):
             tf.io.gfile.rmtree(target)
-        tf.io.gfile.rename(tmp, target)
+        _move_version(tmp, target)
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
@@ -305,8 +334,7 @@ def main(argv):
             raise ValueError(f"--pretrained={flag.pretrained} has no projector ({encoder.source} weights); drop "
                              f"--with_projector or export from a pre-training workdir.")
         config = encoder.config
-        info = {"source": os.path.abspath(flag.pretrained) if "://" not in flag.pretrained else flag.pretrained,
-                "source_kind": encoder.source}
+        info = {"source": config_lib.absolute_path(flag.pretrained), "source_kind": encoder.source}
         try:
             info["arch"] = str(config.model.arch)
         except (AttributeError, KeyError):
@@ -317,7 +345,7 @@ def main(argv):
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
-    base = os.path.abspath(flag.output)
+    base = config_lib.absolute_path(flag.output)
     print(f"Wrote {target}: SavedModel with signatures {', '.join(SIGNATURES)}"
           f"{' (+ projection output)' if flag.with_projector else ''}, warm-up requests and {KERAS_FILE}.\n"
           f"Serve it with:\n  tensorflow_model_server --port=8500 --rest_api_port=8501 --model_name=mocov3 "

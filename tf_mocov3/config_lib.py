@@ -14,7 +14,7 @@ no TensorFlow itself (models/ and data/ are imported when a check needs them), s
 import json
 import os
 import re
-import tempfile
+import uuid
 
 import ml_collections
 
@@ -345,14 +345,32 @@ def optim_problems(optim_config):
 
 
 def check_workdir(workdir):
-    """None when `workdir` can be created and written, else one sentence saying why not."""
+    """None when `workdir` can be created and written, else one sentence saying why not.
+
+    Through tf.io.gfile, so a gs:// (or ram://) workdir is checked where the run will write: the directory is made
+    and a uniquely named empty file is written and removed in it.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir):
-            pass
-    except OSError as err:
-        return f"--workdir={workdir} is not writable ({err.strerror}); choose a directory you can write to."
+        tf.io.gfile.makedirs(workdir)
+        probe = os.path.join(workdir, f".write_check_{uuid.uuid4().hex}")
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as err:
+        reason = err.message if isinstance(err, tf.errors.OpError) else err.strerror
+        return f"--workdir={workdir} is not writable ({reason}); choose a directory you can write to."
     return None
+
+
+def absolute_path(path):
+    """`path` made absolute when it is a local path; a URL (gs://, ram://, ...) is returned as it is.
+
+    os.path.abspath would turn gs://bucket/run into CWD/gs:/bucket/run.
+    """
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _steps_per_execution_problems(config):
@@ -560,17 +578,58 @@ _DEFAULT_WHEN_UNRECORDED = {"method": "mocov3", "model.pos_embed": "sincos", "mo
                             "model.head_bn": "auto"}
 
 
+def read_text(path):
+    """The text of the file at `path`, read through tf.io.gfile (a local path, gs:// or ram://); None when absent.
+
+    Absence is the read's NotFoundError, not tf.io.gfile.exists: on ram:// `exists` is true for any prefix of a
+    stored path (WORKDIR/metrics.json "exists" once WORKDIR/metrics.jsonl does), and on GCS one read is one request.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        return None
+
+
+def read_json(path):
+    """The JSON file at `path` read through tf.io.gfile (read_text); None when it is absent."""
+    text = read_text(path)
+    return None if text is None else json.loads(text)
+
+
+def write_file(path, content):
+    """Replaces the file at `path` by `content` (str or bytes) through tf.io.gfile (a local path, gs:// or ram://).
+
+    Written to a uniquely named sibling first, then renamed over `path`: atomic on a local disk; on GCS the rename is
+    a copy and a delete, and an object is only ever visible whole, so a reader sees the old or the new file. (On
+    TensorFlow's ram:// file system a plain GFile(path, "w") would even append to an existing file: it does not
+    truncate.)
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_json(path, data, **dump_kwargs):
+    """Writes `data` as JSON to `path` (write_file: through tf.io.gfile, replacing the file whole)."""
+    write_file(path, json.dumps(data, **dump_kwargs))
+
+
 def check_resume_compatible(workdir, config, keys, *, config_file="config.json", kind="run",
                             error_cls=ConfigError, key_prefix="config."):
     """Raises `error_cls` if WORKDIR/config_file records a run whose `keys` (dotted) differ from `config`'s.
 
-    `config` is a ConfigDict or a plain dict (what the command writes to config_file).
+    `config` is a ConfigDict or a plain dict (what the command writes to config_file). The file is read through
+    tf.io.gfile, so a gs:// workdir is checked against the config it really records.
     """
-    path = os.path.join(workdir, config_file)
-    if not os.path.exists(path):
+    saved = read_json(os.path.join(workdir, config_file))
+    if saved is None:
         return
-    with open(path) as f:
-        saved = json.load(f)
     current = as_record(config)
     for key in keys:
         was = _lookup(saved, key)

@@ -13,12 +13,10 @@ images (a seeded subset; 10% of them held out to choose the probe's lr) and TEST
 Writes WORKDIR/metrics.json (key "demo_eval") and WORKDIR/demo_eval.png.
 """
 
-import json
 import os
 import time
 
 import keras
-import ml_collections
 import numpy as np
 
 from tf_mocov3.data import order
@@ -86,10 +84,9 @@ def evaluate_demo(workdir, config=None, *, train_examples=TRAIN_EXAMPLES, test_e
     """
     say = print_fn or (lambda line: print(line, flush=True))
     t0 = time.perf_counter()
+    resolved = pretrained.resolve(workdir)  # reads WORKDIR/config.json through tf.io.gfile
     if config is None:
-        with open(os.path.join(workdir, pretrained.CONFIG_FILE)) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    resolved = pretrained.resolve(workdir)
+        config = resolved.config
     step = int(resolved.prefix.rsplit("-", 1)[-1])
     image_size = int(config.dataset.image_size)
     backbone = pretrained.load_backbone(workdir)

@@ -55,7 +55,6 @@ EMA setting, lr schedule or mixup grouping is refused before any work, with the 
 (`check_resume_options`; workdirs recorded before a key existed ran with finetune_config's default).
 """
 
-import json
 import os
 
 import keras
@@ -429,11 +428,9 @@ def check_resume_options(workdir, config):
     sentence that lists every difference and the flags that resume the run as it ran. A record without a key was
     written before it existed: a fixed table, no EMA, the per-step lr, one mixup lambda per global batch (what
     config_lib.finetune_config() still defaults to)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    saved = config_lib.read_json(os.path.join(workdir, CONFIG_FILE))
+    if saved is None:
         return
-    with open(path) as f:
-        saved = json.load(f)
     current = config_lib.as_record(config)
     options = list(_RESUME_OPTIONS)
     if _option(saved, "optim.schedule", "per_step") == "per_epoch" == _option(current, "optim.schedule", "per_step"):
@@ -461,7 +458,7 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
     config_lib.validate(config, kind="finetune", workdir=workdir)
     arch, overrides = check_pretrained(config, pretrained_path)
     record = config_lib.as_record(config)
-    record["pretrained"] = os.path.abspath(pretrained_path)
+    record["pretrained"] = config_lib.absolute_path(pretrained_path)
     config_lib.check_resume_compatible(workdir, record, _RESUME_KEYS, config_file=CONFIG_FILE,
                                        kind="fine-tuning run", error_cls=FinetuneError)
     check_resume_options(workdir, config)
@@ -540,7 +537,7 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
         metrics={"finetune": {"top1": top1, "top1_best": top1_best, **extra,
                               "step": step, "epochs": step / steps_per_epoch,
                               "dataset": config.dataset.name, "arch": arch, "image_size": config.image_size,
-                              "pretrained": os.path.abspath(pretrained_path),
+                              "pretrained": config_lib.absolute_path(pretrained_path),
                               "eval_top1_curve": [[s, v] for s, v in curve]}},
         curves={"eval top-1 (%)": curve, "train loss": curves.get("loss", [])},
         table=[{"dataset": config.dataset.name, "arch": arch, "image size": config.image_size,

@@ -24,7 +24,6 @@ below its best. Its memory bank is one of:
 """
 
 import collections
-import json
 import os
 import time
 
@@ -407,9 +406,8 @@ def evaluate_and_report(path, *, print_fn=None, **kwargs):
            "eval": f"{record['eval_split']} ({record['num_eval']})", "k": record["k"], "T": record["temperature"],
            "kNN top-1 (%)": record["knn_top1"]}
     say(reports.format_table([row]))
-    if os.path.isdir(path):
+    if tf.io.gfile.isdir(path):
         out = os.path.join(path, KNN_FILE)
-        with open(out, "w") as f:
-            json.dump(record, f, indent=2)
+        config_lib.write_json(out, record, indent=2)
         say(f"wrote {out}")
     return record

@@ -27,7 +27,6 @@ on those features: a fast probe for small data sets (not the official protocol, 
 Running the same command again resumes from WORKDIR/checkpoints (the heads and their optimizer, saved every epoch).
 """
 
-import json
 import math
 import os
 import time
@@ -336,11 +335,9 @@ def load_pretrained_backbone(path, config):
 
 def _check_bn_resume(workdir, config):
     """Refuses to resume a probe of the other bn_before_head mode (a record without the key: off)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    saved = config_lib.read_json(os.path.join(workdir, CONFIG_FILE))
+    if saved is None:
         return
-    with open(path) as f:
-        saved = json.load(f)
     was = bool((saved.get("model") or {}).get("bn_before_head", False))
     now = bool(config.model.get("bn_before_head", False))
     if was != now:
@@ -361,7 +358,7 @@ def run_probe(config, pretrained_path, workdir, *, strategy=None, tpu="", print_
     with strategy.scope():
         backbone, image_size, run = load_pretrained_backbone(pretrained_path, config)
     record = config_lib.as_record(config)
-    record.update(pretrained=os.path.abspath(pretrained_path), image_size=image_size)
+    record.update(pretrained=config_lib.absolute_path(pretrained_path), image_size=image_size)
 
     num_classes = train_source.num_classes
     # seed + 1: the subset is independent of the holdout's permutation (seed).
@@ -437,7 +434,7 @@ def run_probe(config, pretrained_path, workdir, *, strategy=None, tpu="", print_
     metrics = {"linear_probe_top1": rows[chosen]["test_top1"], "linear_probe_lr": init_lrs[chosen],
                "linear_probe_base_lr": float(config.base_lrs[chosen]),
                "linear_probe_holdout_top1": rows[chosen]["holdout_top1"], "linear_probe_table": rows,
-               "linear_probe_pretrained": os.path.abspath(pretrained_path),
+               "linear_probe_pretrained": config_lib.absolute_path(pretrained_path),
                "linear_probe_epochs": int(config.epochs), "linear_probe_step": int(probe.optimizer.iterations.numpy())}
     trainer.report(name=REPORT_NAME, metrics=metrics, curves=curves, table=rows)
     say(f"Test top-1 {metrics['linear_probe_top1']:.2f}% (lr {metrics['linear_probe_lr']:g}, chosen on the "

@@ -10,11 +10,12 @@ WORKDIR/stability.json, and returns the table it prints: each run's final and be
 """
 
 import copy
-import json
 import os
 
 import keras
+import tensorflow as tf
 
+from tf_mocov3 import config_lib
 from tf_mocov3.evaluation import knn
 from tf_mocov3.training import pretrain
 from tf_mocov3.training import reports
@@ -80,7 +81,7 @@ def plot_stability(path, curves):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    reports.save_figure(fig, path, dpi=90)
     plt.close(fig)
     return path
 
@@ -107,10 +108,9 @@ def run_stability(config, workdir, *, print_fn=None):
         rows.append({"run": label, "final kNN (%)": round(knn_curve[-1][1], 2) if knn_curve else None,
                      "best kNN (%)": None if best is None else round(best, 2), "best at step": best_step,
                      "largest dip (points)": round(dip, 2), "dip at step": dip_step})
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)
     plot = plot_stability(os.path.join(workdir, PLOT_FILE), curves)
-    with open(os.path.join(workdir, RESULT_FILE), "w") as f:
-        json.dump({"rows": rows, "curves": curves}, f, indent=1)
+    config_lib.write_json(os.path.join(workdir, RESULT_FILE), {"rows": rows, "curves": curves}, indent=1)
     say(reports.format_table(rows))
     say(f"Plot: {plot}")
     return {"rows": rows, "plot": plot, "curves": curves}

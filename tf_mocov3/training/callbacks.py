@@ -169,7 +169,12 @@ class MetricsWriter(keras.callbacks.Callback):
         """Log `record` (a dict with a "step") to both sinks."""
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        # tf.io.gfile, so that a gs:// workdir keeps its log in the bucket. GFile's "a" mode appends in place on a
+        # local disk (and ram://). A GCS object cannot be appended to: TensorFlow's GCS file system copies the
+        # object to a local temporary file, appends there and uploads the whole file again on close, so each
+        # record costs one download and one upload of metrics.jsonl (about 0.23 KB per pre-training record: ~460 KB
+        # after 100k steps logged every 50), small beside a logging interval.
+        with tf.io.gfile.GFile(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         with self._writer.as_default(step=record["step"]):
             for key, value in record.items():

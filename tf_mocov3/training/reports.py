@@ -2,7 +2,8 @@
 reader of the step log WORKDIR/metrics.jsonl that training writes (training/callbacks.py).
 
 Pre-training, fine-tuning, the linear probe, kNN and the demo report all write through `write_report`, so one
-metrics.json per workdir collects all of them and the plots look alike.
+metrics.json per workdir collects all of them and the plots look alike. Every file goes through tf.io.gfile (the PNG
+is rendered to bytes first), so a gs:// workdir keeps its reports in the bucket.
 
 Example:
 
@@ -12,11 +13,15 @@ Example:
     print(summary)
 """
 
+import io
 import json
 import math
 import os
 
 import numpy as np
+import tensorflow as tf
+
+from tf_mocov3 import config_lib
 
 REPORT_FILE = "metrics.json"      # the summary of every run in a workdir
 METRICS_LOG = "metrics.jsonl"     # one record per logged step (training/callbacks.MetricsWriter)
@@ -105,28 +110,26 @@ def _merge(old, new):
 def read_metrics(workdir):
     """WORKDIR/metrics.json as a dict ({} when absent)."""
     path = os.path.join(workdir, REPORT_FILE)
-    if not os.path.exists(path):
+    text = config_lib.read_text(path)
+    if text is None:
         return {}
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); delete or fix it, then run again.") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete or fix it, then run again.") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object; delete it, then run again.")
     return data
 
 
 def merge_metrics(workdir, metrics):
-    """Merges `metrics` into WORKDIR/metrics.json (nested dicts merged key by key); returns the result."""
-    os.makedirs(workdir, exist_ok=True)
+    """Merges `metrics` into WORKDIR/metrics.json (nested dicts merged key by key); returns the result.
+
+    The file is replaced whole through tf.io.gfile (config_lib.write_file: a temporary sibling renamed over it).
+    """
+    tf.io.gfile.makedirs(workdir)
     merged = _merge(read_metrics(workdir), _jsonable(metrics))
-    path = os.path.join(workdir, REPORT_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    config_lib.write_file(os.path.join(workdir, REPORT_FILE), json.dumps(merged, indent=2, sort_keys=True) + "\n")
     return merged
 
 
@@ -135,11 +138,8 @@ def merge_metrics(workdir, metrics):
 
 def read_log(workdir):
     """The records of WORKDIR/metrics.jsonl in file order ([] when absent)."""
-    path = os.path.join(workdir, METRICS_LOG)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = config_lib.read_text(os.path.join(workdir, METRICS_LOG))
+    return [json.loads(line) for line in (text or "").splitlines() if line.strip()]
 
 
 def log_curves(records, keys):
@@ -157,7 +157,8 @@ def log_curves(records, keys):
 
 
 def plot_curves(path, curves, title=None):
-    """One subplot per curve ({name: [(step, value), ...]}), written as a PNG with matplotlib's Agg backend."""
+    """One subplot per curve ({name: [(step, value), ...]}), a PNG drawn with matplotlib's Agg backend and written
+    through tf.io.gfile (save_figure)."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg", force=True)
     from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -179,9 +180,17 @@ def plot_curves(path, curves, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
+
+
+def save_figure(fig, path, dpi):
+    """Writes matplotlib figure `fig` as a PNG to `path` through tf.io.gfile (matplotlib itself writes local files
+    only): rendered to bytes in memory, then replacing the file whole (config_lib.write_file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    config_lib.write_file(path, buffer.getvalue())
 
 
 def write_report(workdir, *, name, metrics, curves=None, table=None):

@@ -25,7 +25,6 @@ turns "auto" into a number per device kind.
 """
 
 import contextlib
-import json
 import os
 
 import keras
@@ -128,7 +127,8 @@ class Trainer:
     """The shared run loop of one workdir (module docstring).
 
     Args:
-      workdir: the run's directory (None: nothing is written, as for the demo's in-memory probe).
+      workdir: the run's directory, local or a URL such as gs://BUCKET/run (every file of the run goes through
+        tf.io.gfile); None: nothing is written, as for the demo's in-memory probe.
       strategy: a tf.distribute.Strategy (None: the default one-device strategy).
       total_steps: the step the run ends at.
       global_batch: images per step over all replicas (for images/s).
@@ -198,10 +198,11 @@ class Trainer:
         return start_step
 
     def write_config(self, record):
-        """Writes the run's config (a ConfigDict or a plain dict) to WORKDIR/config_file (chief only)."""
+        """Writes the run's config (a ConfigDict or a plain dict) to WORKDIR/config_file (chief only), through
+        tf.io.gfile, so that the resume check of a gs:// workdir finds it there."""
         if self.chief and self.workdir:
-            with open(os.path.join(self.workdir, self.config_file), "w") as f:
-                json.dump(config_lib.as_record(record), f, indent=2)
+            config_lib.write_json(os.path.join(self.workdir, self.config_file), config_lib.as_record(record),
+                                  indent=2)
 
     # --- the loop ---
 

@@ -37,7 +37,6 @@ Files are read with torch.load(weights_only=True): a checkpoint that contains an
 containers (an object whose unpickling could run code) is refused.
 """
 
-import json
 import math
 import os
 import pickle
@@ -449,8 +448,9 @@ def convert_state_dict(state, *, arch=None, overrides=None, source="official"):
 
 
 def write_converted(result, output_dir):
-    """Writes config.json, checkpoints/ckpt-0 and conversion.json of a convert_state_dict result."""
-    if os.path.exists(os.path.join(output_dir, pretrained.CONFIG_FILE)):
+    """Writes config.json, checkpoints/ckpt-0 and conversion.json of a convert_state_dict result, through
+    tf.io.gfile (`output_dir` may be gs://)."""
+    if tf.io.gfile.exists(os.path.join(output_dir, pretrained.CONFIG_FILE)):
         raise ConversionError(f"--output={output_dir} already holds a {pretrained.CONFIG_FILE}; choose a new "
                               f"directory (converted weights are never overwritten).")
     if result["kind"] == "pretrain":
@@ -467,14 +467,13 @@ def write_converted(result, output_dir):
                 f"{len(lost)} of the {len(part.weights)} weights of {name} (e.g. {lost[0].path}) are invisible to "
                 f"tf.train.Checkpoint, so they cannot be written: a layer of this tf_mocov3 version keeps "
                 f"sub-layers in a Python list; report this bug. Nothing was written.")
-    os.makedirs(os.path.join(output_dir, pretrained.CHECKPOINT_DIR), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.join(output_dir, pretrained.CHECKPOINT_DIR))
     manager = tf.train.CheckpointManager(root, os.path.join(output_dir, pretrained.CHECKPOINT_DIR),
                                          max_to_keep=1, checkpoint_name="ckpt")
     prefix = manager.save(checkpoint_number=0)
-    with open(os.path.join(output_dir, pretrained.CONFIG_FILE), "w") as f:
-        f.write(result["config"].to_json_best_effort(indent=2))
-    with open(os.path.join(output_dir, "conversion.json"), "w") as f:
-        json.dump(result["report"], f, indent=2)
+    config_lib.write_file(os.path.join(output_dir, pretrained.CONFIG_FILE),
+                          result["config"].to_json_best_effort(indent=2))
+    config_lib.write_json(os.path.join(output_dir, "conversion.json"), result["report"], indent=2)
     return prefix
 
 

@@ -7,6 +7,8 @@ A path may be:
     its config.json has `source = "official:<file>"`);
   * a `backbone.keras` written by `python -m export.saved_model` (standard Keras layers; tf_mocov3/plain_keras.py).
 
+Any of them may be local or a URL (gs://, or ram:// in tests): every look-up goes through tf.io.gfile.
+
 Every checkpoint stores the model under the key "model", so its variables read "model/backbone/...",
 "model/projector/...", "model/predictor/...", "model/momentum_backbone/...", "model/momentum_projector/...";
 a converted linear-probe checkpoint adds "classifier/..." (a Dense(num_classes) on the [CLS] feature).
@@ -18,7 +20,6 @@ Example:
     restore_moco(model, "/tmp/mocov3_vit_base")                  # continue pre-training
 """
 
-import json
 import os
 from typing import NamedTuple, Optional
 
@@ -27,6 +28,7 @@ import ml_collections
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from tf_mocov3 import config_lib
 from tf_mocov3.models import backbones
 from tf_mocov3.models import moco
 from tf_mocov3.models import vit
@@ -66,12 +68,20 @@ class _Resolved(NamedTuple):
 
 
 def _read_config(workdir, path):
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(config_path):
+    config = config_lib.read_json(os.path.join(workdir, CONFIG_FILE))
+    if config is None:
         raise ValueError(f"Pretrained path {path} has no {CONFIG_FILE} in {workdir}; pass a pre-training workdir, "
                          f"one of its checkpoints, or a directory written by tf_mocov3.convert_official.")
-    with open(config_path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(config)
+
+
+def _is_file(path):
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def _parent(path):
+    """The directory holding `path` (a trailing slash ignored); os.path.normpath would turn gs://b into gs:/b."""
+    return os.path.dirname(config_lib.absolute_path(path.rstrip("/")))
 
 
 def _is_official(config):
@@ -81,20 +91,20 @@ def _is_official(config):
 def resolve(path):
     """Finds the checkpoint prefix, config and kind of `path` (see the module docstring)."""
     path = os.fspath(path)
-    if os.path.isfile(path + ".index"):  # a checkpoint prefix: WORKDIR/checkpoints/ckpt-N
-        workdir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if _is_file(path + ".index"):  # a checkpoint prefix: WORKDIR/checkpoints/ckpt-N
+        workdir = _parent(_parent(path))
         config = _read_config(workdir, path)
         return _Resolved(path, config, "official" if _is_official(config) else "checkpoint")
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise ValueError(f"Pretrained path {path} does not exist; pass a pre-training workdir, a checkpoint prefix "
                          f"such as WORKDIR/checkpoints/ckpt-200, or a directory written by tf_mocov3.convert_official.")
-    if not os.path.isdir(path):
+    if not tf.io.gfile.isdir(path):
         raise ValueError(f"Pretrained path {path} is a file but not a TensorFlow checkpoint (no {path}.index); pass "
                          f"the workdir, a checkpoint prefix, or convert a PyTorch file with tf_mocov3.convert_official.")
     workdir = path
-    if os.path.basename(os.path.normpath(path)) == CHECKPOINT_DIR and not os.path.isdir(
+    if os.path.basename(path.rstrip("/")) == CHECKPOINT_DIR and not tf.io.gfile.isdir(
             os.path.join(path, CHECKPOINT_DIR)):
-        workdir = os.path.dirname(os.path.normpath(path))  # WORKDIR/checkpoints given
+        workdir = _parent(path)  # WORKDIR/checkpoints given
     prefix = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
     if not prefix:
         raise ValueError(f"Pretrained path {path} holds no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; "
@@ -109,7 +119,9 @@ def _stored_objects(prefix):
     Variable key strings cannot tell this: a training checkpoint names each trainable variable after the first
     path that reaches it, often optimizer/_trainable_variables/N, not model/backbone/...
     """
-    reader = tf.train.load_checkpoint(prefix)
+    # `prefix` is already a checkpoint prefix: tf.train.load_checkpoint would first ask whether it is a directory,
+    # which ram:// answers yes for WORKDIR/checkpoints/ckpt-0 (its listing matches ckpt-0.index by name prefix).
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     root = {child.local_name: child.node_id for child in graph.nodes[0].children}
@@ -202,7 +214,7 @@ def _is_keras_file(path):
 
 
 def _load_keras_file(path, image_size, arch):
-    if not os.path.isfile(path):
+    if not _is_file(path):
         raise ValueError(f"Pretrained path {path} does not exist; pass the backbone.keras that "
                          f"`python -m export.saved_model` wrote next to the SavedModel.")
     config = plain_keras.keras_backbone_config(path)
