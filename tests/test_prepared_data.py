@@ -363,6 +363,10 @@ def test_a_tfrecord_set_is_read_by_pure_tf_data_in_a_new_order_each_epoch_and_re
     for a, b in zip(straight[4:], resumed):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match=r"stored in 4 TFRecord files, fewer than the 5 input pipelines \(hosts\) "
+                                         r"that each read their own files: prepare it again into a new --output with "
+                                         r"a smaller --examples_per_shard, so that every host gets at least one shard"):
+        pipelines.streamed_epoch_size(sources.load_source(config.dataset), 5)
     array_record = sources.load_source(dataset(write_indexed_set(str(tmp_path / "ar"), n=12, shard=3)))
     assert graph_ops(pipelines.labelled_examples(array_record)) & PYTHON_OPS  # what check_source_for refuses
 

@@ -379,7 +379,7 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
                              f"{pipelines} hosts; choose a multiple of {replicas}.")
         if keep_partial_batch and source.kind == "stream":
             raise ValueError("A streamed (TFRecord) set read by several hosts cannot end its epochs with a partial "
-                             "batch; set config.cache_features=True, or read an array_record / prepared set.")
+                             "batch; set config.cache_features=True, or read an array_record build or prepared set.")
         rows = global_batch // pipelines
         offset = pipeline * rows
         if mix is not None and mix_group and mix_group < global_batch and rows % mix_group:

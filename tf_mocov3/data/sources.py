@@ -304,6 +304,7 @@ class _SplitFiles:
         listed = {}  # one listing per folder, not one call per file (1,024 shards on GCS: 1 listing, not 1,024 calls)
         for path in self.paths:
             folder, base = os.path.split(path)
+            folder = folder or "."
             if folder not in listed:
                 try:
                     listed[folder] = set(tf.io.gfile.listdir(folder))
@@ -408,11 +409,14 @@ class StreamReader(_SplitFiles):
     the read with an InvalidArgumentError naming the file and `damaged_fix`.
     """
 
+    # How to get more files than hosts (share); None: `fix`.
+    share_fix = None
+
     def share(self, pipeline=0, pipelines=1):
         """int64 ids of the files that input pipeline `pipeline` of `pipelines` reads: every `pipelines`-th file."""
         if len(self.paths) < pipelines:
             raise ValueError(f"{self.name} is stored in {len(self.paths)} TFRecord files, fewer than the {pipelines} "
-                             f"input pipelines (hosts) that each read their own files: {self.fix}.")
+                             f"input pipelines (hosts) that each read their own files: {self.share_fix or self.fix}.")
         return np.arange(pipeline, len(self.paths), pipelines, dtype=np.int64)
 
     def share_size(self, file_ids, keep=None):
@@ -464,8 +468,10 @@ class StreamReader(_SplitFiles):
 
     def concatenate(self, other):
         """The files of this reader followed by those of `other` (a split "a+b")."""
-        return StreamReader(self.paths + other.paths, self.counts + other.counts, self.parse,
-                            name=f"{self.name}+{other.name}", fix=self.fix, damaged_fix=self.damaged_fix)
+        joined = StreamReader(self.paths + other.paths, self.counts + other.counts, self.parse,
+                              name=f"{self.name}+{other.name}", fix=self.fix, damaged_fix=self.damaged_fix)
+        joined.share_fix = self.share_fix
+        return joined
 
 
 # === Prepared data sets (python -m tf_mocov3.prepare_data) ===
@@ -534,6 +540,8 @@ def prepared_reader(path, split):
     if file_format == "tfrecord":
         reader = StreamReader(paths, counts, _parse_prepared_record, name=f"{path} ({split})", fix=fix,
                               damaged_fix=damaged_fix)
+        reader.share_fix = (f"prepare it again into a new --output with a smaller --examples_per_shard, so that "
+                            f"every host gets at least one shard")
     else:
         reader = RecordReader(paths, counts, _parse_prepared_record, check=_check_prepared_record,
                               name=f"{path} ({split})", fix=fix, damaged_fix=damaged_fix)
