@@ -1,5 +1,6 @@
 """The input layer at scale: prepare_data (shards, metadata, resume, bad images), random access by index per input
-pipeline (epochs, hosts, resume reads), TFDS's imagenet2012 built as array_record, and every command on it."""
+pipeline (epochs, hosts, resume reads), TFDS's imagenet2012 built as array_record, and every command on it; prepared
+TFRecord sets for pods and gs:// (pure tf.data, shard checks, the pod check, start-up file-system calls)."""
 
 import collections
 import json
@@ -121,9 +122,11 @@ def test_a_killed_write_resumes_without_rewriting_finished_shards(folder, tmp_pa
 def test_the_command_prints_the_counts_and_how_to_read_it(folder, tmp_path):
     out = str(tmp_path / "out")
     proc = subprocess.run([sys.executable, "-m", "tf_mocov3.prepare_data", f"--input={folder}", f"--output={out}",
-                           "--examples_per_shard=8", "--workers=2"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           "--examples_per_shard=8", "--workers=2", "--format=tfrecord"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tfrecord")) == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "validation-00000-of-00001.tfrecord"]
     assert proc.stdout.splitlines() == [
         "train: 14 images in 2 shards, 1 skipped; 2 classes.", "validation: 4 images in 1 shards, 0 skipped; 2 classes.",
         f"Read it with --config.dataset.name=prepared --config.dataset.path={out}"]
