@@ -22,10 +22,12 @@ replicas; input pipeline p serves replicas p*R .. p*R+R-1 (R = replicas / pipeli
 step, their R per-replica batches in replica order.
 
 Bad files: the training inputs of an encoded source (pre-training, fine-tuning, the probe on augmented images)
-also ignore decoding errors as a last resort (`Dataset.ignore_errors`, logged by TF), so a file that passes
-sources.py's integrity check but fails to decode costs one example (and shifts that pipeline's rows by one), never
-the run; a damaged TFRecord file costs the rest of that file. A prepared record that fails sources.py's check when read is dropped the same
-way, with a warning naming its index and shard (sources.RecordReader).
+also ignore decoding errors of each example as a last resort (`map_examples`: a per-example `ignore_errors`, logged
+by TF), so a file that passes sources.py's integrity check but fails to decode costs one example (and shifts that
+pipeline's rows by one), never the run. Reading errors are not ignored: a TFRecord file holding fewer or more records
+than its metadata says (a truncated copy, a damaged record) stops the run naming the file (sources.StreamReader), and
+a truncated array_record shard stops it at start (sources.RecordReader). A prepared record that fails sources.py's
+check when read is dropped, with a warning naming its index and shard (sources.RecordReader).
 """
 
 import numpy as np
@@ -120,6 +122,21 @@ def streamed_epochs(source, order, *, shuffle_buffer, cycle_length=DEFAULT_CYCLE
     return one_epoch
 
 
+def map_examples(ds, fn, skip_failures):
+    """`ds.map(fn)` in parallel, in order; with `skip_failures` an example whose `fn` fails (an image that does not
+    decode) is dropped, logged by TF, while an error raised reading `ds` itself (sources.StreamReader's record-count
+    check of a truncated file) still stops the pipeline, which a Dataset.ignore_errors after the map would swallow.
+
+    Each example runs in a one-element dataset with its own ignore_errors, interleaved in order, one example per
+    CPU core at a time (cycle_length AUTOTUNE): tens of microseconds more per example than the plain parallel map,
+    not measurable against the milliseconds of a 224-pixel two-view JPEG example (BUILD_NOTES.md)."""
+    if not skip_failures:
+        return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.interleave(lambda *example: tf.data.Dataset.from_tensors(example).map(fn).ignore_errors(log_warning=True),
+                         cycle_length=tf.data.AUTOTUNE, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=True)
+
+
 def pretrain_order(config, source, *, input_context=None, start_step=0):
     """The order.ExampleOrder of this input pipeline's rows (_layout) of the pre-training split `source`."""
     n, local, offset = _layout(config, input_context)
@@ -139,7 +156,7 @@ def pretrain_examples(source, order):
     return source.examples(order.epochs(order.epoch))
 
 
-def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_labels=False):
+def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_labels=False, source=None):
     """Infinite tf.data.Dataset of per-replica batches (view1, view2), float32 [n, S, S, 3].
 
     Args:
@@ -148,6 +165,8 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
         start_step: first global step to produce (resume), see order.py.
         with_labels: batches (view1, view2, int64 labels [n]) instead, for the kNN monitor's feature queue
           (config.knn.bank="queue"); the data set must be labelled.
+        source: the sources.Source of config.dataset, opened once per process by the caller (each input
+          pipeline's function reuses it); None opens it here.
     """
     dcfg = config.dataset
     n, local, offset = _layout(config, input_context)
@@ -156,7 +175,7 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
     crop_min = float(_get(dcfg, "crop_min", 0.08))
     jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", True))
     jpeg_dct_scaling = bool(_get(dcfg, "jpeg_dct_scaling", False))
-    source = sources.load_source(dcfg)
+    source = sources.load_source(dcfg) if source is None else source
     order = pretrain_order(config, source, input_context=input_context, start_step=start_step)
 
     def augment_example(image, position, epoch):
@@ -175,18 +194,15 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
 
     if source.kind != "stream":
         ds = pretrain_examples(source, order)
-        ds = ds.map(lambda image, label, pos, e: keep(augment_example(image, pos, e), label),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = map_examples(ds, lambda image, label, pos, e: keep(augment_example(image, pos, e), label),
+                          source.is_encoded)
     else:
         pipeline, pipelines = _pipelines(input_context)
         ds = order.epochs(streamed_epochs(
             source, order, shuffle_buffer=int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)),
             cycle_length=int(_get(dcfg, "cycle_length", DEFAULT_CYCLE_LENGTH)), pipeline=pipeline,
             pipelines=pipelines))
-        ds = ds.map(lambda ex, pos, e: keep(augment_example(ex[0], pos, e), ex[-1]),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if source.is_encoded:
-        ds = ds.ignore_errors(log_warning=True)
+        ds = map_examples(ds, lambda ex, pos, e: keep(augment_example(ex[0], pos, e), ex[-1]), source.is_encoded)
     ds = ds.batch(n, drop_remainder=True)
     if with_labels:
         ds = ds.map(lambda inputs, labels: (*augment.augment_two_view_batch(*inputs), labels),
@@ -363,7 +379,7 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
                              f"{pipelines} hosts; choose a multiple of {replicas}.")
         if keep_partial_batch and source.kind == "stream":
             raise ValueError("A streamed (TFRecord) set read by several hosts cannot end its epochs with a partial "
-                             "batch; set config.cache_features=True, or read an array_record / prepared set.")
+                             "batch; set config.cache_features=True, or read an array_record build or prepared set.")
         rows = global_batch // pipelines
         offset = pipeline * rows
         if mix is not None and mix_group and mix_group < global_batch and rows % mix_group:
@@ -403,8 +419,7 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
         example = crop
 
     def crops(ds):  # an image that fails to decode costs one example (as in pre-training), not the run
-        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.ignore_errors(log_warning=True) if source.is_encoded else ds
+        return map_examples(ds, example, source.is_encoded)
 
     if keep_partial_batch:  # batches end with the epoch
         # This pipeline's rows of the last, partial step; with none, an empty batch keeps every host in step.

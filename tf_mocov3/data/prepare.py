@@ -1,23 +1,33 @@
-"""Writes an image folder as a prepared data set: array_record shards with random access, and metadata.json.
+"""Writes an image folder as a prepared data set: array_record or TFRecord shards, and metadata.json.
 
-`python -m tf_mocov3.prepare_data --input=IMAGE_FOLDER --output=DIR` calls `prepare`; every command then reads DIR
-with `--config.dataset.name=prepared --config.dataset.path=DIR` (sources.py).
+`python -m tf_mocov3.prepare_data --input=IMAGE_FOLDER --output=DIR [--format=tfrecord]` calls `prepare`; every
+command then reads DIR with `--config.dataset.name=prepared --config.dataset.path=DIR` (sources.py), in the format
+metadata.json names:
+- array_record (default): random access by index (a global shuffle per epoch, a read-free resume), read through
+  tf.numpy_function (our Python), local files only.
+- tfrecord: streamed by pure tf.data (sources.StreamReader: each input pipeline its own shards, a seeded file order
+  per epoch, order.py), from any file system TensorFlow reads: TPU pod slices, gs://, tf.data service.
+Everything is written through tf.io.gfile, so a TFRecord DIR may be gs://... (array_record writes local files only).
 
 Input: IMAGE_FOLDER/<class>/<image> (one split, "train"), or IMAGE_FOLDER/<split>/<class>/<image> for the splits
 found there: train/, val/ or validation/ (split "validation", TFDS's name for ImageNet's), test/. Labels are the indices of the sorted class names of the first split (train when
 there is one); every other split must use those names.
 
 Output (DIR):
-- `<split>-<k>-of-<M>.array_record`: shard k of a split, up to `examples_per_shard` records in the split's sorted
-  file order. A record is the label (int64, little-endian) followed by the image file's bytes as they were
-  (sources.encode_prepared_record), so the pipeline decodes (and crops) JPEGs itself.
-- `<shard>.json` beside each finished shard: its record count and the files it skipped. It is written after the
-  shard has been renamed into place, so it marks the shard as finished.
-- `plan.json`: the splits, file counts and shard size this output was started with (a resumed write must match).
-- `metadata.json` (written last): format, input, class names, per split the example count, skipped files and the
-  shard list with counts. Readers need nothing else to count or find records.
+- `<split>-<k>-of-<M>.array_record` (or `.tfrecord`): shard k of a split, up to `examples_per_shard` records in the
+  split's sorted file order. A record is the label (int64, little-endian) followed by the image file's bytes as they
+  were (sources.encode_prepared_record; the same bytes in both formats, parsed by the same pure-TF function), so the
+  pipeline decodes (and crops) JPEGs itself.
+- `<shard>.json` beside each finished shard: its record count, byte size and the files it skipped. It is written
+  after the shard has been renamed into place, so it marks the shard as finished.
+- `plan.json`: the splits, file counts, shard size and format this output was started with (a resumed write must
+  match).
+- `metadata.json` (written last): format ("file_format": array_record or tfrecord; absent means array_record),
+  input, class names, per split the example count, skipped files and the shard list with record counts and byte
+  sizes. Readers need nothing else to count or find records.
 
-Resumable: a killed run, started again with the same arguments, skips the finished shards and rewrites only the
+Resumable: a killed run, started again with the same arguments, skips the finished shards (found by one listing of
+DIR; a finished shard whose size no longer matches its sidecar, cut short since, is written again) and rewrites the
 others. Bad images (the header / end-marker check of sources.py, then a Pillow decode) are skipped, named in the log
 and counted in the metadata.
 """
@@ -29,6 +39,8 @@ import os
 import sys
 import time
 from concurrent import futures
+
+import tensorflow as tf
 
 from tf_mocov3.data import sources
 
@@ -101,33 +113,45 @@ def check_image(path):
     return None
 
 
-def shard_name(split, k, num_shards):
-    return f"{split}-{k:05d}-of-{num_shards:05d}.array_record"
+def shard_name(split, k, num_shards, file_format="array_record"):
+    return f"{split}-{k:05d}-of-{num_shards:05d}.{file_format}"
 
 
 def write_shard(path, records):
-    """Writes `records` (bytes) to the array_record file `path`, atomically (a temporary name, then a rename)."""
-    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-
+    """Writes `records` (bytes) to the shard `path` (array_record, or TFRecord when the name ends in .tfrecord),
+    atomically (a temporary name, then a rename); TFRecord through tf.io.gfile, so `path` may be on gs://."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
     count = 0
-    for record in records:
-        writer.write(record)
-        count += 1
-    writer.close()
-    os.replace(tmp, path)
+    if path.endswith(".tfrecord"):
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in records:
+                writer.write(record)
+                count += 1
+    else:
+        from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+
+        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+        for record in records:
+            writer.write(record)
+            count += 1
+        writer.close()
+    tf.io.gfile.rename(tmp, path, overwrite=True)
     return count
 
 
 def _write_json(path, value):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(value, indent=1))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def prepare_shard(out_dir, split, k, num_shards, items, verify=True):
+def _read_json(path):
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def prepare_shard(out_dir, split, k, num_shards, items, verify=True, file_format="array_record"):
     """Writes shard k of a split from its (file, label) items, skipping bad images; returns its sidecar dict."""
     skipped = []
 
@@ -141,9 +165,11 @@ def prepare_shard(out_dir, split, k, num_shards, items, verify=True):
             with open(path, "rb") as f:
                 yield sources.encode_prepared_record(f.read(), label)
 
-    name = shard_name(split, k, num_shards)
+    name = shard_name(split, k, num_shards, file_format)
     count = write_shard(os.path.join(out_dir, name), records())
-    done = {"file": name, "num_examples": count, "skipped": skipped}
+    # The size lets a resumed write tell a finished shard from one cut short (a copy, a full disk).
+    done = {"file": name, "num_examples": count, "num_bytes": tf.io.gfile.stat(os.path.join(out_dir, name)).length,
+            "skipped": skipped}
     _write_json(os.path.join(out_dir, name + ".json"), done)
     return done
 
@@ -169,13 +195,21 @@ class _Progress:
 
 
 def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, workers=None, verify=True,
-            progress=True):
+            progress=True, file_format="array_record"):
     """Writes the prepared data set of `input_dir` into `output_dir` (module docstring); returns the metadata.
 
     workers: processes writing shards in parallel (None: the CPU count; 1: in this process).
+    file_format: "array_record" (random access, local disks) or "tfrecord" (streamed; any file system TensorFlow
+      writes, e.g. gs://).
     """
-    input_dir, output_dir = os.path.abspath(input_dir), os.path.abspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    if file_format not in sources.PREPARED_FILE_FORMATS:
+        raise PrepareError(f"--format={file_format} is unknown: choose {' or '.join(sources.PREPARED_FILE_FORMATS)}.")
+    if "://" in str(output_dir) and file_format == "array_record":
+        raise PrepareError(f"array_record cannot write to {output_dir} (it opens local files only): pass "
+                           f"--format=tfrecord to write there, or write to a local disk.")
+    input_dir = os.path.abspath(input_dir)
+    output_dir = output_dir if "://" in str(output_dir) else os.path.abspath(output_dir)
+    tf.io.gfile.makedirs(output_dir)
     splits, classes, listing = find_splits(input_dir), None, {}
     for split in sorted(splits, key=lambda s: (s != "train", s)):
         listing[split], classes = list_split(splits[split], classes)
@@ -185,20 +219,21 @@ def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, wor
     examples_per_shard = int(examples_per_shard)
     digest = hashlib.sha256("\n".join(f"{s}:{p}:{l}" for s in sorted(listing) for p, l in listing[s]).encode())
     plan = {"input": input_dir, "examples_per_shard": examples_per_shard, "classes": classes,
-            "files": {s: len(v) for s, v in listing.items()}, "files_sha256": digest.hexdigest()}
+            "files": {s: len(v) for s, v in listing.items()}, "files_sha256": digest.hexdigest(),
+            "file_format": file_format}
     plan_path = os.path.join(output_dir, PLAN)
-    if os.path.exists(plan_path):
-        with open(plan_path) as f:
-            if json.load(f) != plan:
-                raise PrepareError(f"{output_dir} holds a preparation of other files or another shard size: "
-                                   f"choose a new --output, or delete {output_dir} to start over.")
+    present = set(tf.io.gfile.listdir(output_dir))  # one listing: what a killed run left
+    if PLAN in present:
+        if {"file_format": "array_record", **_read_json(plan_path)} != plan:
+            raise PrepareError(f"{output_dir} holds a preparation of other files, another shard size or another "
+                               f"--format: choose a new --output, or delete {output_dir} to start over.")
     else:
         _write_json(plan_path, plan)
-    for name in os.listdir(output_dir):  # leftovers of a killed write
+    for name in sorted(present):  # leftovers of a killed write
         if ".tmp-" in name:
-            os.remove(os.path.join(output_dir, name))
+            tf.io.gfile.remove(os.path.join(output_dir, name))
 
-    meta = {"format": sources.PREPARED_FORMAT, "input": input_dir, "classes": classes,
+    meta = {"format": sources.PREPARED_FORMAT, "file_format": file_format, "input": input_dir, "classes": classes,
             "record": "int64 label (little-endian, 8 bytes) + the image file's bytes", "splits": {}}
     pool = futures.ProcessPoolExecutor(workers or os.cpu_count()) if workers != 1 else None
     try:
@@ -206,11 +241,15 @@ def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, wor
             num_shards = max(1, -(-len(items) // examples_per_shard))
             shards, todo = [None] * num_shards, []
             for k in range(num_shards):
-                sidecar = os.path.join(output_dir, shard_name(split, k, num_shards) + ".json")
-                if os.path.exists(sidecar) and os.path.exists(sidecar[:-len(".json")]):
-                    with open(sidecar) as f:
-                        shards[k] = json.load(f)
-                else:
+                name = shard_name(split, k, num_shards, file_format)
+                if name + ".json" in present and name in present:
+                    shards[k] = _read_json(os.path.join(output_dir, name + ".json"))
+                    size = tf.io.gfile.stat(os.path.join(output_dir, name)).length
+                    if shards[k].get("num_bytes", size) != size:  # cut short since it was finished
+                        logger.warning("%s holds %d bytes, not the %d written: writing it again.", name, size,
+                                       shards[k]["num_bytes"])
+                        shards[k] = None
+                if shards[k] is None:
                     todo.append(k)
             images = 0
             bar = _Progress(split, num_shards, len(items)) if progress else None
@@ -220,7 +259,7 @@ def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, wor
                 logger.info("%s: %d of %d shards already written; writing the other %d.", split, done, num_shards,
                             len(todo))
             args = [(output_dir, split, k, num_shards, items[k * examples_per_shard:(k + 1) * examples_per_shard],
-                     verify) for k in todo]
+                     verify, file_format) for k in todo]
             jobs = [pool.submit(prepare_shard, *a) for a in args] if pool else None
             for i, a in enumerate(args):
                 result = jobs[i].result() if pool else prepare_shard(*a)
@@ -232,7 +271,8 @@ def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, wor
             meta["splits"][split] = {
                 "num_examples": total, "num_skipped": skipped,
                 "skipped": [entry for s in shards for entry in s["skipped"]],
-                "shards": [{"file": s["file"], "num_examples": s["num_examples"]} for s in shards]}
+                "shards": [{"file": s["file"], "num_examples": s["num_examples"],
+                            **({"num_bytes": s["num_bytes"]} if "num_bytes" in s else {})} for s in shards]}
             if skipped:
                 logger.warning("%s: skipped %d of %d files that are not valid images (listed in %s).", split,
                                skipped, len(items), sources.PREPARED_METADATA)

@@ -8,8 +8,9 @@ Sources (`config.dataset.name`):
 - 'fashion_mnist_idx': the original Fashion-MNIST IDX files (gzipped or not) under
   `config.dataset.path` (default /usr/share/datasets/fashion-mnist), split 'train' or 'test'.
 
-- 'prepared': `config.dataset.path` written by `python -m tf_mocov3.prepare_data` (array_record shards and
-  metadata.json; see data/prepare.py).
+- 'prepared': `config.dataset.path` written by `python -m tf_mocov3.prepare_data` (array_record or, with
+  `--format=tfrecord`, TFRecord shards and metadata.json, which names the format; see data/prepare.py). An
+  array_record set is a 'records' source, a TFRecord set a 'stream' source.
 
 Kinds of source (`Source.kind`):
 - 'array' / 'bytes' / 'paths': held in memory (decoded arrays, encoded images, file names): Fashion-MNIST, image
@@ -18,8 +19,8 @@ Kinds of source (`Source.kind`):
   with `--file_format=array_record` (`tfds build imagenet2012 --file_format=array_record`). Host memory holds only
   the shard list; each input pipeline reads only the records of its own rows of each global batch, in batched reads
   (one Python call per READ_BATCH records inside tf.data, about 18,000 records/s on one core: BUILD_NOTES.md).
-- 'stream': a TFDS set stored as TFRecord that is too large to hold (no random access; `StreamReader`): each input
-  pipeline reads only its own files (every P-th of the split's files), each epoch in a seeded file order,
+- 'stream': a TFDS set stored as TFRecord that is too large to hold, or a prepared TFRecord set (no random access;
+  `StreamReader`, pure tf.data: no Python of ours in the graph): each input pipeline reads only its own files (every P-th of the split's files), each epoch in a seeded file order,
   `config.dataset.cycle_length` files interleaved, through a shuffle buffer of `config.dataset.shuffle_buffer`
   records (order.py): a file-level shuffle, not a global one. Prefer an array_record build or a prepared set at
   ImageNet scale.
@@ -33,6 +34,17 @@ nothing reads a split to count it.
 
 `open_labelled(dataset_config, split)` is the one way to open a labelled split ("a+b" joins splits); its
 problems are `LabelledSplitError`s, one sentence naming the fix. The input pipelines are in pipelines.py.
+
+Opening a split costs one listing of each folder of its files (not one call per file) and, for a prepared set, one
+read of metadata.json; a run opens its source once per process (training/pretrain.py) and every input pipeline
+reuses it. Damaged copies: every array_record shard is opened when the source is (its record count, from the file's
+footer, against the metadata's: a truncated shard stops the run at start, naming it); a TFRecord file's records are
+counted in the graph as it is read (the listing gives no sizes, and a size per file would cost a call per file), and
+a file holding fewer or more records than the metadata says stops the run naming it.
+
+Where a source can be read: `Source.needs_python` ('records': array_record through tf.numpy_function) cannot be read
+by a TPU pod slice's input hosts nor a tf.data service worker; `check_source_for(source, strategy)`, called by a run
+at start, refuses it on a TPU with several hosts in one sentence naming `prepare_data --format=tfrecord`.
 
 Bad files in an image folder: every file is checked at start-up (signature and end marker:
 JPEG FFD8 ... FFD9, PNG signature ... IEND, GIF ... 3B, BMP size field); a bad file is skipped
@@ -65,6 +77,8 @@ IN_MEMORY_LIMIT_BYTES = 2 << 30
 READ_BATCH = 64
 PREPARED_METADATA = "metadata.json"
 PREPARED_FORMAT = "tf_mocov3.prepared.v1"
+# metadata.json's "file_format" (absent in sets written before TFRecord output existed: array_record).
+PREPARED_FILE_FORMATS = ("array_record", "tfrecord")
 PREPARE_HINT = "python -m tf_mocov3.prepare_data --input=IMAGE_FOLDER --output={path}"
 
 
@@ -275,18 +289,28 @@ READ_HOOK = None
 
 class _SplitFiles:
     """The files of one split and the record count of each (all that host memory holds): `starts[f]` is the split
-    index of file f's first record. A missing file stops here with `fix`; `noun` names a file in that sentence."""
+    index of file f's first record. A missing file stops here with `fix` (found from one listing of each folder);
+    `noun` names a file in that sentence, `damaged_fix` ends the sentence about a damaged file (default: `fix`)."""
 
     noun = "File"
 
-    def __init__(self, paths, counts, parse, *, name="", fix=""):
+    def __init__(self, paths, counts, parse, *, name="", fix="", damaged_fix=""):
         self.paths, self.counts = [str(p) for p in paths], [int(c) for c in counts]
         self.parse, self.name, self.fix = parse, name, fix
         if len(self.paths) != len(self.counts):
             raise ValueError(f"{name} lists {len(self.paths)} files but {len(self.counts)} record counts: {fix}.")
+        self.damaged_fix = damaged_fix or fix
         self.starts = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
+        listed = {}  # one listing per folder, not one call per file (1,024 shards on GCS: 1 listing, not 1,024 calls)
         for path in self.paths:
-            if not tf.io.gfile.exists(path):
+            folder, base = os.path.split(path)
+            folder = folder or "."
+            if folder not in listed:
+                try:
+                    listed[folder] = set(tf.io.gfile.listdir(folder))
+                except tf.errors.NotFoundError:
+                    listed[folder] = set()
+            if base not in listed[folder]:
                 raise ValueError(f"{self.noun} {path} of {name} is missing: {fix}.")
 
     @property
@@ -297,7 +321,9 @@ class _SplitFiles:
 class RecordReader(_SplitFiles):
     """Random access to the records of one split stored as array_record shards, in shard order.
 
-    Host memory holds the shard list and their record counts; readers open lazily (once per shard and process).
+    Host memory holds the shard list and their record counts; every shard is opened once per process, when the
+    reader is made, and its record count (from the file's footer, no read of the records) checked against `counts`:
+    a truncated or damaged shard stops there with one sentence naming it and `damaged_fix`.
     `read(indices)` reads a batch of records with one call per shard touched. `check(record)` (optional, in Python)
     returns None for a good record or the reason it is bad: bad records are logged by index and shard, counted in
     `skipped`, and dropped by `Source.examples`. `parse(record)` (TF) -> (encoded image, int64 label).
@@ -305,18 +331,27 @@ class RecordReader(_SplitFiles):
 
     noun = "Shard"
 
-    def __init__(self, paths, counts, parse, *, check=None, name="", fix=""):
+    def __init__(self, paths, counts, parse, *, check=None, name="", fix="", damaged_fix=""):
         remote = [str(p) for p in paths if "://" in str(p)]
         if remote:  # array_record 0.8 opens local files only (google/array_record#120); checked before any I/O
             raise ValueError(f"{name} is stored as array_record under {remote[0].split('://')[0]}://, which "
                              f"array_record cannot read (it opens local files only): copy it to a local disk "
                              f"(`gsutil -m cp -r`) and point the command there, or read a TFRecord build, which is "
                              f"streamed from any file system TensorFlow reads.")
-        super().__init__(paths, counts, parse, name=name, fix=fix)
+        super().__init__(paths, counts, parse, name=name, fix=fix, damaged_fix=damaged_fix)
         self.check = check
         self.skipped = 0
         self._readers = [None] * len(self.paths)
         self._lock = threading.Lock()
+        for k, path in enumerate(self.paths):  # every shard opened once here: its record count is in its footer
+            try:
+                got = self._reader(k).num_records()
+            except Exception as err:  # pylint: disable=broad-except  # array_record raises bare RuntimeErrors
+                raise ValueError(f"Shard {path} of {name} cannot be read ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''}): {self.damaged_fix}.") from err
+            if got != self.counts[k]:
+                raise ValueError(f"Shard {path} of {name} holds {got} records where its metadata lists "
+                                 f"{self.counts[k]} (a truncated or damaged copy): {self.damaged_fix}.")
 
     def _reader(self, k):
         with self._lock:
@@ -352,7 +387,7 @@ class RecordReader(_SplitFiles):
     def concatenate(self, other):
         """The records of this reader followed by those of `other` (a split "a+b")."""
         return RecordReader(self.paths + other.paths, self.counts + other.counts, self.parse, check=self.check,
-                            name=f"{self.name}+{other.name}", fix=self.fix)
+                            name=f"{self.name}+{other.name}", fix=self.fix, damaged_fix=self.damaged_fix)
 
 
 # === Sequential files (TFRecord) ===
@@ -367,13 +402,21 @@ class StreamReader(_SplitFiles):
     `read(file_ids, cycle_length)` reads files in the given order, `cycle_length` at a time, one record of each in
     turn (the file-level shuffle of order.py decides that order per epoch). `parse(record)` (TF) -> (encoded image,
     int64 label).
+
+    Nothing here runs Python while reading (a TPU pod's input hosts or a tf.data service worker can run it). A file's
+    record count is checked in the graph as the file is read (counting needs a full read; the listing gives no
+    sizes): a file that holds fewer or more records than `counts` says (a copy cut short, a damaged record) fails
+    the read with an InvalidArgumentError naming the file and `damaged_fix`.
     """
+
+    # How to get more files than hosts (share); None: `fix`.
+    share_fix = None
 
     def share(self, pipeline=0, pipelines=1):
         """int64 ids of the files that input pipeline `pipeline` of `pipelines` reads: every `pipelines`-th file."""
         if len(self.paths) < pipelines:
             raise ValueError(f"{self.name} is stored in {len(self.paths)} TFRecord files, fewer than the {pipelines} "
-                             f"input pipelines (hosts) that each read their own files: {self.fix}.")
+                             f"input pipelines (hosts) that each read their own files: {self.share_fix or self.fix}.")
         return np.arange(pipeline, len(self.paths), pipelines, dtype=np.int64)
 
     def share_size(self, file_ids, keep=None):
@@ -386,11 +429,28 @@ class StreamReader(_SplitFiles):
         """Dataset of (int64 index in the split, encoded image, int64 label) of the files `file_ids` (int64, a list
         or a tensor), in that order, `cycle_length` files open at a time (1: one file after the other)."""
         paths, starts = tf.constant(self.paths), tf.constant(self.starts)
+        name, fix = self.name, self.damaged_fix
 
         def one_file(k):
-            records = tf.data.TFRecordDataset(tf.gather(paths, k))
-            index = tf.data.Dataset.range(tf.gather(starts, k), tf.gather(starts, k + 1))
-            return tf.data.Dataset.zip(index, records)
+            path, first, end = tf.gather(paths, k), tf.gather(starts, k), tf.gather(starts, k + 1)
+            # The file's records flagged True, then one end marker flagged False; a cut or damaged file ends where it
+            # breaks (ignore_errors here, for this file only), so its marker comes early and the check below fails.
+            records = tf.data.TFRecordDataset(path).ignore_errors().map(lambda r: (r, True)).concatenate(
+                tf.data.Dataset.from_tensors((tf.constant(b""), False)))
+            index = tf.data.Dataset.range(first, end + 1)
+
+            def checked(i, flagged):  # record i of the split must be real for i < end, the marker at i == end
+                record, real = flagged
+                got = tf.where(real, tf.strings.join(["more than ", tf.strings.as_string(end - first)]),
+                               tf.strings.as_string(i - first))
+                ok = tf.debugging.Assert(tf.equal(real, i < end), [tf.strings.join([
+                    "TFRecord file ", path, " of ", name, " holds ", got, " records where its metadata lists ",
+                    tf.strings.as_string(end - first), " (a truncated or damaged copy): ", fix, "."])], summarize=1)
+                with tf.control_dependencies([ok]):
+                    return tf.identity(i), record, real
+
+            return tf.data.Dataset.zip(index, records).map(checked).filter(lambda i, record, real: real).map(
+                lambda i, record, real: (i, record))
 
         files = tf.data.Dataset.from_tensor_slices(tf.cast(file_ids, tf.int64))
         if int(cycle_length) <= 1:
@@ -408,8 +468,10 @@ class StreamReader(_SplitFiles):
 
     def concatenate(self, other):
         """The files of this reader followed by those of `other` (a split "a+b")."""
-        return StreamReader(self.paths + other.paths, self.counts + other.counts, self.parse,
-                            name=f"{self.name}+{other.name}", fix=self.fix)
+        joined = StreamReader(self.paths + other.paths, self.counts + other.counts, self.parse,
+                              name=f"{self.name}+{other.name}", fix=self.fix, damaged_fix=self.damaged_fix)
+        joined.share_fix = self.share_fix
+        return joined
 
 
 # === Prepared data sets (python -m tf_mocov3.prepare_data) ===
@@ -437,14 +499,19 @@ def read_prepared_metadata(path):
         raise ValueError("dataset.name='prepared' needs config.dataset.path: the folder written by "
                          f"`{PREPARE_HINT.format(path='DIR')}`.")
     meta_path = os.path.join(path, PREPARED_METADATA)
-    if not tf.io.gfile.exists(meta_path):
+    try:  # one read, no existence call first
+        with tf.io.gfile.GFile(meta_path) as f:
+            meta = json.load(f)
+    except tf.errors.NotFoundError:
         raise ValueError(f"{path} holds no prepared data set ({PREPARED_METADATA} is missing): write it with "
-                         f"`{PREPARE_HINT.format(path=path)}`.")
-    with tf.io.gfile.GFile(meta_path) as f:
-        meta = json.load(f)
+                         f"`{PREPARE_HINT.format(path=path)}`.") from None
     if meta.get("format") != PREPARED_FORMAT:
         raise ValueError(f"{meta_path} is not a {PREPARED_FORMAT} data set (format {meta.get('format')!r}): write "
                          f"it again with `{PREPARE_HINT.format(path=path)}`.")
+    if meta.get("file_format", "array_record") not in PREPARED_FILE_FORMATS:
+        raise ValueError(f"{meta_path} names the file format {meta.get('file_format')!r}, which this version cannot "
+                         f"read ({' or '.join(PREPARED_FILE_FORMATS)}): write it again with "
+                         f"`{PREPARE_HINT.format(path=path)}`.")
     return meta
 
 
@@ -461,12 +528,24 @@ def _prepared_split(path, split):
 
 
 def prepared_reader(path, split):
+    """(RecordReader of an array_record set or StreamReader of a TFRecord set, number of classes) of a split."""
     meta, info = _prepared_split(path, split)
-    fix = f"run `python -m tf_mocov3.prepare_data --input={meta.get('input') or 'IMAGE_FOLDER'} --output={path}` " \
-          f"again to write the missing shards (finished shards are kept)"
-    return RecordReader([os.path.join(path, s["file"]) for s in info["shards"]],
-                        [s["num_examples"] for s in info["shards"]], _parse_prepared_record,
-                        check=_check_prepared_record, name=f"{path} ({split})", fix=fix), len(meta["classes"])
+    file_format = meta.get("file_format", "array_record")
+    command = (f"python -m tf_mocov3.prepare_data --input={meta.get('input') or 'IMAGE_FOLDER'} --output={path}"
+               + ("" if file_format == "array_record" else f" --format={file_format}"))
+    fix = f"run `{command}` again to write the missing shards (finished shards are kept)"
+    damaged_fix = f"copy it again from where it was written, or run `{command}` again, which rewrites it"
+    paths = [os.path.join(path, s["file"]) for s in info["shards"]]
+    counts = [s["num_examples"] for s in info["shards"]]
+    if file_format == "tfrecord":
+        reader = StreamReader(paths, counts, _parse_prepared_record, name=f"{path} ({split})", fix=fix,
+                              damaged_fix=damaged_fix)
+        reader.share_fix = (f"prepare it again into a new --output with a smaller --examples_per_shard, so that "
+                            f"every host gets at least one shard")
+    else:
+        reader = RecordReader(paths, counts, _parse_prepared_record, check=_check_prepared_record,
+                              name=f"{path} ({split})", fix=fix, damaged_fix=damaged_fix)
+    return reader, len(meta["classes"])
 
 
 # === Sources ===
@@ -492,6 +571,13 @@ class Source:
     @property
     def is_encoded(self):
         return self.kind != "array"
+
+    @property
+    def needs_python(self):
+        """True when reading this source runs our Python inside tf.data ('records': array_record through
+        tf.numpy_function), so only this process can read it: not a TPU pod's input hosts, nor a tf.data service
+        worker (check_source_for, require_python_free)."""
+        return self.kind == "records"
 
     def fetch(self, index):
         """Image (decoded array or encoded bytes) of example `index` (in-memory kinds)."""
@@ -531,6 +617,35 @@ class Source:
         return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+# === Where a source can be read ===
+
+
+def input_hosts(strategy):
+    """The hosts that run input pipelines for `strategy`: a TPUStrategy's hosts (a pod slice has several), else 1."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return int(strategy.extended.num_hosts)
+    return 1
+
+
+def require_python_free(source, where):
+    """Refuses a source that needs our Python (Source.needs_python) where none of it exists (`where`: e.g. "a
+    tf.data service worker"), in one sentence naming `prepare_data --format=tfrecord`."""
+    if source.needs_python:
+        name = getattr(source.reader, "name", "") or source.name
+        raise ValueError(f"{name} is array_record, read through tf.numpy_function (our Python), which {where} cannot "
+                         f"run: write the images as TFRecord with `python -m tf_mocov3.prepare_data --format=tfrecord "
+                         f"--input=IMAGE_FOLDER --output=DIR` and read DIR (`--config.dataset.name=prepared`).")
+
+
+def check_source_for(source, strategy):
+    """Called by a run at start, before any model is built: a TPU pod slice (a TPUStrategy with more than one input
+    host) runs the input function as a graph on every host's TensorFlow server, without our Python, so a source
+    that needs it (array_record, 'records') stops here with one sentence naming the fix (require_python_free)."""
+    hosts = input_hosts(strategy)
+    if hosts > 1:
+        require_python_free(source, f"the {hosts} input hosts of this TPU pod slice")
+
+
 def _in_memory(dataset_config):
     """config.dataset.in_memory as True, False or None ("auto")."""
     value = setting(dataset_config, "in_memory", "auto")
@@ -551,8 +666,8 @@ def split_size(dataset_config, split=None):
     name = setting(dataset_config, "name")
     split = split or setting(dataset_config, "split", "train")
     path = setting(dataset_config, "path")
-    if name == "prepared":  # also checks that every shard is there
-        return prepared_reader(path, split)[0].num_records
+    if name == "prepared":  # the metadata's count (load_source checks the shards)
+        return int(_prepared_split(path, split)[1]["num_examples"])
     if name in TFDS_NAMES:
         builder = _tfds_builder(name, setting(dataset_config, "data_dir"))
         return int(builder.info.splits[_tfds_split(builder, split)].num_examples)
@@ -577,6 +692,8 @@ def load_source(dataset_config, split=None):
         return Source(name, "paths", len(files), len(classes), tf.constant(files), labels)
     if name == "prepared":
         reader, num_classes = prepared_reader(path, split)
+        if isinstance(reader, StreamReader):
+            return Source(name, "stream", reader.num_records, num_classes, stream=reader.stream, reader=reader)
         return Source(name, "records", reader.num_records, num_classes, reader=reader)
     if name in TFDS_NAMES:
         builder = _tfds_builder(name, setting(dataset_config, "data_dir"))

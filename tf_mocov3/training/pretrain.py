@@ -69,9 +69,12 @@ def through_data_service(ds, address):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(config, strategy, start_step, end_step):
+def make_dataset(config, strategy, start_step, end_step, source=None):
     """The per-replica two-view batches of global steps [start_step, end_step), distributed over `strategy` (with
     the images' labels when the kNN monitor's feature queue needs them).
+
+    The source (config.dataset) is opened once in this process (or passed in, opened by the run) and every input
+    pipeline's function reuses it: no pipeline lists or reads the data set's metadata again.
 
     The dataset ends at end_step, so that several steps per host call stop exactly there (Keras runs a whole call of
     steps_per_execution steps as long as the data lasts). With config.dataset.data_service set, each input pipeline
@@ -80,17 +83,21 @@ def make_dataset(config, strategy, start_step, end_step):
     steps = int(end_step) - int(start_step)
     labels = uses_feature_queue(config)
     address = config.dataset.get("data_service") or ""
+    source = sources.load_source(config.dataset) if source is None else source
+    if address:
+        sources.require_python_free(source, "a tf.data service worker (config.dataset.data_service)")
 
     def serve(ds):
         return through_data_service(ds, address) if address else ds
 
     if distribute.is_single_device(strategy):
-        return serve(pipelines.build_pretrain_dataset(config, start_step=start_step, with_labels=labels).take(steps))
+        return serve(pipelines.build_pretrain_dataset(config, start_step=start_step, with_labels=labels,
+                                                      source=source).take(steps))
 
     def per_pipeline(ctx):  # each pipeline emits its local replicas' batches, one per replica and step
         local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
         return serve(pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step,
-                                                      with_labels=labels).take(steps * local))
+                                                      with_labels=labels, source=source).take(steps * local))
 
     return strategy.distribute_datasets_from_function(per_pipeline)
 
@@ -120,8 +127,12 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
         config_lib.validate(config, workdir=workdir)  # catch mistakes before touching devices
         strategy = trainer_lib.strategy_for(config, tpu)
     config_lib.validate(config, num_replicas=strategy.num_replicas_in_sync, workdir=workdir)
+    source = sources.load_source(config.dataset)  # once per process; the input pipelines reuse it
+    sources.check_source_for(source, strategy)  # e.g. array_record on a TPU pod slice, before any model is built
+    if config.dataset.get("data_service"):  # the service's workers hold none of our Python either
+        sources.require_python_free(source, "a tf.data service worker (config.dataset.data_service)")
 
-    steps_per_epoch = sources.steps_per_epoch(config)
+    steps_per_epoch = source.num_examples // config.batch_size
     total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
     steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
     intervals = dict(log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps)
@@ -142,7 +153,7 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
                                           steps_per_epoch=steps_per_epoch, total_steps=total_steps),
             seed=config.seed, jit_compile=trainer_lib.resolve_jit_compile(config, strategy))
         if uses_feature_queue(config):  # before the restore: a resumed run gets its queue back
-            attach_feature_queue(model, config, strategy, sources.num_train_examples(config))
+            attach_feature_queue(model, config, strategy, source.num_examples)
         start_step = trainer.restore(model)
         if not start_step and config.get("pretrained"):
             pretrained.restore_moco(model, config.pretrained)
@@ -157,7 +168,8 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
                     f"({steps_per_epoch} per epoch), global batch {config.batch_size} on "
                     f"{strategy.num_replicas_in_sync} replica(s), workdir {workdir}.")
         made = list(make_callbacks(config, trainer)) if make_callbacks else []
-        history = trainer.fit(model, make_dataset(config, strategy, start_step, total_steps), start_step=start_step,
+        history = trainer.fit(model, make_dataset(config, strategy, start_step, total_steps, source),
+                              start_step=start_step,
                               callbacks=[*made, *extra_callbacks],
                               diverged_hint="lower config.optim.base_lr or use mixed_bfloat16 instead of "
                                             "mixed_float16")
