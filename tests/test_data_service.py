@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import needs_fmnist
+from tests.fixtures_data import write_image_folder
 from tf_mocov3 import config_lib
+from tf_mocov3.data import prepare
 from tf_mocov3.training import pretrain
 
 # A dispatcher and one worker in a process that cannot import tf_mocov3 (cwd is an empty folder, PYTHONPATH unset).
@@ -61,17 +63,47 @@ def test_service_batches_equal_the_local_pipeline(tiny_config, tmp_path, data_se
             np.testing.assert_array_equal(a, b)
 
 
-@needs_fmnist
-def test_pretraining_through_the_service_logs_the_local_losses(tiny_config, tmp_path, data_service):
+@pytest.fixture(scope="module")
+def prepared_sets(tmp_path_factory):
+    """A 16-image folder prepared as TFRecord (the pod format) and as array_record: {format: path}."""
+    root = tmp_path_factory.mktemp("service_data")
+    folder = str(root / "images")
+    write_image_folder(folder, per_class=8)
+    out = {}
+    for file_format in ("tfrecord", "array_record"):
+        out[file_format] = str(root / file_format)
+        prepare.prepare(folder, out[file_format], examples_per_shard=4, workers=1, progress=False,
+                        file_format=file_format)
+    return out
+
+
+def _prepared_config(tiny_config, tmp_path, path, data_service=""):
+    return _config(tiny_config, tmp_path, name="prepared", path=path, data_service=data_service)
+
+
+def test_a_tfrecord_set_trains_through_the_service_with_the_local_losses(tiny_config, tmp_path, data_service,
+                                                                        prepared_sets):
     losses = {}
     for name, address in (("local", ""), ("service", data_service)):
-        config = _config(tiny_config, tmp_path, data_service=address)
+        config = _prepared_config(tiny_config, tmp_path, prepared_sets["tfrecord"], address)
         workdir = str(tmp_path / name)
         pretrain.run_pretraining(config, workdir, print_fn=lambda line: None)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             losses[name] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
     assert len(losses["local"]) == 4
     assert losses["service"] == losses["local"]  # same batches, same model, same kernels: the same floats
+
+
+def test_array_record_is_refused_at_start_with_the_service_on(tiny_config, tmp_path, prepared_sets):
+    # No service needed: the refusal comes before anything is built or sent.
+    config = _prepared_config(tiny_config, tmp_path, prepared_sets["array_record"], "grpc://localhost:1")
+    workdir = str(tmp_path / "refused")
+    with pytest.raises(ValueError, match=r" is array_record, read through tf\.numpy_function \(our Python\), which a "
+                                         r"tf\.data service worker \(config\.dataset\.data_service\) cannot run: "
+                                         r"write the images as TFRecord with `python -m tf_mocov3\.prepare_data "
+                                         r"--format=tfrecord"):
+        pretrain.run_pretraining(config, workdir, print_fn=lambda line: None)
+    assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 
 def test_a_bad_service_address_is_refused_in_one_sentence(tiny_config, tmp_path):
