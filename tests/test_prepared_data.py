@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from conftest import ROOT
 from fixtures_data import build_tfds_imagenet, encode_image, write_image_folder, write_truncated
+from tf_mocov3 import cli
 from tf_mocov3 import config_lib
 from tf_mocov3.data import order as order_lib
 from tf_mocov3.data import pipelines
@@ -402,9 +403,12 @@ def test_a_truncated_tfrecord_file_stops_training_naming_it_while_a_bad_image_co
     left = len(list(tf.data.TFRecordDataset(shard).ignore_errors()))  # the whole records left in the cut file
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         list(pipelines.build_pretrain_dataset(config).take(3).as_numpy_iterator())
-    assert (f"TFRecord file {shard} of {path} (train) holds {left} records where its metadata lists 3 (a truncated "
-            f"or damaged copy): copy it again from where it was written, or run `python -m tf_mocov3.prepare_data "
-            f"--input=IMAGE_FOLDER --output={path} --format=tfrecord` again, which rewrites it.") in str(err.value)
+    sentence = (f"TFRecord file {shard} of {path} (train) holds {left} records where its metadata lists 3 (a "
+                f"truncated or damaged copy): copy it again from where it was written, or run `python -m "
+                f"tf_mocov3.prepare_data --input=IMAGE_FOLDER --output={path} --format=tfrecord` again, which "
+                f"rewrites it.")
+    assert sentence in str(err.value)
+    assert cli.data_fault(err.value) == sentence  # what a command prints as its one error line, not the graph trace
 
 
 def test_array_record_is_refused_on_a_pod_slice_at_start_and_tfrecord_is_not(tmp_path):

@@ -134,6 +134,17 @@ def is_user_error(err, extra=()):
     return trainer is not None and isinstance(err, trainer.TrainingDiverged)
 
 
+# The sentence an input pipeline's in-graph check raises for a damaged data file (data/sources.py: a TFRecord shard
+# with fewer records than its metadata lists); TensorFlow wraps it in an InvalidArgumentError with the graph's trace.
+_DATA_FAULT = re.compile(r"\[(TFRecord file .*? \(a truncated or damaged copy\): .*?\.)\]", re.S)
+
+
+def data_fault(err):
+    """The one-sentence message of a data file found damaged inside an input pipeline (None for other errors)."""
+    found = _DATA_FAULT.search(str(err)) if type(err).__name__ == "InvalidArgumentError" else None
+    return one_line(found.group(1)) if found else None
+
+
 def _parse_flags(argv):
     """absl's parser with one error line (exit status 1) for a bad, unknown or missing flag or a stray argument."""
     try:
@@ -185,6 +196,8 @@ def run(main, *, errors=()):
         try:
             return main(argv)
         except Exception as err:  # pylint: disable=broad-except
+            if data_fault(err):
+                fail(data_fault(err))
             if not is_user_error(err, errors):
                 raise
             fail(one_line(err))
