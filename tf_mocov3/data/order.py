@@ -164,7 +164,8 @@ class ExampleOrder:
         if self.repeats > 1:  # each record `repeats` times in a row (read once)
             if self.rows != self.global_batch:
                 raise ValueError("Repeated augmentation of a streamed (TFRecord) set read by several hosts is not "
-                                 "supported; set config.aug.repeated_aug=1 or read an array_record / prepared set.")
+                                 "supported; set config.aug.repeated_aug=1 or read an array_record set (a TFDS "
+                                 "array_record build, or a set prepared with --format=array_record).")
             repeats = self.repeats
             ds = ds.flat_map(lambda *ex: tf.data.Dataset.from_tensors(ex if len(ex) > 1 else ex[0]).repeat(repeats))
         batch, rows, offset = self.global_batch, self.rows, self.row_offset
