@@ -15,6 +15,7 @@ import roundoff
 from conftest import checkpoint_tensors, FMNIST, needs_fmnist, ROOT, StopAt
 from fixtures_data import save_image
 from tf_mocov3 import config_lib
+from tf_mocov3.data import augment
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import prepare
 from tf_mocov3.data import sources
@@ -81,8 +82,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
     def poisoned(cfg, **kwargs):
         ds = real(cfg, **kwargs)
-        # From the third batch on, the images are NaN.
-        return ds.enumerate().map(lambda i, v: tuple(tf.where(i >= 2, np.nan, x) for x in v))
+        # From the third batch on, the images are NaN (normalised floats: uint8 has no NaN).
+        return ds.enumerate().map(lambda i, b: {**b, "views": tuple(
+            tf.where(i >= 2, np.nan, augment.normalize_uint8(x)) for x in b["views"])})
 
     monkeypatch.setattr(pipelines, "build_pretrain_dataset", poisoned)
     workdir = str(tmp_path / "nan")

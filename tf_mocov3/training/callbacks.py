@@ -106,7 +106,9 @@ class MetricsWriter(keras.callbacks.Callback):
     """The log of a run: metrics.jsonl, TensorBoard and the progress line, from the same record.
 
     A record is written every `every_steps` steps and at the last step: `step`, `loss` (the mean since the previous
-    record), every other scalar the step reported (its value at this step), and `images_per_second` (measured from
+    record), every other scalar the step reported (its value at this step; `skipped_records`, the records the
+    pre-training input pipeline dropped since fit() began, also goes on the progress line when it is not zero),
+    and `images_per_second` (measured from
     the end of the first host call, which includes tracing and compilation; that moment prints a progress line of
     its own). `write(record)` lets other callbacks (the kNN monitor, the fine-tuning evaluator) add records to the same
     sinks.
@@ -159,6 +161,8 @@ class MetricsWriter(keras.callbacks.Callback):
             parts.append(f"lr {record['lr']:.3e}")
         if "momentum" in record:
             parts.append(f"m {record['momentum']:.5f}")
+        if record.get("skipped_records"):  # records the input pipeline dropped since this process started training
+            parts.append(f"bad records skipped: {int(record['skipped_records'])}")
         if steps_per_second:
             parts.append(f"{steps_per_second * self.global_batch:.1f} img/s")
             parts.append(f"ETA {format_duration((self.total_steps - record['step']) / steps_per_second)}")

@@ -89,7 +89,8 @@ def round_intervals(config, steps_per_call):
 
 def make_dataset(config, strategy, start_step, end_step):
     """The per-replica two-view batches of global steps [start_step, end_step), distributed over `strategy` (with
-    the images' labels when the kNN monitor's feature queue needs them).
+    the images' labels when the kNN monitor's feature queue needs them, and the count of records the pipeline
+    dropped, which the train step sums into `skipped_records`).
 
     The dataset ends at end_step, so that several steps per host call stop exactly there (Keras runs a whole call of
     steps_per_execution steps as long as the data lasts). With config.dataset.data_service set, each input pipeline
@@ -103,12 +104,13 @@ def make_dataset(config, strategy, start_step, end_step):
         return through_data_service(ds, address) if address else ds
 
     if distribute.is_single_device(strategy):
-        return serve(pipelines.build_pretrain_dataset(config, start_step=start_step, with_labels=labels).take(steps))
+        return serve(pipelines.build_pretrain_dataset(config, start_step=start_step, with_labels=labels,
+                                                      count_skipped=True).take(steps))
 
     def per_pipeline(ctx):  # each pipeline emits its local replicas' batches, one per replica and step
         local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
         return serve(pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step,
-                                                      with_labels=labels).take(steps * local))
+                                                      with_labels=labels, count_skipped=True).take(steps * local))
 
     return strategy.distribute_datasets_from_function(per_pipeline)
 
