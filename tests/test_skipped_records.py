@@ -4,6 +4,7 @@ as `skipped_records` in metrics.jsonl and on the progress line."""
 import json
 import os
 
+import pytest
 import tensorflow as tf
 
 from tests import fixtures_data
@@ -22,8 +23,10 @@ def _folder_with_bad_images(root):
     return str(root)
 
 
-def test_undecodable_images_are_counted_in_the_log(tmp_path, tiny_config):
+@pytest.mark.parametrize("strategy", ["one_device", "mirrored"])  # mirrored: 2 CPU replicas, a count per replica
+def test_undecodable_images_are_counted_in_the_log(tmp_path, tiny_config, strategy):
     config, _ = tiny_config(tmp_path)
+    config.strategy = strategy
     config.dataset.name, config.dataset.path = "image_folder", _folder_with_bad_images(tmp_path / "images")
     config.dataset.validate_files = False
     config.batch_size, config.max_steps = BATCH, STEPS
@@ -31,7 +34,8 @@ def test_undecodable_images_are_counted_in_the_log(tmp_path, tiny_config):
     source = sources.load_source(config.dataset)
     bad = {i for i, path in enumerate(source.images.numpy()) if b"bad_" in os.path.basename(path)}
     assert len(bad) == 3 and source.num_examples == 15
-    # What the pipeline reads, in order: a record counts once the batch holding the next good one is trained on.
+    # What the pipeline reads, in order: a record counts once the batch holding the next good one is trained on
+    # (with 2 replicas, the one pipeline's 2 per-replica batches of a step hold the rows of this global batch).
     order = pipelines.pretrain_order(config, source)
     stream = [int(i) for i, _, _ in order.epochs(order.epoch).take(60).as_numpy_iterator()]
     expected, good, seen = {}, 0, 0
@@ -49,6 +53,7 @@ def test_undecodable_images_are_counted_in_the_log(tmp_path, tiny_config):
     lines = []
     workdir = str(tmp_path / "run")
     assert pretrain.run_pretraining(config, workdir, print_fn=lines.append)["step"] == STEPS
+    assert f"on {2 if strategy == 'mirrored' else 1} replica(s)" in lines[0]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert [(row["step"], row["skipped_records"]) for row in rows] == [(s, expected[s]) for s in (2, 4, 6)]
