@@ -18,6 +18,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 import roundoff
 from conftest import checkpoint_tensors, FMNIST, needs_fmnist
 from tf_mocov3 import config_lib
+from tf_mocov3.data import augment
 from tf_mocov3.evaluation import finetune
 from tf_mocov3.training import pretrain
 from tf_mocov3.weights import pretrained
@@ -128,7 +129,20 @@ def assert_same_tensors(want, got, what):
 
 @pytest.mark.roundoff
 @needs_fmnist
-def test_old_pretraining_checkpoint_resumes_to_the_numbers_of_a_straight_run(tmp_path):
+def _float_views(crop1, coins1, jitter1, crop2, coins2, jitter2):
+    """The fixture's batch augmentation: normalised float32 views (the pipeline now rounds them to uint8 levels
+    and the train step normalises, which changes the inputs by up to 0.5/255, not the checkpoint)."""
+    def one_example(t):
+        return (augment._apply_view(t[0], t[1], t[2], **augment.VIEW1),  # pylint: disable=protected-access
+                augment._apply_view(t[3], t[4], t[5], **augment.VIEW2))  # pylint: disable=protected-access
+
+    return tf.map_fn(one_example, (crop1, coins1, jitter1, crop2, coins2, jitter2),
+                     fn_output_signature=(tf.float32, tf.float32))
+
+
+def test_old_pretraining_checkpoint_resumes_to_the_numbers_of_a_straight_run(tmp_path, monkeypatch):
+    # Both runs see the views the fixture's steps 1-2 saw (float32, XLA as the fixture's code compiled them).
+    monkeypatch.setattr(augment, "augment_two_view_batch", tf.function(_float_views, jit_compile=True))
     old = copy_old("pretrain", tmp_path)
     lines = []
     resumed = pretrain.run_pretraining(pre_config(), old, print_fn=lines.append)

@@ -42,7 +42,8 @@ def _run_defaults(c):
     c.mixed_precision = "float32"     # float32 | mixed_bfloat16 (TPU) | mixed_float16 (GPU, with loss scaling)
     c.jit_compile = "auto"            # auto (XLA on TPU and one GPU, not on CPU) | true | false
     # Steps per host call: "auto" (training/trainer.py: 1 on CPU and GPU, 32 on TPU) or a number; the log,
-    # checkpoint and evaluation intervals must be multiples of it.
+    # checkpoint and kNN intervals are rounded up to multiples of it (one printed line), epoch intervals act at the
+    # end of the call that completes them (trainer.round_intervals, trainer.crossed).
     c.steps_per_execution = "auto"
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
@@ -281,7 +282,7 @@ def probe_config():
     c.strategy = "auto"               # the replicas the heads train on and the features are embedded on
     c.num_cpu_devices = 0             # mirrored on a machine without GPUs: split the CPU into this many devices
     c.jit_compile = "false"
-    c.steps_per_execution = "auto"    # as in pre-training; the epoch length must be a multiple of it
+    c.steps_per_execution = "auto"    # as in pre-training; an epoch ends at the end of the call that completes it
     c.log_every_steps = 100
     c.keep_checkpoints = 3
 

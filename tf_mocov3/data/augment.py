@@ -31,15 +31,17 @@ Per view, in this order (moco-v3 `main_moco.py`, torchvision semantics):
    13-tap kernel (radius 6 = 3 * sigma_max), symmetric padding at the borders.
 5. Solarize (x >= 0.5 -> 1 - x, i.e. 128 of 255): view 2 only, p=0.2.
 6. Horizontal flip, p=0.5.
-7. Normalise with the ImageNet mean and std.
+   The pre-training pipeline then rounds each view to uint8 levels (`to_uint8`; PIL's images are
+   uint8 at this point too), so a view reaches the device in 1 byte a value.
+7. Normalise with the ImageNet mean and std: on the device, in the train step (`normalize_uint8`).
 
 Speed: the pre-training pipeline (pipelines.py) runs step 1 per example (`two_view_inputs`) and steps 2-7 of a
 whole batch in one XLA call (`augment_two_view_batch`); BUILD_NOTES.md, "Input pipeline: how the two-view
 augmentation got fast", gives the measurements behind this and the other speed choices below.
 
 Differences from the official PIL pipeline, on purpose: values stay float32 in [0, 1]
-between the steps (PIL rounds to uint8 after every step) and the blur kernel is an exact
-Gaussian rather than PIL's box-blur approximation.
+between the steps (PIL rounds to uint8 after every step; here only the finished view is
+rounded) and the blur kernel is an exact Gaussian rather than PIL's box-blur approximation.
 """
 
 import math
@@ -381,34 +383,52 @@ def draw_view_randomness(seed):
     return coins, jitter
 
 
-def _apply_view(image, coins, jitter, blur_p, solarize_p):
+def _augment_view(image, coins, jitter, blur_p, solarize_p):
+    """Steps 2-6 of one view: float32 in [0, 1]."""
     image = _maybe(JITTER_P, coins[0], lambda x: _color_jitter(x, jitter, **JITTER), image)
     image = _maybe(GRAYSCALE_P, coins[1], grayscale, image)
     sigma = BLUR_SIGMA[0] + coins[3] * (BLUR_SIGMA[1] - BLUR_SIGMA[0])
     image = _maybe(blur_p, coins[2], lambda x: gaussian_blur(x, sigma), image)
     image = _maybe(solarize_p, coins[4], solarize, image)
-    image = tf.cond(coins[5] < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    return normalize(image)
+    return tf.cond(coins[5] < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def _apply_view(image, coins, jitter, blur_p, solarize_p):
+    """Steps 2-7 of one view (the float32 reference form: normalised without rounding to uint8)."""
+    return normalize(_augment_view(image, coins, jitter, blur_p, solarize_p))
+
+
+def to_uint8(image):
+    """[0, 1] floats -> uint8 levels, rounded to the nearest (as PIL's pipeline hands torchvision uint8 images)."""
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def normalize_uint8(images):
+    """Step 7 on the device: uint8 views -> float32, scaled to [0, 1] and normalised (ToTensor + Normalize)."""
+    return normalize(tf.cast(images, tf.float32) * (1.0 / 255.0))
 
 
 # === Batch-level steps 2-7 (one XLA call per batch) ===
 
 
 def _apply_two_views_batch(crop1, coins1, jitter1, crop2, coins2, jitter2):
-    """`_apply_view` of both views for every example of a batch, as a loop over the examples."""
+    """`_augment_view` of both views for every example of a batch, as a loop over the examples, rounded to uint8."""
     def one_example(t):
-        return (_apply_view(t[0], t[1], t[2], **VIEW1), _apply_view(t[3], t[4], t[5], **VIEW2))
+        return (to_uint8(_augment_view(t[0], t[1], t[2], **VIEW1)),
+                to_uint8(_augment_view(t[3], t[4], t[5], **VIEW2)))
 
     return tf.map_fn(one_example, (crop1, coins1, jitter1, crop2, coins2, jitter2),
-                     fn_output_signature=(tf.float32, tf.float32))
+                     fn_output_signature=(tf.uint8, tf.uint8))
 
 
 _COMPILED_BATCH = {}
 
 
 def augment_two_view_batch(crop1, coins1, jitter1, crop2, coins2, jitter2):
-    """Steps 2-7 of both views for a batch of `two_view_inputs` (each with a leading batch
-    dimension): (view1, view2), float32 [B, S, S, 3].
+    """Steps 2-6 of both views for a batch of `two_view_inputs` (each with a leading batch
+    dimension), rounded to uint8 levels: (view1, view2), uint8 [B, S, S, 3]. Step 7 (normalise,
+    `normalize_uint8`) runs on the device, in the train step: a view crosses to the device in 1 byte
+    a value instead of 4, as the official PIL pipeline's are uint8 until ToTensor.
 
     One XLA call per batch running `_apply_view` per example in a loop (an XLA while loop: the
     same per-example branches, so the same decisions and arithmetic as one view at a time; tested to

@@ -27,7 +27,9 @@ by TF), so a file that passes sources.py's integrity check but fails to decode c
 pipeline's rows by one), never the run. Reading errors are not ignored: a TFRecord file holding fewer or more records
 than its metadata says (a truncated copy, a damaged record) stops the run naming the file (sources.StreamReader), and
 a truncated array_record shard stops it at start (sources.RecordReader). A prepared record that fails sources.py's
-check when read is dropped, with a warning naming its index and shard (sources.RecordReader).
+check when read is dropped, with a warning naming its index and shard (sources.RecordReader). Pre-training counts
+both kinds of drop in the pipeline (`build_pretrain_dataset(count_skipped=True)`) and logs the total as
+`skipped_records`.
 """
 
 import numpy as np
@@ -156,8 +158,10 @@ def pretrain_examples(source, order):
     return source.examples(order.epochs(order.epoch))
 
 
-def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_labels=False, source=None):
-    """Infinite tf.data.Dataset of per-replica batches (view1, view2), float32 [n, S, S, 3].
+def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_labels=False, count_skipped=False,
+                           source=None):
+    """Infinite tf.data.Dataset of per-replica batches (view1, view2), uint8 [n, S, S, 3] (augmented, rounded to
+    uint8 levels; the train step normalises them: augment.normalize_uint8).
 
     Args:
         config: the experiment ConfigDict (seed, batch_size, dataset.*).
@@ -165,6 +169,10 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
         start_step: first global step to produce (resume), see order.py.
         with_labels: batches (view1, view2, int64 labels [n]) instead, for the kNN monitor's feature queue
           (config.knn.bank="queue"); the data set must be labelled.
+        count_skipped: batches {"views": (view1, view2), "labels": (with_labels only), "skipped_records": int32
+          []} instead: how many records this pipeline dropped (an image that failed to decode) since the previous
+          batch, counted in the pipeline itself (tf.data ops only: it runs on input hosts and tf.data service
+          workers as it is); the train step sums them into the metric `skipped_records`.
         source: the sources.Source of config.dataset, opened once per process by the caller (each input
           pipeline's function reuses it); None opens it here.
     """
@@ -192,23 +200,37 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
     def keep(inputs, label):
         return (inputs, tf.cast(label, tf.int64)) if with_labels else inputs
 
+    # Each record carries its number in this pipeline's stream (enumerate), so that the records dropped on the way
+    # (a prepared record failing its check, an image failing to decode) are counted from the gaps, in tf.data.
     if source.kind != "stream":
-        ds = pretrain_examples(source, order)
-        ds = map_examples(ds, lambda image, label, pos, e: keep(augment_example(image, pos, e), label),
+        numbered = order.epochs(order.epoch).enumerate().map(lambda i, item: (*item, i))  # pretrain_examples'
+        ds = source.examples(numbered)  # (image, label, position, epoch, number)
+        ds = map_examples(ds, lambda image, label, pos, e, i: (keep(augment_example(image, pos, e), label), i),
                           source.is_encoded)
     else:
         pipeline, pipelines = _pipelines(input_context)
         ds = order.epochs(streamed_epochs(
             source, order, shuffle_buffer=int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)),
             cycle_length=int(_get(dcfg, "cycle_length", DEFAULT_CYCLE_LENGTH)), pipeline=pipeline,
-            pipelines=pipelines))
-        ds = map_examples(ds, lambda ex, pos, e: keep(augment_example(ex[0], pos, e), ex[-1]), source.is_encoded)
+            pipelines=pipelines)).enumerate()
+        ds = map_examples(ds, lambda i, ex: (keep(augment_example(ex[0][0], ex[1], ex[2]), ex[0][-1]), i),
+                          source.is_encoded)
+    # -> (element, records dropped just before it): the gap between consecutive record numbers.
+    ds = ds.scan(tf.constant(-1, tf.int64), lambda last, item: (item[1], (item[0], item[1] - last - 1)))
     ds = ds.batch(n, drop_remainder=True)
-    if with_labels:
-        ds = ds.map(lambda inputs, labels: (*augment.augment_two_view_batch(*inputs), labels),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        ds = ds.map(augment.augment_two_view_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    @tf.autograph.experimental.do_not_convert
+    def finish(inputs_labels, skipped):
+        inputs, labels = inputs_labels if with_labels else (inputs_labels, None)
+        views = augment.augment_two_view_batch(*inputs)
+        if count_skipped:
+            out = {"views": views, "skipped_records": tf.cast(tf.reduce_sum(skipped), tf.int32)}
+            if with_labels:
+                out["labels"] = labels
+            return out
+        return (*views, labels) if with_labels else views
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = _options(_get(dcfg, "threads", 0))
     # One thread per op inside the map functions: the pipeline's parallelism is across examples (parallel map);

@@ -377,7 +377,9 @@ class EmaUpdate(keras.callbacks.Callback):
 
 class Evaluator(keras.callbacks.Callback):
     """Top-1 on the eval split every `every_steps` steps and at the end; logged as `eval_top1` (and the EMA's as
-    `eval_top1_ema` when `ema` is given). `best` is the maximum over this process's evaluations."""
+    `eval_top1_ema` when `ema` is given). `best` is the maximum over this process's evaluations. Under several
+    steps per host call it evaluates at the end of the call that reaches a multiple of `every_steps`
+    (trainer.crossed; `epoch` in the record is then a little past the whole number)."""
 
     def __init__(self, evaluate, every_steps, total_steps, steps_per_epoch, writer, say, ema=None):
         super().__init__()
@@ -399,9 +401,14 @@ class Evaluator(keras.callbacks.Callback):
         self.writer.write(record)
         self.say(line)
 
+    def on_train_begin(self, logs=None):
+        self._previous = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every_steps == 0 or step == self.total_steps:
+        reached = trainer_lib.crossed(self._previous, step, self.every_steps)
+        self._previous = step
+        if reached or step == self.total_steps:
             self.run(step)
 
 
@@ -448,6 +455,13 @@ def check_resume_options(workdir, config):
                             f"{flags} or choose a new --workdir.")
 
 
+def step_intervals(config, steps_per_call):
+    """-> ({"log_every_steps", "checkpoint_every_steps"} the run uses, the line that says what changed or None):
+    trainer.round_intervals on the fine-tuning keys."""
+    return trainer_lib.round_intervals(steps_per_call, log_every_steps=config.log_every_steps,
+                                       checkpoint_every_steps=config.checkpoint_every_steps)
+
+
 def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", print_fn=None, extra_callbacks=()):
     """Fine-tunes (or resumes) as `config` says; returns {"step", "top1", "model", "curve", "summary"}.
 
@@ -476,14 +490,16 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
     config_lib.validate(config, kind="finetune", num_replicas=strategy.num_replicas_in_sync)
 
     steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
-    trainer_lib.check_intervals(steps_per_call, log_every_steps=config.log_every_steps,
-                                checkpoint_every_steps=config.checkpoint_every_steps,
-                                evaluation=steps_per_epoch * max(int(config.eval.every_epochs), 1))
+    # The evaluation interval (epochs) acts at the end of the call that completes it (Evaluator).
+    intervals, intervals_line = step_intervals(config, steps_per_call)
+    record.update(intervals)  # config.json records what the run used
     trainer = trainer_lib.Trainer(
         workdir, strategy=strategy, total_steps=total_steps, global_batch=config.batch_size,
-        log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps,
+        log_every_steps=intervals["log_every_steps"], checkpoint_every_steps=intervals["checkpoint_every_steps"],
         keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="fine-tuning run",
         steps_per_execution=steps_per_call, print_fn=print_fn)
+    if intervals_line:
+        trainer.say(intervals_line)
     with trainer_lib.precision(config.mixed_precision):
         model = trainer.build(
             lambda: build_classifier(config, arch=arch, overrides=overrides, num_classes=train_source.num_classes),

@@ -245,7 +245,9 @@ def heads_top1(probe, features, labels, batch_size=4096):
 
 class _HoldoutCurves(keras.callbacks.Callback):
     """After every epoch: the epoch's mean training loss and the holdout top-1 of every head (logged, and kept for
-    the report's curves)."""
+    the report's curves). Under k steps per host call "after the epoch" is the end of the call that completes it
+    (trainer.crossed): the record's step is that call's last step, up to k - 1 steps into the next epoch, whose
+    steps ran at the next epoch's lr (the schedule is per step on the device) and count in `train_loss_epoch`."""
 
     def __init__(self, features, labels, steps_per_epoch, writer, print_fn, lrs):
         super().__init__()
@@ -256,10 +258,13 @@ class _HoldoutCurves(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._loss = callbacks_lib.LossSince(self.model.loss_tracker)
+        self._previous = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step % self.steps_per_epoch:
+        reached = trainer_lib.crossed(self._previous, step, self.steps_per_epoch)
+        self._previous = step
+        if not reached:
             return
         record = {"step": step, "epoch": step // self.steps_per_epoch, "train_loss_epoch": self._loss.take()}
         self.curves.setdefault("train loss (epoch mean)", []).append((step, record["train_loss_epoch"]))
@@ -345,6 +350,12 @@ def _check_bn_resume(workdir, config):
                          f"--config.model.bn_before_head={was} or choose a new --workdir.")
 
 
+def step_intervals(config, steps_per_call):
+    """-> ({"log_every_steps"} the probe uses, the line that says what changed or None): trainer.round_intervals
+    on the probe's key (its epoch is not rounded: _HoldoutCurves)."""
+    return trainer_lib.round_intervals(steps_per_call, log_every_steps=config.log_every_steps)
+
+
 def run_probe(config, pretrained_path, workdir, *, strategy=None, tpu="", print_fn=None):
     """Runs (or resumes) the linear probe; returns the final metrics dict (also written to metrics.json).
 
@@ -375,15 +386,19 @@ def run_probe(config, pretrained_path, workdir, *, strategy=None, tpu="", print_
     total_steps = spe * config.epochs
     eval_batch = config.eval_batch_size
     steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
-    trainer_lib.check_intervals(steps_per_call, log_every_steps=config.log_every_steps, steps_per_epoch=spe)
+    # The epoch's end (holdout top-1, checkpoint) acts at the end of the call that completes the epoch.
+    intervals, intervals_line = step_intervals(config, steps_per_call)
     trainer = trainer_lib.Trainer(workdir, strategy=strategy, total_steps=total_steps, global_batch=batch,
-                                  log_every_steps=config.log_every_steps, checkpoint_every_steps=spe,
+                                  log_every_steps=intervals["log_every_steps"], checkpoint_every_steps=spe,
                                   keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="probe",
                                   steps_per_execution=steps_per_call, print_fn=print_fn)
     trainer.check_resume(record, _RESUME_KEYS, error_cls=ProbeError, key_prefix="")
     _check_bn_resume(workdir, config)
+    record.update(intervals)  # linear_config.json records what the run used
     trainer.write_config(record)
     say = trainer.say
+    if intervals_line:
+        say(intervals_line)
     say(f"Linear probe of {run.model.arch} ({pretrained_path}) at {image_size}px on {config.dataset.name}: "
         f"{len(train_idx)} train / {len(hold_idx)} holdout (from '{config.dataset.train_split}') / "
         f"{len(test_idx)} test ('{config.dataset.eval_split}'); {len(init_lrs)} head(s), "

@@ -30,6 +30,7 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from tf_mocov3.data import augment
 from tf_mocov3.models import backbones
 from tf_mocov3.models import heads
 from tf_mocov3.models import losses
@@ -112,6 +113,12 @@ def _block_layers(backbone):
         return []
     names.sort(key=lambda n: int(n.split("_")[1]))
     return [backbone.get_layer(names[0]), backbone.get_layer(names[-1])]
+
+
+def to_model_input(views):
+    """A batch of views as the backbone takes it: uint8 views (the pre-training pipeline's, 1 byte a value across
+    to the device) are normalised here (augment.normalize_uint8); float views are already normalised."""
+    return augment.normalize_uint8(views) if views.dtype == tf.uint8 else views
 
 
 def momentum_schedule(step, base_momentum, total_steps, cosine=True):
@@ -208,6 +215,8 @@ class MoCoV3(keras.Model):
         self._momentum_pairs = [(xi, theta) for xi, theta in zip(target, online) if not _is_moving_statistic(theta)]
         self._monitored_blocks = _block_layers(backbone) if self.monitor_grad_norms else []
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Records the input pipeline dropped since fit() began (batches with "skipped_records"); not checkpointed.
+        self.skipped_tracker = keras.metrics.Sum(name="skipped_records")
         self.feature_queue, self.queue_encoder = None, "momentum"
         self.built = True
 
@@ -290,10 +299,18 @@ class MoCoV3(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker]
+        return [self.loss_tracker, self.skipped_tracker]
 
     def train_step(self, data):
-        x1, x2, labels = data if len(data) == 3 else (*data, None)  # labels only feed the feature queue
+        """One update on `data`: (view1, view2), (view1, view2, labels) or the dict of
+        pipelines.build_pretrain_dataset(count_skipped=True). Views of dtype uint8 (the pre-training pipeline's)
+        are normalised here, on the device (augment.normalize_uint8); float views are used as they are."""
+        skipped = None
+        if isinstance(data, dict):
+            (x1, x2), labels, skipped = data["views"], data.get("labels"), data["skipped_records"]
+        else:
+            x1, x2, labels = data if len(data) == 3 else (*data, None)  # labels only feed the feature queue
+        x1, x2 = to_model_input(x1), to_model_input(x2)
         ctx = tf.distribute.get_replica_context()
         num_replicas = ctx.num_replicas_in_sync
         replica_id = ctx.replica_id_in_sync_group if num_replicas > 1 else 0
@@ -345,6 +362,11 @@ class MoCoV3(keras.Model):
         global_loss = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss) if num_replicas > 1 else loss
         self.loss_tracker.update_state(global_loss)
         logs["loss"] = global_loss
+        if skipped is not None:  # every replica's batch carries its pipeline's count: the sum over replicas
+            skipped = tf.cast(skipped, tf.float32)
+            self.skipped_tracker.update_state(ctx.all_reduce(tf.distribute.ReduceOp.SUM, skipped)
+                                              if num_replicas > 1 else skipped)
+            logs["skipped_records"] = self.skipped_tracker.result()
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras reduces fit()'s outputs across workers with a MEAN over axis 0, which rejects scalars.
             logs = {key: tf.reshape(value, [1]) for key, value in logs.items()}

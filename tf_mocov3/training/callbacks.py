@@ -11,9 +11,10 @@ the steps since the previous logged line (this step included), read from the mod
 count), which every step updates.
 
 Several steps per host call (`steps_per_execution` = k, compile's argument): Keras calls the batch hooks once per
-call, with the logs of the call's last step. The trainer requires every interval here (logging, checkpoints,
-evaluations) to be a multiple of k, so the hooks see exactly the steps they act on, and the rows of metrics.jsonl, the
-checkpoint steps and the schedules are those of a run with one step per call.
+call, with the logs of the call's last step. The trainer rounds the log and checkpoint intervals up to multiples of
+k (trainer.round_intervals), so the hooks see exactly the steps they act on, and the rows of metrics.jsonl, the
+checkpoint steps and the schedules are those of a run with one step per call. An interval that is not a multiple of
+k (the linear probe's epoch, which checkpoints) acts at the end of the call that reaches it (CheckpointSaver).
 """
 
 import json
@@ -105,7 +106,9 @@ class MetricsWriter(keras.callbacks.Callback):
     """The log of a run: metrics.jsonl, TensorBoard and the progress line, from the same record.
 
     A record is written every `every_steps` steps and at the last step: `step`, `loss` (the mean since the previous
-    record), every other scalar the step reported (its value at this step), and `images_per_second` (measured from
+    record), every other scalar the step reported (its value at this step; `skipped_records`, the records the
+    pre-training input pipeline dropped since fit() began, also goes on the progress line when it is not zero),
+    and `images_per_second` (measured from
     the end of the first host call, which includes tracing and compilation; that moment prints a progress line of
     its own). `write(record)` lets other callbacks (the kNN monitor, the fine-tuning evaluator) add records to the same
     sinks.
@@ -158,6 +161,8 @@ class MetricsWriter(keras.callbacks.Callback):
             parts.append(f"lr {record['lr']:.3e}")
         if "momentum" in record:
             parts.append(f"m {record['momentum']:.5f}")
+        if record.get("skipped_records"):  # records the input pipeline dropped since this process started training
+            parts.append(f"bad records skipped: {int(record['skipped_records'])}")
         if steps_per_second:
             parts.append(f"{steps_per_second * self.global_batch:.1f} img/s")
             parts.append(f"ETA {format_duration((self.total_steps - record['step']) / steps_per_second)}")
@@ -184,7 +189,8 @@ class MetricsWriter(keras.callbacks.Callback):
 
 
 class CheckpointSaver(keras.callbacks.Callback):
-    """Saves every `every_steps` steps and at the end of training, unless the NaN guard fired."""
+    """Saves every `every_steps` steps and at the end of training, unless the NaN guard fired; under several steps
+    per host call, at the end of the call that reaches a multiple of `every_steps`."""
 
     def __init__(self, checkpointer, every_steps, guard):
         super().__init__()
@@ -192,9 +198,14 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.every_steps = max(int(every_steps), 1)
         self.guard = guard
 
+    def on_train_begin(self, logs=None):
+        self._previous = global_step(self.model)
+
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
-        if self.guard.bad_step is None and step % self.every_steps == 0:
+        reached = step // self.every_steps > self._previous // self.every_steps  # trainer.crossed
+        self._previous = step
+        if self.guard.bad_step is None and reached:
             self.checkpointer.save(step)
 
     def on_train_end(self, logs=None):

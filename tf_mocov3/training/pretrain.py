@@ -69,9 +69,28 @@ def through_data_service(ds, address):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def round_intervals(config, steps_per_call):
+    """-> (a copy of `config` whose log, checkpoint and kNN intervals are multiples of `steps_per_call`, the line
+    that says what changed or None): trainer.round_intervals on the pre-training keys. The copy is what the run
+    uses and records in config.json."""
+    intervals = {"log_every_steps": config.log_every_steps, "checkpoint_every_steps": config.checkpoint_every_steps}
+    if config.get("knn") and config.knn.get("enabled"):
+        intervals["knn.every_steps"] = config.knn.every_steps
+    rounded, line = trainer_lib.round_intervals(steps_per_call, **intervals)
+    if line is None:
+        return config, None
+    config = config.copy_and_resolve_references()
+    config.log_every_steps = rounded["log_every_steps"]
+    config.checkpoint_every_steps = rounded["checkpoint_every_steps"]
+    if "knn.every_steps" in rounded:
+        config.knn.every_steps = rounded["knn.every_steps"]
+    return config, line
+
+
 def make_dataset(config, strategy, start_step, end_step, source=None):
     """The per-replica two-view batches of global steps [start_step, end_step), distributed over `strategy` (with
-    the images' labels when the kNN monitor's feature queue needs them).
+    the images' labels when the kNN monitor's feature queue needs them, and the count of records the pipeline
+    dropped, which the train step sums into `skipped_records`).
 
     The source (config.dataset) is opened once in this process (or passed in, opened by the run) and every input
     pipeline's function reuses it: no pipeline lists or reads the data set's metadata again.
@@ -92,12 +111,13 @@ def make_dataset(config, strategy, start_step, end_step, source=None):
 
     if distribute.is_single_device(strategy):
         return serve(pipelines.build_pretrain_dataset(config, start_step=start_step, with_labels=labels,
-                                                      source=source).take(steps))
+                                                      count_skipped=True, source=source).take(steps))
 
     def per_pipeline(ctx):  # each pipeline emits its local replicas' batches, one per replica and step
         local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
         return serve(pipelines.build_pretrain_dataset(config, input_context=ctx, start_step=start_step,
-                                                      with_labels=labels, source=source).take(steps * local))
+                                                      with_labels=labels, count_skipped=True,
+                                                      source=source).take(steps * local))
 
     return strategy.distribute_datasets_from_function(per_pipeline)
 
@@ -135,16 +155,15 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
     steps_per_epoch = source.num_examples // config.batch_size
     total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
     steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
-    intervals = dict(log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps)
-    if config.get("knn") and config.knn.get("enabled"):
-        intervals["knn.every_steps"] = config.knn.every_steps
-    trainer_lib.check_intervals(steps_per_call, **intervals)
+    config, intervals_line = round_intervals(config, steps_per_call)
     trainer = trainer_lib.Trainer(
         workdir, strategy=strategy, total_steps=total_steps, global_batch=config.batch_size,
         log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps,
         keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="run",
         steps_per_execution=steps_per_call, print_fn=print_fn)
     trainer.check_resume(config, RESUME_KEYS)
+    if intervals_line:
+        trainer.say(intervals_line)
     with trainer_lib.precision(config.mixed_precision):
         model = trainer.build(
             lambda: moco.build_moco(config.model, image_size=config.dataset.image_size, total_steps=total_steps,

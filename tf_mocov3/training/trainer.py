@@ -18,10 +18,14 @@ means the same for every loop: the mean of the step losses since the previous lo
 Only the chief writes (logs, config file, real checkpoints); every worker takes part in the saves.
 
 Steps per host call (`steps_per_execution`, config.steps_per_execution): k > 1 runs k steps inside one compiled call,
-which a TPU needs to keep the host loop off its critical path. Every interval the loop acts on (logging,
-checkpoints, evaluations, epochs) must be a multiple of k (`check_intervals` says which is not), so k steps per call
-give the same weights, metrics.jsonl rows and checkpoint steps as one step per call. `resolve_steps_per_execution`
-turns "auto" into a number per device kind.
+which a TPU needs to keep the host loop off its critical path. The callbacks see only the step that ends a call, so
+the intervals the loop acts on are placed on call ends: a step interval of the config (logging, checkpoints, the kNN
+monitor) that is not a multiple of k is rounded UP to one, with one printed line naming each change
+(`round_intervals`; every shipped config then runs unchanged with 32), and an interval made of epochs (the
+fine-tuning evaluation, the probe's epoch) acts at the end of the call that completes it (`crossed`): the weights
+and the schedules are those of one step per call, since the lr and momentum are computed per step on the device.
+With intervals that are multiples of k, k steps per call give the same weights, metrics.jsonl rows and checkpoint
+steps as one step per call. `resolve_steps_per_execution` turns "auto" into a number per device kind.
 """
 
 import contextlib
@@ -102,14 +106,26 @@ def resolve_steps_per_execution(config, strategy):
     return int(value)
 
 
-def check_intervals(steps_per_execution, **intervals):
-    """Raises ConfigError unless every interval (name=steps) is a multiple of steps_per_execution."""
+def round_intervals(steps_per_execution, **intervals):
+    """-> ({name: steps rounded up to a multiple of steps_per_execution}, the line to print, or None when none
+    changed): the step intervals of a run with k steps per host call (module docstring)."""
     k = int(steps_per_execution)
-    bad = [f"{name}={int(steps)}" for name, steps in intervals.items() if int(steps) % k]
-    if bad:
-        raise config_lib.ConfigError(
-            f"With config.steps_per_execution={k} every interval must be a multiple of {k}, but "
-            f"{', '.join(bad)} is not; change it to a multiple of {k} or lower config.steps_per_execution.")
+    rounded = {name: -(-int(steps) // k) * k for name, steps in intervals.items()}
+    changed = [f"{name} {int(intervals[name])} -> {steps}" for name, steps in rounded.items()
+               if steps != int(intervals[name])]
+    line = None
+    if changed:
+        line = (f"With {k} steps per host call (config.steps_per_execution) the intervals act on the ends of calls, "
+                f"so they are rounded up to multiples of {k}: {', '.join(changed)}.")
+    return rounded, line
+
+
+def crossed(previous_step, step, every_steps):
+    """True when the host call that went from `previous_step` to `step` reached a multiple of `every_steps`:
+    where an interval of `every_steps` acts under several steps per call (with one step per call, or an interval
+    that is a multiple of k, exactly at its multiples)."""
+    every = max(int(every_steps), 1)
+    return int(step) // every > int(previous_step) // every
 
 
 @contextlib.contextmanager
@@ -134,7 +150,8 @@ class Trainer:
       global_batch: images per step over all replicas (for images/s).
       log_every_steps, checkpoint_every_steps, keep_checkpoints: as the config keys of these names.
       config_file: the file in the workdir that records the run's config (checked on resume).
-      steps_per_execution: steps per host call (module docstring); the caller checks its intervals first.
+      steps_per_execution: steps per host call (module docstring); the caller rounds its intervals first
+        (round_intervals).
       kind: what the run is called in messages ("pre-training run", "fine-tuning run", "probe").
       print_fn: where the progress lines go (default: print); only the chief prints.
     """
