@@ -454,4 +454,4 @@ def test_start_up_makes_two_file_system_calls_whatever_the_shards_and_hosts(tmp_
     large, datasets = startup_calls(monkeypatch, write_indexed_set(str(tmp_path / "b"), n=16, shard=1,
                                                                    file_format="tfrecord"), hosts=4)
     assert small[0] == large == {"GFile": 1, "listdir": 1}
-    assert len(datasets) == 4 and all(ds.element_spec[0].shape[1:] == (16, 16, 3) for ds in datasets)
+    assert len(datasets) == 4 and all(ds.element_spec["views"][0].shape[1:] == (16, 16, 3) for ds in datasets)
