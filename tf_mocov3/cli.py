@@ -19,7 +19,8 @@ without importing TensorFlow; a flag that is missing or wrong, and any user erro
 config, a missing path, a diverged run, a failed checkpoint write), is one line `error: ...` on stderr and exit
 status 1; a bug still shows its traceback. A run stopped by SIGTERM (preemption; training/trainer.py) prints one line
 `Preempted by SIGTERM at step N; saved CHECKPOINT, ...` on stderr and exits with PREEMPTED_EXIT_CODE, 143: a
-scheduler should run the same command again, which resumes from that checkpoint. Before `main` runs, `quiet_tensorflow` imports TensorFlow without its start-up noise.
+scheduler should run the same command again, which resumes from that checkpoint. Before `main` runs,
+`quiet_tensorflow` imports TensorFlow without its start-up noise.
 
 This module imports no TensorFlow and nothing of the library at import time (only config_lib for the names).
 """

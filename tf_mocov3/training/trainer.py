@@ -54,9 +54,11 @@ class Preempted(Exception):
 
     def __init__(self, step, checkpoint):
         self.step, self.checkpoint = int(step), checkpoint
-        saved = f"saved {checkpoint}" if checkpoint else "no workdir, so no checkpoint was saved"
-        super().__init__(f"Preempted by SIGTERM at step {self.step}; {saved}, and running the same command again "
-                         f"resumes from it.")
+        if checkpoint:
+            then = f"saved {checkpoint}, and running the same command again resumes from it"
+        else:  # an in-memory loop (the demo's probe) keeps no checkpoints
+            then = "this loop keeps no checkpoints, so running the same command again runs it from its start"
+        super().__init__(f"Preempted by SIGTERM at step {self.step}; {then}.")
 
 
 # The file through which the workers of a multi-worker run check that they share the chief's workdir.
