@@ -233,14 +233,13 @@ class PreemptionWatcher(keras.callbacks.Callback):
     def listening(self):
         """The SIGTERM handler, installed for the block (Trainer.fit wraps model.fit in it, so that the previous
         handler is back however fit ends); outside the main thread, no handler."""
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, self._handle)
+        installed = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._handle) if installed else None
         try:
             yield self
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            if installed:  # None: a handler installed outside Python, which cannot be put back; the default then
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     def on_train_begin(self, logs=None):
         self.stopped_at = None

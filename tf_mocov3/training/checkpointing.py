@@ -9,7 +9,8 @@ A save that fails (a full disk, a quota, a GCS error: any tf.errors.OpError) rai
 sentence naming the step, the path and the last complete checkpoint. That one stays the newest the `checkpoint` state
 file names (TensorFlow writes the state file only after a complete save), so a rerun resumes from it and never from
 the half-written ckpt-STEP_temp/ directory, which the failed save removes where it can. Under several workers, the
-workers learn after every save whether any of them failed, and all stop with the sentence.
+workers learn after every save whether any of them failed, and all stop: the one that failed with that sentence, the
+others with one naming it.
 """
 
 import os
