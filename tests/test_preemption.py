@@ -207,7 +207,20 @@ def test_a_failed_checkpoint_write_is_one_sentence_and_the_previous_checkpoint_r
     # What the command prints: this sentence on one line after "error: ", exit status 1, no traceback.
     assert cli.is_user_error(err.value) and cli.one_line(err.value) == message and "\n" not in message
     assert _latest(workdir) == kept
-    assert trainer_and_model()[2] == 2  # the restore matched every object and the data position (Checkpointer)
+    trainer, model, start = trainer_and_model()
+    assert start == 2  # the restore matched every object and the data position (Checkpointer)
+
+    # Under several workers the others stop too (checkpointing.Checkpointer.save): here a second worker whose own
+    # scratch save succeeds hears, through the exchange (stubbed: the chief's flag set), that the chief's failed.
+    other = checkpointing.Checkpointer(workdir, model=model, optimizer=model.optimizer, is_chief=False,
+                                       worker_index=1, worker_values=lambda failed: [1.0, float(failed)])
+    with pytest.raises(checkpointing.CheckpointWriteError) as err:
+        other.save(2)
+    assert str(err.value) == (
+        f"The chief (worker 0) could not write the checkpoint of step 2 to {os.path.join(workdir, 'checkpoints')}; "
+        f"the last complete checkpoint, {kept}, is kept, and running the same command again resumes from it once "
+        f"that worker's storage is fixed.")
+    assert not os.path.exists(os.path.join(workdir, ".scratch_worker_1"))
 
 
 @needs_fmnist
@@ -219,7 +232,7 @@ def test_a_worker_that_cannot_see_the_chiefs_workdir_stops_at_start(tmp_path, ti
     for p, workdir, (_, err) in zip(procs, (chief, other), outputs):
         assert p.returncode == 1, err[-3000:]
         assert err.strip().splitlines()[-1] == (
-            f"error: Worker 1 (the chief is 0) cannot see the chief's workdir {workdir} (the token file the chief "
+            f"error: Worker 1 cannot see the chief's workdir {workdir} (the token file the chief "
             f"wrote there is missing or different); a run of several workers needs a --workdir on storage all of "
             f"them share, such as gs://BUCKET/DIR.")
     assert not os.path.exists(os.path.join(chief, "checkpoints"))

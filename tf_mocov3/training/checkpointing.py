@@ -17,6 +17,8 @@ import os
 
 import tensorflow as tf
 
+from tf_mocov3.training import distribute
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -83,9 +85,8 @@ class Checkpointer:
                 f"Writing the checkpoint of step {int(step)} to {prefix} failed ({type(failure).__name__}: "
                 f"{reason}); {kept} and running the same command again resumes from it once the storage is fixed.")
         if any(failed):
-            workers = ", ".join(str(i) for i, bad in enumerate(failed) if bad)
             raise CheckpointWriteError(
-                f"Worker {workers} (the chief is 0) could not write the checkpoint of step {int(step)} to "
+                f"{distribute.describe_workers(failed)} could not write the checkpoint of step {int(step)} to "
                 f"{self.directory}; {kept}, and running the same command again resumes from it once that worker's "
                 f"storage is fixed.")
         return path

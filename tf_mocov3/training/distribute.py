@@ -180,3 +180,10 @@ class WorkerValues:
         mine[self.position] = float(value)
         total = self.strategy.experimental_local_results(self._exchange(tf.constant(mine, tf.float64)))[0]
         return [float(v) / self._local for v in total.numpy()]
+
+
+def describe_workers(flags):
+    """The workers whose flag is set, for a message: "Worker 1", "The chief (worker 0), worker 2"."""
+    names = ["the chief (worker 0)" if i == 0 else f"worker {i}" for i, flag in enumerate(flags) if flag]
+    text = ", ".join(names)
+    return text[:1].upper() + text[1:]

@@ -239,9 +239,8 @@ class Trainer:
             except tf.errors.OpError:
                 pass  # a leftover token file is harmless: the next start writes a new token
         if any(blind):
-            workers = ", ".join(str(i) for i, bad in enumerate(blind) if bad)
             raise config_lib.ConfigError(
-                f"Worker {workers} (the chief is 0) cannot see the chief's workdir {self.workdir} (the token file "
+                f"{distribute.describe_workers(blind)} cannot see the chief's workdir {self.workdir} (the token file "
                 f"the chief wrote there is missing or different); a run of several workers needs a --workdir on "
                 f"storage all of them share, such as gs://BUCKET/DIR.")
 
