@@ -202,8 +202,9 @@ def test_a_failed_checkpoint_write_is_one_sentence_and_the_previous_checkpoint_r
     message = str(err.value)
     assert message.startswith(f"Writing the checkpoint of step 4 to {os.path.join(workdir, 'checkpoints', 'ckpt-4')} "
                               f"failed ("), message
-    assert message.endswith(f"); the last complete checkpoint, {kept}, is kept and running the same command again "
+    assert message.endswith(f"); the last complete checkpoint, {kept}, is kept, and running the same command again "
                             f"resumes from it once the storage is fixed."), message
+    assert "Not a directory" in message and "{{" not in message  # the system's reason, without TensorFlow's op name
     # What the command prints: this sentence on one line after "error: ", exit status 1, no traceback.
     assert cli.is_user_error(err.value) and cli.one_line(err.value) == message and "\n" not in message
     assert _latest(workdir) == kept

@@ -14,6 +14,7 @@ others with one naming it.
 """
 
 import os
+import re
 
 import tensorflow as tf
 
@@ -77,19 +78,21 @@ class Checkpointer:
         failed = self._worker_values(failure is not None) if self._worker_values else [failure is not None]
         if not self.is_chief:
             _remove_tree(self._write_dir)
+        if failure is None and not any(failed):
+            return path
         kept = self.latest_path()
-        kept = f"the last complete checkpoint, {kept}, is kept" if kept else "no earlier checkpoint exists"
+        then = (f"the last complete checkpoint, {kept}, is kept, and running the same command again resumes from it"
+                if kept else "no earlier checkpoint exists, so running the same command again starts the run over")
         if failure is not None:
-            reason = (failure.message or type(failure).__name__).strip().splitlines()[0].rstrip(".")
+            reason = (failure.message or type(failure).__name__).strip().splitlines()[0]
+            # Without TensorFlow's "{{function_node ...}}" prefix and " [Op:SaveV2]" suffix: the path and the reason.
+            reason = re.sub(r"\s*\[Op:\w+\]$", "", re.sub(r"\{\{.*?\}\}\s*", "", reason)).rstrip(".")
             raise CheckpointWriteError(
                 f"Writing the checkpoint of step {int(step)} to {prefix} failed ({type(failure).__name__}: "
-                f"{reason}); {kept} and running the same command again resumes from it once the storage is fixed.")
-        if any(failed):
-            raise CheckpointWriteError(
-                f"{distribute.describe_workers(failed)} could not write the checkpoint of step {int(step)} to "
-                f"{self.directory}; {kept}, and running the same command again resumes from it once that worker's "
-                f"storage is fixed.")
-        return path
+                f"{reason}); {then} once the storage is fixed.")
+        raise CheckpointWriteError(
+            f"{distribute.describe_workers(failed)} could not write the checkpoint of step {int(step)} to "
+            f"{self.directory}; {then} once that worker's storage is fixed.")
 
 
 def _remove_tree(path):
