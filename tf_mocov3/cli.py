@@ -16,8 +16,11 @@ A command module defines its flags at import and runs one library function:
 
 `run` gives every command the same behaviour: `--help` prints the command's docstring and flags and exits 0
 without importing TensorFlow; a flag that is missing or wrong, and any user error the library raises (a bad
-config, a missing path, a diverged run), is one line `error: ...` on stderr and exit status 1; a bug still shows
-its traceback. Before `main` runs, `quiet_tensorflow` imports TensorFlow without its start-up noise.
+config, a missing path, a diverged run, a failed checkpoint write), is one line `error: ...` on stderr and exit
+status 1; a bug still shows its traceback. A run stopped by SIGTERM (preemption; training/trainer.py) prints one line
+`Preempted by SIGTERM at step N; saved CHECKPOINT, ...` on stderr and exits with PREEMPTED_EXIT_CODE, 143: a
+scheduler should run the same command again, which resumes from that checkpoint. Before `main` runs,
+`quiet_tensorflow` imports TensorFlow without its start-up noise.
 
 This module imports no TensorFlow and nothing of the library at import time (only config_lib for the names).
 """
@@ -39,6 +42,10 @@ from tf_mocov3 import config_lib
 FLAGS = flags.FLAGS
 STRATEGIES = config_lib.STRATEGIES  # training/distribute.py builds these (distribute.STRATEGIES is this tuple)
 HELP_FLAGS = ("--help", "-help", "--helpshort", "-?", "-h", "--helpfull")
+# The exit status of a run stopped by SIGTERM after saving its checkpoint: 128 + SIGTERM, what a shell reports for a
+# process that SIGTERM ended and what TensorFlow's PreemptionCheckpointHandler exits with on GCE, so that a scheduler's
+# rule to rerun a preempted job covers it.
+PREEMPTED_EXIT_CODE = 143
 
 # Flags defined through this module are reported (in --help) as the command module's own.
 flags.disclaim_key_flags()
@@ -123,8 +130,9 @@ def is_user_error(err, extra=()):
 
     The project's ValueError subclasses (config_lib.ConfigError, FinetuneError, ProbeError, ConversionError) and the
     plain ValueErrors its code raises on purpose (weights/pretrained.py's and data/'s one-sentence errors), OSError
-    (a path that does not exist or cannot be written), TrainingDiverged and the classes in `extra`. A ValueError
-    raised inside Keras, TensorFlow or NumPy is a bug here and keeps its traceback.
+    (a path that does not exist or cannot be written, a failed checkpoint write: checkpointing.CheckpointWriteError),
+    TrainingDiverged and the classes in `extra`. A ValueError raised inside Keras, TensorFlow or NumPy is a bug here
+    and keeps its traceback.
     """
     if isinstance(err, (OSError,) + tuple(extra)):
         return True
@@ -143,6 +151,11 @@ def data_fault(err):
     """The one-sentence message of a data file found damaged inside an input pipeline (None for other errors)."""
     found = _DATA_FAULT.search(str(err)) if type(err).__name__ == "InvalidArgumentError" else None
     return one_line(found.group(1)) if found else None
+
+
+def _is_preempted(err):
+    trainer = sys.modules.get("tf_mocov3.training.trainer")
+    return trainer is not None and isinstance(err, trainer.Preempted)
 
 
 def _parse_flags(argv):
@@ -198,6 +211,9 @@ def run(main, *, errors=()):
         except Exception as err:  # pylint: disable=broad-except
             if data_fault(err):
                 fail(data_fault(err))
+            if _is_preempted(err):
+                print(one_line(err), file=sys.stderr, flush=True)
+                sys.exit(PREEMPTED_EXIT_CODE)
             if not is_user_error(err, errors):
                 raise
             fail(one_line(err))

@@ -1,6 +1,6 @@
 """The Keras callbacks every training loop uses: the NaN guard, the log (metrics.jsonl, TensorBoard and the progress
-line, with the lr of models whose step does not report it), and the checkpoint saver. training/trainer.py puts them
-together.
+line, with the lr of models whose step does not report it), the preemption watcher and the checkpoint saver.
+training/trainer.py puts them together.
 
 They read the global step from `model.optimizer.iterations` (the number of updates applied so far, restored with the
 checkpoint), never from Keras' per-epoch batch index, so a resumed run logs the same step numbers as an uninterrupted
@@ -17,9 +17,12 @@ checkpoint steps and the schedules are those of a run with one step per call. An
 k (the linear probe's epoch, which checkpoints) acts at the end of the call that reaches it (CheckpointSaver).
 """
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 
 import keras
@@ -212,3 +215,54 @@ class CheckpointSaver(keras.callbacks.Callback):
         step = global_step(self.model)
         if self.guard.bad_step is None and self.checkpointer.latest_step() != step:
             self.checkpointer.save(step)
+
+
+class PreemptionWatcher(keras.callbacks.Callback):
+    """Turns a SIGTERM (a Spot VM's or a TPU maintenance notice, `kill`, a scheduler) into a stop after the current
+    host call, at the same step on every worker.
+
+    While fit runs, SIGTERM only sets a flag (the host call in flight finishes: TensorFlow runs it in C++ and Python
+    sees the signal when it returns). After every host call the workers exchange their flags (`worker_values`, a
+    distribute.WorkerValues: one tiny all-reduce under several workers, nothing under one), so a signal that reached
+    one worker stops all of them after the same call: `stopped_at` is then the step they reached and
+    fit ends (the checkpoint saver, after this callback, saves that step on every worker). A stop at the last step is
+    no stop: the run finished. The handler is installed only inside `listening()`; outside the main thread (where
+    Python cannot install one) the watcher still takes part in the exchange but hears no signal itself.
+
+    Why not tf.distribute.experimental.PreemptionCheckpointHandler: in TF 2.21 it drives a custom loop through its
+    own `run` (Keras 3's fit has no hook for it), adds its own counter to the checkpoint, and on GCE CPU and TPU VMs
+    it only warns that it is unsupported.
+    """
+
+    def __init__(self, worker_values, total_steps):
+        super().__init__()
+        self.worker_values = worker_values
+        self.total_steps = int(total_steps)
+        self.signalled = threading.Event()
+        self.stopped_at = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.signalled.set()
+
+    @contextlib.contextmanager
+    def listening(self):
+        """The SIGTERM handler, installed for the block (Trainer.fit wraps model.fit in it, so that the previous
+        handler is back however fit ends); outside the main thread, no handler."""
+        installed = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._handle) if installed else None
+        try:
+            yield self
+        finally:
+            if installed:  # None: a handler installed outside Python, which cannot be put back; the default then
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    def on_train_begin(self, logs=None):
+        self.stopped_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if any(self.worker_values(self.signalled.is_set())):
+            step = global_step(self.model)
+            if step < self.total_steps:
+                self.stopped_at = step
+                self.model.stop_training = True

@@ -150,3 +150,65 @@ def worker_index(strategy):
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return int(strategy.cluster_resolver.task_id or 0)
     return 0
+
+
+def _num_workers(strategy):
+    """The number of worker processes (the TF_CONFIG chief counts as one) of a MultiWorkerMirroredStrategy, else 1."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    spec = strategy.cluster_resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs) or 1
+
+
+def _position(strategy):
+    """This worker's place among the workers: the chief first, then the workers by index."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 0
+    resolver = strategy.cluster_resolver
+    has_chief = "chief" in resolver.cluster_spec().jobs
+    if resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id or 0) + (1 if has_chief else 0)
+
+
+class WorkerValues:
+    """Every worker's value of one number, exchanged by one small all-reduce: `WorkerValues(strategy)(value)` returns
+    the list of the workers' values (the chief's first).
+
+    Each worker calls it at the same point of the run (it is a collective: all wait for all), so it is how the
+    workers agree on what one of them saw: a SIGTERM (training/callbacks.py PreemptionWatcher), a failed checkpoint
+    write (checkpointing.Checkpointer), the chief's token in the workdir (Trainer.check_workdir_shared). Exact for
+    integers below 2**50 (a float64 sum over the local replicas, divided by their number). With one worker (one
+    device, mirrored, a TPU's single host program) there is nothing to exchange and no collective runs.
+    """
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self.num_workers = _num_workers(strategy)
+        self.position = _position(strategy)
+        self._local = max(int(strategy.num_replicas_in_sync) // self.num_workers, 1)
+        self._exchange = None
+        if self.num_workers > 1:
+            @tf.function
+            def exchange(values):
+                def replica_fn(x):
+                    # A copy made inside the replica (on its device): all_reduce takes its destination from the
+                    # value's device, which the argument, made outside, does not have.
+                    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(x))
+                return strategy.run(replica_fn, args=(values,))
+            self._exchange = exchange
+
+    def __call__(self, value):
+        if self._exchange is None:
+            return [float(value)]
+        mine = [0.0] * self.num_workers
+        mine[self.position] = float(value)
+        total = self.strategy.experimental_local_results(self._exchange(tf.constant(mine, tf.float64)))[0]
+        return [float(v) / self._local for v in total.numpy()]
+
+
+def describe_workers(flags):
+    """The workers whose flag is set, for a message: "Worker 1", "The chief (worker 0), worker 2"."""
+    names = ["the chief (worker 0)" if i == 0 else f"worker {i}" for i, flag in enumerate(flags) if flag]
+    text = ", ".join(names)
+    return text[:1].upper() + text[1:]

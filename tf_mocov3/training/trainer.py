@@ -17,6 +17,12 @@ TrainingDiverged when the loss stops being finite, after keeping the last good c
 means the same for every loop: the mean of the step losses since the previous logged line (training/callbacks.py).
 Only the chief writes (logs, config file, real checkpoints); every worker takes part in the saves.
 
+Preemption: a SIGTERM during `fit` (a Spot VM's or TPU maintenance notice) stops the run after the host call in
+flight, on every worker at the same step (callbacks.PreemptionWatcher), saves that step's checkpoint and raises
+Preempted, which the command line turns into one line and exit status 143 (cli.PREEMPTED_EXIT_CODE); running the
+same command again resumes step-exact. A failed checkpoint write stops the run with checkpointing.CheckpointWriteError.
+Under several workers `restore` first checks that every worker sees the chief's workdir (`check_workdir_shared`).
+
 Steps per host call (`steps_per_execution`, config.steps_per_execution): k > 1 runs k steps inside one compiled call,
 which a TPU needs to keep the host loop off its critical path. The callbacks see only the step that ends a call, so
 the intervals the loop acts on are placed on call ends: a step interval of the config (logging, checkpoints, the kNN
@@ -30,6 +36,7 @@ steps as one step per call. `resolve_steps_per_execution` turns "auto" into a nu
 
 import contextlib
 import os
+import random
 
 import keras
 import tensorflow as tf
@@ -43,6 +50,22 @@ from tf_mocov3.training import reports
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message names the step, the checkpoint kept and what to change."""
+
+
+class Preempted(Exception):
+    """A SIGTERM stopped the run; `step` is the step it reached and `checkpoint` the checkpoint saved there."""
+
+    def __init__(self, step, checkpoint):
+        self.step, self.checkpoint = int(step), checkpoint
+        if checkpoint:
+            then = f"saved {checkpoint}, and running the same command again resumes from it"
+        else:  # an in-memory loop (the demo's probe) keeps no checkpoints
+            then = "this loop keeps no checkpoints, so running the same command again runs it from its start"
+        super().__init__(f"Preempted by SIGTERM at step {self.step}; {then}.")
+
+
+# The file through which the workers of a multi-worker run check that they share the chief's workdir.
+WORKDIR_TOKEN_FILE = ".chief_token"
 
 
 def total_steps_of(config, steps_per_epoch):
@@ -174,6 +197,8 @@ class Trainer:
         self.metrics = callbacks_lib.MetricsWriter(workdir, log_every_steps, self.total_steps, self.global_batch,
                                                    enabled=self.chief, print_fn=self._print)
         self.checkpointer = None
+        # How the workers tell each other what one of them saw (a SIGTERM, a failed save); nothing under one worker.
+        self.worker_values = distribute.WorkerValues(self.strategy)
 
     def say(self, line):
         """Prints `line` on the chief."""
@@ -203,12 +228,48 @@ class Trainer:
             model.optimizer.build(model.trainable_variables)
         return model
 
+    def check_workdir_shared(self):
+        """Under several workers: raises ConfigError on every worker unless each of them reads, through its own
+        --workdir, the token the chief has just written into its workdir (a local path on each machine is not one
+        workdir; gs:// is). Two tiny all-reduces; nothing under one worker."""
+        if not self.workdir or self.worker_values.num_workers == 1:
+            return
+        path = os.path.join(self.workdir, WORKDIR_TOKEN_FILE)
+        token = 0
+        if self.chief:
+            token = random.SystemRandom().randrange(1, 2 ** 40)  # the global RNG is left alone (it is seeded)
+            try:
+                tf.io.gfile.makedirs(self.workdir)
+                with tf.io.gfile.GFile(path, "w") as f:
+                    f.write(str(token))
+            except tf.errors.OpError:
+                token = 0  # every worker, the chief included, then fails the check below
+        token = int(sum(self.worker_values(token)))  # also the barrier: the file is written before anyone reads it
+        try:
+            seen = tf.io.gfile.GFile(path).read().strip() if tf.io.gfile.exists(path) else ""
+        except tf.errors.OpError:
+            seen = ""
+        blind = self.worker_values(not token or seen != str(token))
+        if self.chief:
+            try:
+                tf.io.gfile.remove(path)
+            except tf.errors.OpError:
+                pass  # a leftover token file is harmless: the next start writes a new token
+        if any(blind):
+            raise config_lib.ConfigError(
+                f"{distribute.describe_workers(blind)} cannot see the chief's workdir {self.workdir} (the token file "
+                f"the chief wrote there is missing or different); a run of several workers needs a --workdir on "
+                f"storage all of them share, such as gs://BUCKET/DIR.")
+
     def restore(self, model, checkpoint_model=None):
         """Restores the newest checkpoint of the workdir into `model` (or `checkpoint_model`, the part of it that
-        is saved) and its optimizer; returns its step, 0 when there is none."""
+        is saved) and its optimizer; returns its step, 0 when there is none. Under several workers it checks first
+        that all of them see the chief's workdir (`check_workdir_shared`)."""
+        self.check_workdir_shared()
         self.checkpointer = checkpointing.Checkpointer(
             self.workdir, model=checkpoint_model or model, optimizer=model.optimizer, keep=self.keep_checkpoints,
-            is_chief=self.chief, worker_index=distribute.worker_index(self.strategy))
+            is_chief=self.chief, worker_index=distribute.worker_index(self.strategy),
+            worker_values=self.worker_values)
         start_step = self.checkpointer.restore_latest()
         if start_step:
             self.say(f"Resuming from step {start_step} ({self.checkpointer.latest_path()}).")
@@ -226,12 +287,14 @@ class Trainer:
     def fit(self, model, dataset, *, start_step=0, callbacks=(), diverged_hint="lower the learning rate"):
         """Trains `model` on `dataset` from `start_step` to total_steps; returns Keras' History.
 
-        The loop's `callbacks` run after the step log and before the checkpoint saver. Raises TrainingDiverged
-        (after keeping the last good checkpoint) when the loss stops being finite; `diverged_hint` says what to
-        change.
+        The loop's `callbacks` run after the step log and before the preemption watcher and the checkpoint saver.
+        Raises TrainingDiverged (after keeping the last good checkpoint) when the loss stops being finite;
+        `diverged_hint` says what to change. Raises Preempted after a SIGTERM (module docstring), once the step
+        reached is saved, and checkpointing.CheckpointWriteError when a save fails.
         """
         guard = callbacks_lib.NonFiniteLossGuard()
-        cbs = [guard, self.metrics, *callbacks]
+        watcher = callbacks_lib.PreemptionWatcher(self.worker_values, self.total_steps)
+        cbs = [guard, self.metrics, *callbacks, watcher]
         if self.checkpointer is not None:
             cbs.append(callbacks_lib.CheckpointSaver(self.checkpointer, self.checkpoint_every_steps, guard))
         # k steps per call from a step that is a multiple of k (a resume from another run's last step may not be).
@@ -239,8 +302,9 @@ class Trainer:
         if getattr(model, "steps_per_execution", 1) != k:
             model.steps_per_execution = k
             model.train_function = None  # Keras builds the train function for the steps per call it finds
-        history = model.fit(dataset, epochs=1, steps_per_epoch=self.total_steps - int(start_step), callbacks=cbs,
-                            verbose=0, shuffle=False)
+        with watcher.listening():
+            history = model.fit(dataset, epochs=1, steps_per_epoch=self.total_steps - int(start_step),
+                                callbacks=cbs, verbose=0, shuffle=False)
         if guard.bad_step is not None:
             kept = self.checkpointer.latest_path() if self.checkpointer is not None else None
             kept = f"the last good checkpoint ({kept}) is kept" if kept else "no checkpoint was written"
@@ -249,6 +313,9 @@ class Trainer:
             raise TrainingDiverged(f"The loss became NaN or Inf {where}; {kept}. "
                                    f"{diverged_hint[0].upper()}{diverged_hint[1:]}, then run the same command again "
                                    f"to resume.")
+        if watcher.stopped_at is not None:
+            raise Preempted(watcher.stopped_at,
+                            self.checkpointer.latest_path() if self.checkpointer is not None else None)
         return history
 
     # --- the end ---
