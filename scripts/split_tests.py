@@ -20,7 +20,9 @@ COST = {
     "test_stability.py": 35, "test_finetune_deit.py": 40, "test_convert_official.py": 40, "test_moco.py": 45,
     "test_ablations.py": 40, "test_linear_probe.py": 60, "test_export_client.py": 30, "test_cli.py": 30,
     "test_demo.py": 20, "test_checkpoint_compat.py": 25, "test_data.py": 25, "test_augment.py": 20,
-    "test_tfds_transfer.py": 60, "test_streamed_data.py": 45, "test_order.py": 25, "test_cloud_paths.py": 45, ROUNDOFF_PASS: ROUNDOFF_PASS_COST,
+    "test_tfds_transfer.py": 60, "test_streamed_data.py": 45, "test_order.py": 25, "test_cloud_paths.py": 45,
+    "test_preemption.py": 60, "test_data_service.py": 35, "test_skipped_records.py": 20,
+    ROUNDOFF_PASS: ROUNDOFF_PASS_COST,
 }
 
 
