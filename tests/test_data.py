@@ -132,6 +132,7 @@ def test_pipeline_views_equal_two_views_per_example(tmp_path):
     path = _fake_fashion(tmp_path)
     cfg = _config("fashion_mnist_idx", path, batch=8)
     v1, v2 = next(iter(pipelines.build_pretrain_dataset(cfg)))
+    assert v1.dtype == v2.dtype == tf.uint8  # a quarter of float32's bytes cross to the device
     images, _ = data.load_fashion_mnist_idx(path, "train")
     order = tf.random.experimental.stateless_shuffle(tf.range(40, dtype=tf.int64),
                                                      seed=tf.constant([3, 0], tf.int64)).numpy()
