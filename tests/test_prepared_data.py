@@ -268,6 +268,10 @@ def test_finetune_probe_and_knn_run_on_a_prepared_set(prepared, tmp_path):
 
     config = tiny_config(name="prepared", path=prepared, train_split="train", eval_split="validation")
     config.max_steps = 2
+    refusal = r" is array_record, read through tf\.numpy_function \(our Python\), which the 2 input hosts of this TPU"
+    with pytest.raises(finetune.FinetuneError, match=refusal):  # as pre-training: before any model is built
+        finetune.run_finetune(config, str(tmp_path / "ft_pod"), write_pretrained_dir(tmp_path / "ftpre"),
+                              strategy=FakePodSlice(2), print_fn=lambda _: None)
     result = finetune.run_finetune(config, str(tmp_path / "ft"), write_pretrained_dir(tmp_path / "ftpre"),
                                    print_fn=lambda _: None)
     assert result["step"] == 2 and result["model"].output.shape[-1] == 2
@@ -276,6 +280,9 @@ def test_finetune_probe_and_knn_run_on_a_prepared_set(prepared, tmp_path):
     probe = tiny_probe_config(epochs=1, batch_size=4, eval_batch_size=4, train_examples=0, eval_examples=0)
     probe.dataset.name, probe.dataset.path, probe.dataset.eval_split = "prepared", prepared, "validation"
     probe.holdout_examples = 4
+    with pytest.raises(linear_probe.ProbeError, match=refusal):
+        linear_probe.run_probe(probe, pre, str(tmp_path / "probe_pod"), strategy=FakePodSlice(2),
+                               print_fn=lambda _: None)
     metrics = linear_probe.run_probe(probe, pre, str(tmp_path / "probe"), print_fn=lambda _: None)
     assert 0.0 <= metrics["linear_probe_top1"] <= 100.0
 

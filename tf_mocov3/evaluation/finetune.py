@@ -488,6 +488,11 @@ def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", pri
     total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
     strategy = strategy or trainer_lib.strategy_for(config, tpu)
     config_lib.validate(config, kind="finetune", num_replicas=strategy.num_replicas_in_sync)
+    for source in (train_source, eval_source):  # array_record on a TPU pod slice: refused before any model is built
+        try:
+            data.check_source_for(source, strategy)
+        except ValueError as err:
+            raise FinetuneError(str(err)) from err
 
     steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
     # The evaluation interval (epochs) acts at the end of the call that completes it (Evaluator).

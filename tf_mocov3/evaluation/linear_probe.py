@@ -366,6 +366,11 @@ def run_probe(config, pretrained_path, workdir, *, strategy=None, tpu="", print_
     config_lib.validate(config, kind="probe", workdir=workdir, num_replicas=strategy.num_replicas_in_sync)
     train_source = data.open_labelled(config.dataset, config.dataset.train_split)
     test_source = data.open_labelled(config.dataset, config.dataset.eval_split)
+    for source in (train_source, test_source):  # array_record on a TPU pod slice: refused before any model is built
+        try:
+            data.check_source_for(source, strategy)
+        except ValueError as err:
+            raise ProbeError(str(err)) from err
     with strategy.scope():
         backbone, image_size, run = load_pretrained_backbone(pretrained_path, config)
     record = config_lib.as_record(config)
