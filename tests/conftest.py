@@ -1,10 +1,14 @@
-"""Test set-up shared by every test: two logical CPU devices (for the replica tests), quiet TensorFlow."""
+"""Test set-up shared by every test: two logical CPU devices (for the replica tests), quiet TensorFlow.
+
+`tf_mocov3` and `export` come from the package that scripts/setup.sh installs (editable); the helpers here and in
+this folder (roundoff.py, finetune_helpers.py, ...) are imported by their bare names (`from conftest import ...`),
+as pytest puts this folder first on sys.path (its default "prepend" import mode, tests/ having no __init__.py).
+Test data writers shared with the benchmarks are in tf_mocov3/testing/fixtures_data.py.
+"""
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import ml_collections  # noqa: E402

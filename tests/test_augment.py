@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests import fixtures_data
-from tests.augment_reference import color_jitter, two_views
+from tf_mocov3.testing import fixtures_data
+from augment_reference import color_jitter, two_views
 from tf_mocov3.data import augment
 
 RNG = np.random.default_rng(0)

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 from ml_collections import ConfigDict
 
-from tests import fixtures_data
-from tests.augment_reference import two_views
-from tests.fixtures_data import write_idx as _write_idx
+from tf_mocov3.testing import fixtures_data
+from augment_reference import two_views
+from tf_mocov3.testing.fixtures_data import write_idx as _write_idx
 from tf_mocov3.data import augment
 from tf_mocov3.data import order as order_lib
 from tf_mocov3.data import pipelines

@@ -5,18 +5,21 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import needs_fmnist
-from tests.fixtures_data import write_image_folder
+from conftest import needs_fmnist
 from tf_mocov3 import config_lib
 from tf_mocov3.data import prepare
+from tf_mocov3.testing.fixtures_data import write_image_folder
 from tf_mocov3.training import pretrain
 
-# A dispatcher and one worker in a process that cannot import tf_mocov3 (cwd is an empty folder, PYTHONPATH unset).
+# A dispatcher and one worker in a process that cannot import tf_mocov3: cwd is an empty folder, and `python -S` with
+# PYTHONPATH = site-packages reaches TensorFlow without running the .pth files, one of which is the editable install
+# of tf_mocov3 (scripts/setup.sh).
 # It prints whether tf_mocov3 is importable, then the dispatcher's address, and serves until stdin closes.
 SERVICE = """
 import importlib.util, sys
@@ -34,8 +37,8 @@ print(sorted(m for m in sys.modules if m.startswith("tf_mocov3")), flush=True)
 @pytest.fixture(scope="module")
 def data_service(tmp_path_factory):
     """grpc://localhost:PORT of a dispatcher with one worker, in a process that has no tf_mocov3."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen([sys.executable, "-c", SERVICE], cwd=tmp_path_factory.mktemp("service"), env=env,
+    env = dict(os.environ, PYTHONPATH=sysconfig.get_paths()["purelib"])
+    proc = subprocess.Popen([sys.executable, "-S", "-c", SERVICE], cwd=tmp_path_factory.mktemp("service"), env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     importable, target = proc.stdout.readline().split()
     assert importable == "False", "the service process must not be able to import tf_mocov3"

@@ -15,7 +15,7 @@ from PIL import Image
 import roundoff
 from conftest import ROOT, checkpoint_tensors, needs_fmnist
 from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
-from tests.fixtures_data import write_image_folder as _write_folder
+from tf_mocov3.testing.fixtures_data import write_image_folder as _write_folder
 from tf_mocov3 import config_lib
 from tf_mocov3.data import sources
 from tf_mocov3.evaluation import finetune

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from fixtures_data import build_tfds_imagenet, photo_like
+from tf_mocov3.testing.fixtures_data import build_tfds_imagenet, photo_like
 from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
 from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
@@ -242,7 +242,7 @@ def test_imagenet_recipe_runs_two_steps_on_a_tfds_imagenet2012_fixture(pretraine
 
 
 def test_top1_best_is_the_maximum_over_evaluations(pretrained_dir, tmp_path):  # noqa: F811
-    from fixtures_data import write_image_folder
+    from tf_mocov3.testing.fixtures_data import write_image_folder
 
     folder = str(tmp_path / "images")
     write_image_folder(folder)  # 2 classes x 3 images: 3 steps of 2 per epoch, an evaluation after each epoch

@@ -15,7 +15,7 @@ from tf_mocov3.evaluation import knn
 from tf_mocov3.training import distribute
 from tf_mocov3.training import pretrain as training
 from conftest import FMNIST, ROOT, checkpoint_tensors, needs_fmnist
-from tests.fixtures_data import write_idx as _write_idx
+from tf_mocov3.testing.fixtures_data import write_idx as _write_idx
 
 # A 2-D memory bank: the query q = [2, 0] is L2-normalised to [1, 0].
 #   a = [1, 0]      class 0   cos(q, a) = 1

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from ml_collections import ConfigDict
 
-from tests.fixtures_data import write_image_folder
+from tf_mocov3.testing.fixtures_data import write_image_folder
 from tf_mocov3.data import augment
 from tf_mocov3.data import order
 from tf_mocov3.data import pipelines

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from fixtures_data import build_tfds_imagenet, encode_image, write_image_folder, write_truncated
+from tf_mocov3.testing.fixtures_data import build_tfds_imagenet, encode_image, write_image_folder, write_truncated
 from tf_mocov3 import cli
 from tf_mocov3 import config_lib
 from tf_mocov3.data import order as order_lib

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
-from tests.fixtures_data import photo_like
+from tf_mocov3.testing.fixtures_data import photo_like
 from tf_mocov3.data import randaugment as ra
 
 # timm auto_augment._RAND_INCREASING_TRANSFORMS, transcribed.

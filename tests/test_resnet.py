@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import checkpoint_tensors, ROOT, StopAt
-from tests.fixtures_data import random_fashion_mnist
+from tf_mocov3.testing.fixtures_data import random_fashion_mnist
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.evaluation import demo

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fixtures_data import build_tfds_imagenet
+from tf_mocov3.testing.fixtures_data import build_tfds_imagenet
 from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources

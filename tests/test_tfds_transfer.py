@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fixtures_data import build_tfds_cifar10
+from tf_mocov3.testing.fixtures_data import build_tfds_cifar10
 from finetune_helpers import tiny_config, write_pretrained_dir
 from test_linear_probe import make_pretrained_dir, tiny_probe_config
 from tf_mocov3.data import order as order_lib

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import roundoff
 from conftest import checkpoint_tensors, FMNIST, needs_fmnist, ROOT, StopAt
-from fixtures_data import save_image
+from tf_mocov3.testing.fixtures_data import save_image
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.data import pipelines

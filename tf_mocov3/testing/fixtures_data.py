@@ -1,9 +1,9 @@
 """Writers of test data, shared by tests/ and benchmarks/: IDX files, image folders, JPEG/PNG bytes, corrupt files,
 the ImageNet and CIFAR-10 download archives and TFDS builds from them.
 
-Import it as `from tests import fixtures_data` (the repository root on sys.path, as tests/conftest.py and the
-benchmarks arrange). It needs only numpy and Pillow (the TFDS builds import tensorflow_datasets inside them), so the
-benchmarks can use it without pytest.
+Import it as `from tf_mocov3.testing import fixtures_data` (the package is installed by scripts/setup.sh). It needs
+only numpy and Pillow (the TFDS builds import tensorflow_datasets inside them), so the benchmarks can use it without
+pytest or TensorFlow.
 """
 
 import gzip
