@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything tf_mocov3 needs on a Debian/Ubuntu machine with Python 3.11: the virtual environment .venv with
-# requirements.txt, and the offline Fashion-MNIST files (Debian package dataset-fashion-mnist) for the demo and tests.
+# requirements.txt and the package itself installed editable (pyproject.toml: `import tf_mocov3` and `import export`
+# reach this checkout from any folder), and the offline Fashion-MNIST files (Debian package dataset-fashion-mnist)
+# for the demo and tests.
 # --with-torch also installs requirements-convert.txt (CPU PyTorch, for tf_mocov3.convert_official and its tests).
 # Idempotent: a second run only checks and returns in a second or two.
 set -euo pipefail
@@ -30,6 +32,18 @@ install() {  # install a requirements file unless the same file was installed be
 install requirements.txt
 if [ "${1:-}" = "--with-torch" ]; then
   install requirements-convert.txt
+fi
+# The package, editable, without its dependencies (installed pinned above) and built by .venv's own setuptools
+# (--no-build-isolation: nothing to download). Done again when pyproject.toml changes or when .venv's tf_mocov3 is
+# not this checkout's (a copied or moved .venv).
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+found=$(.venv/bin/python -I -c 'import os, tf_mocov3; print(os.path.realpath(os.path.dirname(tf_mocov3.__file__)))' \
+  2>/dev/null || true)
+if [ "$found" != "$(pwd -P)/tf_mocov3" ] || [ "$(cat .venv/.installed-package.sha256 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing tf_mocov3 (editable) into .venv"
+  .venv/bin/python -m pip install --quiet "setuptools>=70.1"
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation --editable .
+  echo "$want" > .venv/.installed-package.sha256
 fi
 
 FMNIST=/usr/share/datasets/fashion-mnist
