@@ -42,7 +42,11 @@ found=$(.venv/bin/python -I -c 'import os, tf_mocov3; print(os.path.realpath(os.
 if [ "$found" != "$(pwd -P)/tf_mocov3" ] || [ "$(cat .venv/.installed-package.sha256 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing tf_mocov3 (editable) into .venv"
   .venv/bin/python -m pip install --quiet "setuptools>=70.1"
-  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation --editable .
+  # setuptools warns at every editable build that folders named like the package may shadow it: shown on failure only
+  if ! log=$(.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation --editable . 2>&1); then
+    echo "$log" >&2
+    exit 1
+  fi
   echo "$want" > .venv/.installed-package.sha256
 fi
 
