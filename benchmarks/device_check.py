@@ -17,12 +17,11 @@ Rows:
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks"), os.path.join(ROOT, "tests")]
+# serving_throughput, input_pipeline and train_throughput are imported from this script's folder, which Python puts
+# first on sys.path when it runs `python benchmarks/device_check.py`.
 
 # Dense bfloat16 tensor-core peaks from the vendors' data sheets, FLOP/s (no sparsity).
 BF16_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "V100": 125e12,
@@ -126,7 +125,7 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tf_mocov3 import cli  # pylint: disable=import-outside-toplevel
     cli.quiet_tensorflow()
-    import fixtures_data  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.testing import fixtures_data  # pylint: disable=import-outside-toplevel
     import train_throughput  # pylint: disable=import-outside-toplevel
 
     kind, name, peak = device()

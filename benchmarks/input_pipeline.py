@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Our modes: the dataset config keys each one sets.
 MODES = {
@@ -88,8 +87,8 @@ def write_photographs(folder, count=320, seed=0, long_side=500, quality=90):
 
 
 def write_synthetic(folder, count=256):
-    """Smooth colour gradients + blobs + noise, 512 px, quality 90 (tests/fixtures_data.py)."""
-    from tests import fixtures_data  # pylint: disable=import-outside-toplevel
+    """Smooth colour gradients + blobs + noise, 512 px, quality 90 (tf_mocov3/testing/fixtures_data.py)."""
+    from tf_mocov3.testing import fixtures_data  # pylint: disable=import-outside-toplevel
     fixtures_data.write_photo_folder(folder, count=count, size=512, seed=0, classes=2, quality=90)
     return folder
 

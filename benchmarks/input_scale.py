@@ -23,8 +23,6 @@ from concurrent import futures
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SHARD = 1024
 
@@ -32,7 +30,7 @@ SHARD = 1024
 def _jpegs(count=256, size=64):
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    from tests import fixtures_data  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.testing import fixtures_data  # pylint: disable=import-outside-toplevel
 
     out = []
     rng = np.random.default_rng(0)

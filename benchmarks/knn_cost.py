@@ -11,22 +11,24 @@ The ratio says how many train steps one evaluation costs; with config.knn.every_
 ratio / E to the training time.
 """
 
+import argparse
 import importlib.util
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
 
-_EVAL_SIZES = flags.DEFINE_list("eval_sizes", ["2000", "10000"], "Held-out image counts to time (0 = all).")
-_FRACTION = flags.DEFINE_float("train_fraction", 0.1, "Memory-bank share of the training split.")
-_STEPS = flags.DEFINE_integer("train_steps", 3, "Timed train steps before and after each evaluation.")
-_REPEATS = flags.DEFINE_integer("repeats", 1, "Timed evaluations per size (after one untimed).")
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--eval_sizes", type=lambda text: [int(n) for n in text.split(",")], default=[2000, 10000],
+                        help="Held-out image counts to time, comma-separated (0 = all).")
+    parser.add_argument("--train_fraction", type=float, default=0.1, help="Memory-bank share of the training split.")
+    parser.add_argument("--train_steps", type=int, default=3,
+                        help="Timed train steps before and after each evaluation.")
+    parser.add_argument("--repeats", type=int, default=1, help="Timed evaluations per size (after one untimed).")
+    return parser.parse_args(argv)
 
 
 def demo_config():
@@ -72,8 +74,8 @@ class TrainClock:
         return (self.marks[-1] - self.marks[0]) / steps
 
 
-def main(argv):
-    del argv
+def main(argv=None):
+    args = parse_args(argv)
     from tf_mocov3.evaluation import knn  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import reports  # pylint: disable=import-outside-toplevel
 
@@ -81,20 +83,20 @@ def main(argv):
     train = TrainClock(config)
     print(f"demo model: {config.model.arch}, {config.dataset.image_size} px, batch {config.batch_size}", flush=True)
     rows = []
-    for size in (int(s) for s in _EVAL_SIZES.value):
+    for size in args.eval_sizes:
         monitor = knn.KNNMonitor(config.dataset, image_size=config.dataset.image_size,
-                                 train_fraction=_FRACTION.value, max_eval_examples=size)
+                                 train_fraction=args.train_fraction, max_eval_examples=size)
         start = time.perf_counter()
         monitor.prepare()
         prepare_seconds = time.perf_counter() - start
         monitor.evaluate(train.model.backbone)  # traces and compiles the forward function
         # The machine may be shared: time train steps right before and right after each evaluation.
-        for _ in range(_REPEATS.value):
-            before = train.seconds_per_step(_STEPS.value)
+        for _ in range(args.repeats):
+            before = train.seconds_per_step(args.train_steps)
             start = time.perf_counter()
             accuracy = monitor.evaluate(train.model.backbone)
             seconds = time.perf_counter() - start
-            after = train.seconds_per_step(_STEPS.value)
+            after = train.seconds_per_step(args.train_steps)
             step_seconds = (before + after) / 2
             rows.append(dict(bank=monitor.bank.size, eval=monitor.queries.size, prepare_s=f"{prepare_seconds:.1f}",
                              eval_s=f"{seconds:.2f}", train_step_s=f"{before:.2f}/{after:.2f}",
@@ -106,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -18,6 +18,7 @@ run prints the kNN top-1 of the random backbone (before step 1) and every `--eve
 the figures.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -27,23 +28,35 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
 
 SETTINGS = {"default": {}, "onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "onednn_on": {"TF_ENABLE_ONEDNN_OPTS": "1"},
             "avx": {"ONEDNN_MAX_CPU_ISA": "AVX"},
             "sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41"}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
-_METHODS = flags.DEFINE_list("methods", ["mocov3", "simclr", "byol"], "Methods (configs/short_run_fashion_mnist.py).")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "config.seed values.")
-_SETTINGS = flags.DEFINE_list("settings", ["default", "onednn_off", "avx"], f"Kernel settings: {', '.join(SETTINGS)}.")
-_EVERY = flags.DEFINE_integer("every", 0, "kNN every this many steps (0: only at the end, as the test). An evaluation "
-                                          "changes the run's later steps, so a curve is not the test's run.")
-_STEPS = flags.DEFINE_integer("steps", 0, "Steps of each run (0: the config's).")
-_PARALLEL = flags.DEFINE_integer("parallel", 2, "Runs at a time (one core each).")
-_WORKER = flags.DEFINE_string("worker", "", "Internal: METHOD,SEED runs one measurement and prints it as JSON.")
+
+def _settings(text):
+    names = text.split(",")
+    unknown = [name for name in names if name not in SETTINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown setting {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    return names
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", type=lambda text: text.split(","), default=["mocov3", "simclr", "byol"],
+                        help="Methods, comma-separated (configs/short_run_fashion_mnist.py).")
+    parser.add_argument("--seeds", type=lambda text: [int(n) for n in text.split(",")], default=[0, 1, 2, 3],
+                        help="config.seed values, comma-separated.")
+    parser.add_argument("--settings", type=_settings, default=["default", "onednn_off", "avx"],
+                        help=f"Kernel settings, comma-separated: {', '.join(SETTINGS)}.")
+    parser.add_argument("--every", type=int, default=0,
+                        help="kNN every this many steps (0: only at the end, as the test). An evaluation changes the "
+                             "run's later steps, so a curve is not the test's run.")
+    parser.add_argument("--steps", type=int, default=0, help="Steps of each run (0: the config's).")
+    parser.add_argument("--parallel", type=int, default=2, help="Runs at a time (one core each).")
+    parser.add_argument("--worker", default="", help="Internal: METHOD,SEED runs one measurement and prints it as JSON.")
+    return parser.parse_args(argv)
 
 
 def cpu_line():
@@ -98,21 +111,21 @@ def measure(method, seed, every, steps=0):
     return {"start": float(start["knn"]), "curve": curve, "seconds": time.time() - began}
 
 
-def main(argv):
-    del argv
-    if _WORKER.value:
-        method, seed = _WORKER.value.split(",")
-        print("RESULT " + json.dumps(measure(method, int(seed), _EVERY.value, _STEPS.value)), flush=True)
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        method, seed = args.worker.split(",")
+        print("RESULT " + json.dumps(measure(method, int(seed), args.every, args.steps)), flush=True)
         return
     print(f"CPU: {cpu_line()}")
-    jobs = [(m, int(s), k) for m in _METHODS.value for s in _SEEDS.value for k in _SETTINGS.value]
+    jobs = [(m, s, k) for m in args.methods for s in args.seeds for k in args.settings]
     running, results = [], {}
     while jobs or running:
-        while jobs and len(running) < _PARALLEL.value:
+        while jobs and len(running) < args.parallel:
             method, seed, setting = jobs.pop(0)
             env = dict(os.environ, **SETTINGS[setting])
-            cmd = [sys.executable, os.path.abspath(__file__), f"--worker={method},{seed}", f"--every={_EVERY.value}",
-                   f"--steps={_STEPS.value}"]
+            cmd = [sys.executable, os.path.abspath(__file__), f"--worker={method},{seed}", f"--every={args.every}",
+                   f"--steps={args.steps}"]
             running.append(((method, seed, setting), subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                                                        stderr=subprocess.PIPE, text=True)))
         time.sleep(1)
@@ -131,7 +144,7 @@ def main(argv):
             curve = " ".join(f"{s}:{a:.2f}" for s, a in r["curve"])
             print(f"{key[0]:7s} seed {key[1]} {key[2]:10s} start {r['start']:.2f}  {curve}  "
                   f"gain {r['curve'][-1][1] - r['start']:+.2f}  ({r['seconds']:.0f} s)", flush=True)
-    for method in _METHODS.value:
+    for method in args.methods:
         gains = [r["curve"][-1][1] - r["start"] for (m, _, _), r in results.items() if m == method]
         if gains:
             print(f"{method}: {len(gains)} runs, gain min {min(gains):+.2f}, median {sorted(gains)[len(gains) // 2]:+.2f}, "
@@ -139,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -16,16 +16,13 @@ import argparse
 import collections
 import json
 import os
-import sys
 import time
 
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tf_mocov3 import config_lib  # pylint: disable=wrong-import-position
-from tf_mocov3.data import augment, pipelines, prepare, sources  # pylint: disable=wrong-import-position
-from tf_mocov3.training import pretrain  # pylint: disable=wrong-import-position
+from tf_mocov3 import config_lib
+from tf_mocov3.data import augment, pipelines, prepare, sources
+from tf_mocov3.training import pretrain
 
 
 class Hosts:

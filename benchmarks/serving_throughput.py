@@ -18,17 +18,15 @@ Weights do not change the speed, so random weights are the default. Prints the m
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from export import saved_model as sm  # noqa: E402
-from tf_mocov3.data import augment  # noqa: E402
-from tf_mocov3.models import vit  # noqa: E402
+from export import saved_model as sm
+from tf_mocov3.data import augment
+from tf_mocov3.models import vit
 
 
 def cpu_model():

@@ -23,13 +23,9 @@ contrastive loss) every epoch, which `repeat` and `corr` measure.
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def write_files(folder, num_examples, files):

@@ -17,29 +17,32 @@ relative to the fp32 matmul rate measured here on a 4096 x 4096 product (printed
 "ceiling" line is the throughput the step would have if ALL its FLOPs ran at that rate (no step can beat it in fp32).
 """
 
+import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
 
-_ARCH = flags.DEFINE_string("arch", "vit_small", "Backbone (tf_mocov3.vit.ARCHS).")
-_BATCH = flags.DEFINE_integer("batch", 32, "Global batch size.")
-_IMAGE = flags.DEFINE_integer("image_size", 224, "Image size in pixels.")
-_XLA = flags.DEFINE_enum("xla", "auto", ["auto", "true", "false"],
-                         "Compile the train step with XLA: as config.jit_compile (auto: on TPU / one GPU, off on CPU).")
-_PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
-                               "Keras dtype policy.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, compilation).")
-_MLP = flags.DEFINE_integer("mlp_dim", 4096, "Hidden width of the projector and predictor.")
-_DIM = flags.DEFINE_integer("moco_dim", 256, "Output width of the projector and predictor.")
-_INTRA = flags.DEFINE_integer("intra_op_threads", 0, "tf.config.threading intra-op threads (0: TF's default).")
-_INTER = flags.DEFINE_integer("inter_op_threads", 0, "tf.config.threading inter-op threads (0: TF's default).")
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="vit_small", help="Backbone (tf_mocov3.models.vit.ARCHS).")
+    parser.add_argument("--batch", type=int, default=32, help="Global batch size.")
+    parser.add_argument("--image_size", type=int, default=224, help="Image size in pixels.")
+    parser.add_argument("--xla", default="auto", choices=["auto", "true", "false"],
+                        help="Compile the train step with XLA: as config.jit_compile (auto: on TPU / one GPU, off on "
+                             "CPU).")
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                        help="Keras dtype policy.")
+    parser.add_argument("--steps", type=int, default=5, help="Timed steps (after the warm-up).")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps first (tracing, compilation).")
+    parser.add_argument("--mlp_dim", type=int, default=4096, help="Hidden width of the projector and predictor.")
+    parser.add_argument("--moco_dim", type=int, default=256, help="Output width of the projector and predictor.")
+    parser.add_argument("--intra_op_threads", type=int, default=0,
+                        help="tf.config.threading intra-op threads (0: TF's default).")
+    parser.add_argument("--inter_op_threads", type=int, default=0,
+                        help="tf.config.threading inter-op threads (0: TF's default).")
+    return parser.parse_args(argv)
 
 
 def vit_forward_flops(depth, dim, patch, image_size, mlp_ratio=4.0):
@@ -59,7 +62,8 @@ def step_flops_per_image(arch, image_size, mlp_dim, moco_dim):
     from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
     spec = vit.ARCHS[arch]
     if spec["conv_stem"]:
-        raise app.UsageError("FLOP counting covers the patch-embedding ViTs; pick a non-conv arch.")
+        raise ValueError(f"FLOP counting covers the patch-embedding ViTs and {arch} has a conv stem; pick another "
+                         f"arch.")
     backbone = vit_forward_flops(spec["depth"], spec["embed_dim"], spec["patch_size"], image_size, spec["mlp_ratio"])
     projector = mlp_flops([spec["embed_dim"], mlp_dim, mlp_dim, moco_dim])
     predictor = mlp_flops([moco_dim, mlp_dim, moco_dim])
@@ -82,8 +86,8 @@ def matmul_peak_gflops(n=4096, repeats=5):
     return 2 * n ** 3 / best / 1e9
 
 
-def main(argv):
-    del argv
+def main(argv=None):
+    args = parse_args(argv)
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -93,27 +97,27 @@ def main(argv):
     from tf_mocov3.training import optim  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import trainer  # pylint: disable=import-outside-toplevel
 
-    if _INTRA.value:
-        tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
-    if _INTER.value:
-        tf.config.threading.set_inter_op_parallelism_threads(_INTER.value)
-    flops, backbone_flops = step_flops_per_image(_ARCH.value, _IMAGE.value, _MLP.value, _DIM.value)
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    flops, backbone_flops = step_flops_per_image(args.arch, args.image_size, args.mlp_dim, args.moco_dim)
     peak = matmul_peak_gflops()
 
-    keras.config.set_dtype_policy(_PRECISION.value)
+    keras.config.set_dtype_policy(args.precision)
     config = config_lib.base_config()
-    config.jit_compile = _XLA.value
+    config.jit_compile = args.xla
     use_xla = trainer.resolve_jit_compile(config, tf.distribute.get_strategy())
-    config.model.arch = _ARCH.value
-    config.model.mlp_dim = _MLP.value
-    config.model.moco_dim = _DIM.value
-    total = _WARMUP.value + _STEPS.value
-    model = moco.build_moco(config.model, image_size=_IMAGE.value, total_steps=total)
-    opt = optim.build_optimizer(config.optim, global_batch=_BATCH.value, steps_per_epoch=total, total_steps=total)
+    config.model.arch = args.arch
+    config.model.mlp_dim = args.mlp_dim
+    config.model.moco_dim = args.moco_dim
+    total = args.warmup + args.steps
+    model = moco.build_moco(config.model, image_size=args.image_size, total_steps=total)
+    opt = optim.build_optimizer(config.optim, global_batch=args.batch, steps_per_epoch=total, total_steps=total)
     model.compile(optimizer=opt, jit_compile=use_xla)
 
     rng = np.random.default_rng(0)
-    shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, 3)
+    shape = (args.batch, args.image_size, args.image_size, 3)
     views = tuple(tf.constant(rng.normal(size=shape).astype(np.float32)) for _ in range(2))
     dataset = tf.data.Dataset.from_tensors(views).repeat()
 
@@ -130,17 +134,17 @@ def main(argv):
             cpu_times.append(time.process_time() - self._cpu_start)
 
     model.fit(dataset, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[Timer()])
-    timed = np.array(times[_WARMUP.value:])
-    timed_cpu = np.array(cpu_times[_WARMUP.value:])
+    timed = np.array(times[args.warmup:])
+    timed_cpu = np.array(cpu_times[args.warmup:])
     step_s = float(np.median(timed))
     step_cpu_s = float(np.median(timed_cpu))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    images_per_s = _BATCH.value / step_s
+    images_per_s = args.batch / step_s
     achieved = flops * images_per_s / 1e9
 
     print(f"machine: {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}, Keras {keras.__version__}")
-    print(f"setting: {_ARCH.value}, {_IMAGE.value} px, batch {_BATCH.value}, {_PRECISION.value}, "
-          f"XLA {'on' if use_xla else 'off'}, mlp {_MLP.value}, dim {_DIM.value}")
+    print(f"setting: {args.arch}, {args.image_size} px, batch {args.batch}, {args.precision}, "
+          f"XLA {'on' if use_xla else 'off'}, mlp {args.mlp_dim}, dim {args.moco_dim}")
     print(f"FLOPs per image per step: {flops / 1e9:.1f} G (backbone forward {backbone_flops / 1e9:.2f} G)")
     print(f"fp32 matmul rate on this machine (4096^2): {peak:.0f} GFLOP/s; ceiling if every FLOP of the step ran at "
           f"that rate: {peak / (flops / 1e9):.2f} images/s")
@@ -150,11 +154,11 @@ def main(argv):
     # CPU-seconds of this process (all its threads) per step: robust to other jobs on a shared machine, as long as
     # they do not slow the cores themselves. With C cores fully used, wall images/s ~= C x images per CPU-second.
     print(f"cpu_time: median {step_cpu_s:.2f} CPU-s per step (min {timed_cpu.min():.2f}); "
-          f"{_BATCH.value / step_cpu_s:.3f} images per CPU-second "
-          f"(= {os.cpu_count() * _BATCH.value / step_cpu_s:.2f} images/s if all {os.cpu_count()} cores were ours)")
+          f"{args.batch / step_cpu_s:.3f} images per CPU-second "
+          f"(= {os.cpu_count() * args.batch / step_cpu_s:.2f} images/s if all {os.cpu_count()} cores were ours)")
     print(f"load average (1 min) at the end: {load:.2f}")
     print(f"model FLOP utilisation: {achieved:.0f} GFLOP/s = {100 * achieved / peak:.1f}% of the measured matmul rate")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

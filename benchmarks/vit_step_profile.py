@@ -16,23 +16,32 @@ Parts:
             plain TensorFlow / Keras ops), forward and forward + backward
 """
 
+import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
 
-_ARCH = flags.DEFINE_string("arch", "vit_small", "Backbone (tf_mocov3.vit.ARCHS).")
-_BATCH = flags.DEFINE_integer("batch", 64, "Images per call (the step runs 2 x the per-view batch).")
-_IMAGE = flags.DEFINE_integer("image_size", 224, "Image size in pixels.")
-_XLA = flags.DEFINE_bool("xla", True, "jit_compile the measured functions.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (after one warm-up call).")
-_PARTS = flags.DEFINE_list("parts", ["backbone"], "What to measure: backbone, ops.")
-_INTRA = flags.DEFINE_integer("intra_op_threads", 0, "tf.config.threading intra-op threads (0: TF's default).")
+def _bool(text):
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; write true or false")
+    return text.lower() == "true"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="vit_small", help="Backbone (tf_mocov3.models.vit.ARCHS).")
+    parser.add_argument("--batch", type=int, default=64,
+                        help="Images per call (the step runs 2 x the per-view batch).")
+    parser.add_argument("--image_size", type=int, default=224, help="Image size in pixels.")
+    parser.add_argument("--xla", type=_bool, default=True, help="jit_compile the measured functions (true / false).")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed calls per measurement (after one warm-up call).")
+    parser.add_argument("--parts", type=lambda text: text.split(","), default=["backbone"],
+                        help="What to measure, comma-separated: backbone, ops.")
+    parser.add_argument("--intra_op_threads", type=int, default=0,
+                        help="tf.config.threading intra-op threads (0: TF's default).")
+    return parser.parse_args(argv)
 
 
 def _time(fn, args, repeats):
@@ -54,26 +63,26 @@ def _report(name, gflop, wall, cpu):
           f"{gflop / wall:7.1f} GFLOP/s wall  {gflop / cpu:7.1f} GFLOP/s per CPU-s  ({gflop:.2f} GFLOP)", flush=True)
 
 
-def main(argv):
-    del argv
+def main(argv=None):
+    args = parse_args(argv)
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
 
-    if _INTRA.value:
-        tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
-    spec = vit.ARCHS[_ARCH.value]
-    b, s, xla, reps = _BATCH.value, _IMAGE.value, _XLA.value, _REPEATS.value
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    spec = vit.ARCHS[args.arch]
+    b, s, xla, reps = args.batch, args.image_size, args.xla, args.repeats
     d, depth, heads = spec["embed_dim"], spec["depth"], spec["num_heads"]
     hidden = int(d * spec["mlp_ratio"])
     n = (s // spec["patch_size"]) ** 2 + 1
-    print(f"{_ARCH.value}, {s} px, {b} images, XLA {'on' if xla else 'off'}, tokens {n}, "
+    print(f"{args.arch}, {s} px, {b} images, XLA {'on' if xla else 'off'}, tokens {n}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.2f}", flush=True)
     rng = np.random.default_rng(0)
 
-    if "backbone" in _PARTS.value:
-        model = vit.build_backbone(_ARCH.value, s)
+    if "backbone" in args.parts:
+        model = vit.build_backbone(args.arch, s)
         images = tf.constant(rng.normal(size=(b, s, s, 3)).astype(np.float32))
         fwd_gflop = b * vit_forward_flops(depth, d, spec["patch_size"], s, spec["mlp_ratio"]) / 1e9
 
@@ -91,7 +100,7 @@ def main(argv):
         _report("backbone forward", fwd_gflop, *_time(forward, (images,), reps))
         _report("backbone forward+backward", 3 * fwd_gflop, *_time(forward_backward, (images,), reps))
 
-    if "ops" in _PARTS.value:
+    if "ops" in args.parts:
         rows = b * n
         x = tf.constant(rng.normal(size=(b, n, d)).astype(np.float32))
         h = tf.constant(rng.normal(size=(b, n, hidden)).astype(np.float32))
@@ -180,4 +189,4 @@ def _ref_core(qkv, heads, dh):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
