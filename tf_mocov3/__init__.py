@@ -2,7 +2,10 @@
 
     import tf_mocov3
     backbone = tf_mocov3.build_backbone("vit_small", image_size=224)   # images -> [CLS] features
+    backbone = tf_mocov3.build_backbone("resnet50", image_size=224)    # images -> pooled 2048-d features
     backbone = tf_mocov3.load_backbone("/path/to/workdir")             # pre-trained or converted official weights
+
+`ARCHS` is the sorted tuple of every arch name `build_backbone` takes (ViTs and ResNets, models/backbones.py).
 """
 
 import importlib
@@ -13,7 +16,7 @@ _EXPORTS = {
     "MoCoV3": "tf_mocov3.models.moco", "build_moco": "tf_mocov3.models.moco",
     "load_backbone": "tf_mocov3.weights.pretrained", "load_classifier": "tf_mocov3.weights.pretrained",
     "load_encoder": "tf_mocov3.weights.pretrained", "restore_moco": "tf_mocov3.weights.pretrained",
-    "ARCHS": "tf_mocov3.models.vit", "build_backbone": "tf_mocov3.models.vit",
+    "ARCHS": "tf_mocov3.models.backbones", "build_backbone": "tf_mocov3.models.backbones",
 }
 
 __all__ = ["ARCHS", "MoCoV3", "build_backbone", "build_moco", "load_backbone", "load_classifier", "load_encoder",
