@@ -10,7 +10,8 @@ Rows:
   from its data sheet (printed). On a CPU: smaller images and batches, float32 (AVX2 machines have no bf16
   arithmetic), and the achieved GFLOP/s instead of a utilisation: a CPU has no data-sheet peak here, and a
   tf.matmul measured on the spot ran slower than the model's oneDNN kernels (utilisations over 100%).
-* input: two-view images/s of the pre-training pipeline on all the host's cores (224 px views of 448 px photo-like JPEGs).
+* input: two-view images/s of the pre-training pipeline on all the host's cores (224 px views of 448 px photo-like
+  JPEGs).
 * serving: milliseconds per call of an exported SavedModel's `embed_preprocessed` signature at batch 1 and 32.
 """
 

@@ -3,12 +3,12 @@ r"""Cost of one kNN-monitor evaluation against one pre-training step, in the dem
   python benchmarks/knn_cost.py                                 # configs/demo.py: vit_micro, 32 px, batch 256
   python benchmarks/knn_cost.py --eval_sizes=2000,10000 --train_steps=3 --repeats=2
 
-The evaluation is `tf_mocov3.knn.KNNMonitor.evaluate` on Fashion-MNIST: features of the fixed memory bank (10% of the
-training split = 6000 images) and of the held-out images (the test split, capped at each --eval_sizes value), then
-the weighted kNN (k=200, T=0.07). The preprocessed images are cached once (reported apart: it happens once per run).
-The train step is the real one (`MoCoV3.train_step` through `model.fit`, XLA as the demo runs it) on random tensors.
-The ratio says how many train steps one evaluation costs; with config.knn.every_steps = E the monitor adds
-ratio / E to the training time.
+The evaluation is `tf_mocov3.evaluation.knn.KNNMonitor.evaluate` on Fashion-MNIST: features of the fixed memory
+bank (10% of the training split = 6000 images) and of the held-out images (the test split, capped at each
+--eval_sizes value), then the weighted kNN (k=200, T=0.07). The preprocessed images are cached once (reported
+apart: it happens once per run). The train step is the real one (`MoCoV3.train_step` through `model.fit`, XLA as
+the demo runs it) on random tensors. The ratio says how many train steps one evaluation costs; with
+config.knn.every_steps = E the monitor adds ratio / E to the training time.
 """
 
 import argparse

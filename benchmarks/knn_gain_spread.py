@@ -55,7 +55,8 @@ def parse_args(argv=None):
                              "run's later steps, so a curve is not the test's run.")
     parser.add_argument("--steps", type=int, default=0, help="Steps of each run (0: the config's).")
     parser.add_argument("--parallel", type=int, default=2, help="Runs at a time (one core each).")
-    parser.add_argument("--worker", default="", help="Internal: METHOD,SEED runs one measurement and prints it as JSON.")
+    parser.add_argument("--worker", default="",
+                        help="Internal: METHOD,SEED runs one measurement and prints it as JSON.")
     return parser.parse_args(argv)
 
 
@@ -147,8 +148,8 @@ def main(argv=None):
     for method in args.methods:
         gains = [r["curve"][-1][1] - r["start"] for (m, _, _), r in results.items() if m == method]
         if gains:
-            print(f"{method}: {len(gains)} runs, gain min {min(gains):+.2f}, median {sorted(gains)[len(gains) // 2]:+.2f}, "
-                  f"max {max(gains):+.2f}")
+            print(f"{method}: {len(gains)} runs, gain min {min(gains):+.2f}, "
+                  f"median {sorted(gains)[len(gains) // 2]:+.2f}, max {max(gains):+.2f}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ machine). Run A/B settings as separate processes, alternating, and compare the C
 Parts:
   backbone  forward (the momentum path) and forward + backward w.r.t. the trainable weights (the query path)
   ops       one block's pieces at the same token count: qkv/fc1/fc2/proj matmuls, attention core (ours, with its
-            hand-written gradient, and autodiff of the same formula), GELU and LayerNorm (tf_mocov3.fused vs the
-            plain TensorFlow / Keras ops), forward and forward + backward
+            hand-written gradient, and autodiff of the same formula), GELU and LayerNorm
+            (tf_mocov3.models.custom_gradients vs the plain TensorFlow / Keras ops), forward and forward + backward
 """
 
 import argparse
@@ -139,7 +139,8 @@ def main(argv=None):
 
         _report("attention core fwd", attn_gflop, *_time(tf.function(core, jit_compile=xla), (qkv,), reps))
 
-        _report("attention core fwd+bwd", 3 * attn_gflop, *_time(tf.function(_fwd_bwd(core), jit_compile=xla), (qkv,), reps))
+        _report("attention core fwd+bwd", 3 * attn_gflop,
+                *_time(tf.function(_fwd_bwd(core), jit_compile=xla), (qkv,), reps))
 
         _report("attention core fwd+bwd (autodiff)", 3 * attn_gflop,
                 *_time(tf.function(_fwd_bwd(lambda t: _ref_core(t, heads, dh)), jit_compile=xla), (qkv,), reps))

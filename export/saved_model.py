@@ -3,8 +3,9 @@ r"""Exports a pre-trained MoCo v3 backbone as a frozen SavedModel for TF Serving
   python -m export.saved_model --pretrained=runs/demo --output=/models/mocov3 \
       [--version=N] [--image_size=224] [--with_projector] [--overwrite]
 
---pretrained is anything `tf_mocov3.pretrained.load_encoder` reads: a pre-training workdir (latest checkpoint), a
-checkpoint prefix (WORKDIR/checkpoints/ckpt-200), a converted official model, or a `backbone.keras` written here.
+--pretrained is anything `tf_mocov3.weights.pretrained.load_encoder` reads: a pre-training workdir (latest
+checkpoint), a checkpoint prefix (WORKDIR/checkpoints/ckpt-200), a converted official model, or a `backbone.keras`
+written here.
 The version directory DIR/N (N defaults to one more than the newest version already in DIR, else 1) is written in
 TF Serving's layout, to a temporary directory DIR/.tmp-N-* first and then moved to DIR/N. On a local disk the move
 is one atomic rename, so a model server watching DIR never sees a half-written version. DIR may also be a URL (gs://,
@@ -29,7 +30,7 @@ Signatures (S = --image_size, D = the backbone width; with --with_projector ever
      average-pooled feature (ResNet: D = 2048 for ResNet-50).
 
 The first two pre-process inside the graph exactly as the linear-probe evaluation does
-(`tf_mocov3.augment.eval_preprocess`: resize the shorter side to S * 256 / 224, centre crop S, normalise with the
+(`tf_mocov3.data.augment.eval_preprocess`: resize the shorter side to S * 256 / 224, centre crop S, normalise with the
 ImageNet mean and std). A bad request (bytes that are no image, a wrong rank or channel count) fails with an
 InvalidArgument error naming the problem; an empty batch returns an empty [0, D] result.
 """

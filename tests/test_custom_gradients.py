@@ -1,4 +1,4 @@
-"""tf_mocov3.fused computes the same values and gradients as the plain TensorFlow ops it replaces."""
+"""tf_mocov3.models.custom_gradients computes the same values and gradients as the plain TensorFlow ops it replaces."""
 
 import math
 

@@ -256,7 +256,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LayerNorm(keras.layers.LayerNormalization):
     """keras.layers.LayerNormalization (same weights, config and float32 compute) over the
-    last axis, with the hand-written gradient of tf_mocov3.custom_gradients.layer_norm."""
+    last axis, with the hand-written gradient of tf_mocov3.models.custom_gradients.layer_norm."""
 
     def call(self, inputs):
         last_axis = list(self.axis) in ([-1], [len(inputs.shape) - 1])

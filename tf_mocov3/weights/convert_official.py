@@ -11,7 +11,7 @@ The output directory has the layout of a pre-training workdir, so every command 
                               checkpoints also model/projector, model/predictor, model/momentum_backbone,
                               model/momentum_projector (BN moving statistics included), so pre-training can continue;
                               for linear-probe checkpoints also "classifier/..." (Dense(num_classes); see
-                              tf_mocov3.pretrained.load_classifier)
+                              tf_mocov3.weights.pretrained.load_classifier)
   DIR/conversion.json         what was read: kind, arch, tensor counts, the position-embedding difference
 
 Inputs (the layouts the official code writes):

@@ -33,7 +33,7 @@ def to_plain_keras(backbone, name="mocov3_backbone"):
     tf_mocov3 backbone ("patch_embed", "block_{i}_attn", ..., "norm").
 
     Args:
-        backbone: a `tf_mocov3.vit.build_backbone` model.
+        backbone: a `tf_mocov3.models.vit.build_backbone` model.
         name: the model name.
 
     Returns:
@@ -118,7 +118,7 @@ def load_keras_backbone(path, image_size=None):
             recomputed), as for every tf_mocov3 backbone.
 
     Returns:
-        keras.Model from `tf_mocov3.vit.build_backbone`, with the exported weights.
+        keras.Model from `tf_mocov3.models.vit.build_backbone`, with the exported weights.
     """
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"--pretrained={path} does not exist; pass the backbone.keras file that "
@@ -211,7 +211,7 @@ def _layout_of_vit(backbone):
     blocks = _blocks(backbone, r"block_(\d+)")
     if not blocks:
         raise ValueError(f"Model {backbone.name!r} has no transformer blocks named block_0...; export a "
-                         f"backbone built by tf_mocov3.vit.build_backbone.")
+                         f"backbone built by tf_mocov3.models.vit.build_backbone.")
     conv_stem = isinstance(patch, vit.ConvStem)
     d = int(blocks[0].norm1.gamma.shape[0])
     return {"image_size": int(backbone.input_shape[1]), "embed_dim": d, "conv_stem": conv_stem,
