@@ -18,12 +18,6 @@ import json
 import os
 import time
 
-import tensorflow as tf
-
-from tf_mocov3 import config_lib
-from tf_mocov3.data import augment, pipelines, prepare, sources
-from tf_mocov3.training import pretrain
-
 
 class Hosts:
     """A strategy of `n` input pipelines of one replica each, as pretrain.make_dataset uses it."""
@@ -32,11 +26,17 @@ class Hosts:
         self.num_replicas_in_sync = n
 
     def distribute_datasets_from_function(self, fn):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
         n = self.num_replicas_in_sync
         return [fn(tf.distribute.InputContext(n, p, n)) for p in range(n)]
 
 
 def write_set(path, shards):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tf_mocov3.data import prepare, sources  # pylint: disable=import-outside-toplevel
+
     if tf.io.gfile.exists(os.path.join(path, sources.PREPARED_METADATA)):
         return
     os.makedirs(path, exist_ok=True)
@@ -53,6 +53,11 @@ def write_set(path, shards):
 
 
 def count_calls(path, hosts):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import pretrain  # pylint: disable=import-outside-toplevel
+
     calls = collections.Counter()
     real = {name: getattr(tf.io.gfile, name) for name in ("exists", "listdir", "GFile", "stat", "glob", "isdir")}
 
@@ -75,6 +80,10 @@ def count_calls(path, hosts):
 
 
 def skip_scope(examples):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tf_mocov3.data import augment, pipelines  # pylint: disable=import-outside-toplevel
+
     image = tf.io.encode_jpeg(tf.cast(tf.random.stateless_uniform([375, 500, 3], [1, 2], 0, 255), tf.uint8),
                               quality=90)
 

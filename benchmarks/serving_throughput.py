@@ -22,11 +22,6 @@ import tempfile
 import time
 
 import numpy as np
-import tensorflow as tf
-
-from export import saved_model as sm
-from tf_mocov3.data import augment
-from tf_mocov3.models import vit
 
 
 def cpu_model():
@@ -42,6 +37,8 @@ def cpu_model():
 
 def jpegs(count, height=375, width=500, seed=0):
     """Smooth colour patterns with noise, JPEG quality 90."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     out = []
@@ -71,6 +68,12 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=3.0, help="Timed seconds per measurement (after warm-up).")
     args = parser.parse_args(argv)
+    # Imported once the arguments are good, so that --help does not wait for TensorFlow.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from export import saved_model as sm  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import augment  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
 
     if args.pretrained:
         from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
