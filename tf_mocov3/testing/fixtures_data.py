@@ -204,7 +204,7 @@ def write_cifar10(folder, train_per_class=4, test_per_class=2, seed=0):
 
     def split(per_class):
         labels = np.tile(np.arange(10, dtype=np.uint8), per_class)
-        return np.stack([cifar_like(int(l), rng) for l in labels]), labels
+        return np.stack([cifar_like(int(label), rng) for label in labels]), labels
 
     train, test = split(train_per_class), split(test_per_class)
     files = {name: (train[0][k::5], train[1][k::5]) for k, name in enumerate(CIFAR10_TRAIN_FILES)}
