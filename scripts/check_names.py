@@ -1,9 +1,11 @@
-"""Lists every dotted name `tf_mocov3.<module>.<name>` in the tree's *.py and *.md files that does not resolve.
+"""Lists every dotted name `tf_mocov3.<module>.<name>` and every path `tf_mocov3/<...>.py` (or under tests/,
+benchmarks/, scripts/, configs/, export/) in the tree's *.py, *.md and *.sh files that does not resolve.
 
   python scripts/check_names.py        # prints FILE:LINE: NAME per stale name; exit status 1 when there is one
 
 A name resolves when its longest prefix that is a module of the installed package imports and the rest are
-attributes of it, one after the other (tf_mocov3.models.vit.ARCHS, tf_mocov3.MoCoV3.train_step). Command modules
+attributes of it, one after the other (tf_mocov3.models.vit.ARCHS, tf_mocov3.MoCoV3.train_step); a path when
+that file exists under the root. Command modules
 (tf_mocov3/<command>.py, which define absl flags when imported: two of them in one process clash) are not
 imported: their attributes are looked up among the names their source binds at the top level. Skipped: .venv,
 .git, tests/data (fixtures of the old layout, on purpose), the names inside a path (tf_mocov3/models/vit.py) and
@@ -21,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP_DIRS = {".venv", ".git", "__pycache__", os.path.join("tests", "data")}
 # A dotted name starting at tf_mocov3, not preceded by a path separator or another identifier character.
 NAME = re.compile(r"(?<![\w/.])tf_mocov3(?:\.[A-Za-z_]\w*)+")
+# A path of a Python or shell file in one of the tree's folders, not inside a longer path.
+PATH = re.compile(r"(?<![\w/.])(?:tf_mocov3|tests|benchmarks|scripts|configs|export)/[\w/.-]*\w\.(?:py|sh)\b")
 # Strings that look like a dotted name and are not one, each with what it is.
 NOT_NAMES = {
     "tf_mocov3.prepared.v1": "the format tag in a prepared data set's metadata.json (data/sources.PREPARED_FORMAT)",
@@ -33,7 +37,7 @@ def _files(root):
         dirs[:] = sorted(d for d in dirs if os.path.normpath(os.path.join(rel, d)) not in SKIP_DIRS
                          and d not in SKIP_DIRS and not d.endswith(".egg-info"))
         for name in sorted(files):
-            if name.endswith((".py", ".md")):
+            if name.endswith((".py", ".md", ".sh")):
                 yield os.path.join(folder, name)
 
 
@@ -88,7 +92,7 @@ def resolves(name):
 
 
 def stale_names(root=ROOT):
-    """[(path relative to root, line number, name)] of every name under root that does not resolve."""
+    """[(path relative to root, line number, name or path)] of every one under root that does not resolve."""
     found, verdicts = [], {}
     for path in _files(root):
         with open(path, encoding="utf-8") as f:
@@ -102,6 +106,9 @@ def stale_names(root=ROOT):
                     verdicts[name] = resolves(name)
                 if not verdicts[name]:
                     found.append((os.path.relpath(path, root), number, name))
+            for match in PATH.finditer(line):
+                if not os.path.exists(os.path.join(root, match.group(0))):
+                    found.append((os.path.relpath(path, root), number, match.group(0)))
     return found
 
 

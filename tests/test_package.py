@@ -31,9 +31,13 @@ def test_the_name_check_reports_a_moved_module(tmp_path):
     (tmp_path / "notes.md").write_text(f"`{PKG}.vit.ARCHS` moved to `{PKG}.models.vit.ARCHS`;\n"
                                        f"`{PKG}.weights.pretrained.load_encoder` and "
                                        f"`{PKG}.weights.pretrained.no_such_function` are in the same module.\n")
-    (tmp_path / "mod.py").write_text(f'"""See {PKG}.knn.KNNMonitor (a command module) and {PKG}.knn."""\n')
+    (tmp_path / "mod.py").write_text(f'"""See {PKG}.knn.KNNMonitor (a command module) and {PKG}.knn.\n\n'
+                                     f'Written in {PKG}/models/vit.py, once {PKG}/vit.py."""\n')
+    (tmp_path / PKG / "models").mkdir(parents=True)
+    (tmp_path / PKG / "models" / "vit.py").write_text("")
     assert check_names.stale_names(str(tmp_path)) == [
         ("mod.py", 1, f"{PKG}.knn.KNNMonitor"),
+        ("mod.py", 3, f"{PKG}/vit.py"),
         ("notes.md", 1, f"{PKG}.vit.ARCHS"),
         ("notes.md", 2, f"{PKG}.weights.pretrained.no_such_function"),
     ]
