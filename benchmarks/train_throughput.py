@@ -63,7 +63,7 @@ def step_flops_per_image(arch, image_size, mlp_dim, moco_dim):
     spec = vit.ARCHS[arch]
     if spec["conv_stem"]:
         raise ValueError(f"FLOP counting covers the patch-embedding ViTs and {arch} has a conv stem; pick another "
-                         f"arch.")
+                         "arch.")
     backbone = vit_forward_flops(spec["depth"], spec["embed_dim"], spec["patch_size"], image_size, spec["mlp_ratio"])
     projector = mlp_flops([spec["embed_dim"], mlp_dim, mlp_dim, moco_dim])
     predictor = mlp_flops([moco_dim, mlp_dim, moco_dim])

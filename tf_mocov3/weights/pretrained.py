@@ -5,7 +5,8 @@ A path may be:
   * a checkpoint prefix (WORKDIR/checkpoints/ckpt-200), read with WORKDIR/config.json;
   * a directory written by `python -m tf_mocov3.convert_official` (the same layout, with ckpt-0 and no optimizer;
     its config.json has `source = "official:<file>"`);
-  * a `backbone.keras` written by `python -m export.saved_model` (standard Keras layers; tf_mocov3/weights/plain_keras.py).
+  * a `backbone.keras` written by `python -m export.saved_model` (standard Keras layers;
+    tf_mocov3/weights/plain_keras.py).
 
 Any of them may be local or a URL (gs://, or ram:// in tests): every look-up goes through tf.io.gfile.
 
