@@ -1,9 +1,10 @@
 """Test set-up shared by every test: two logical CPU devices (for the replica tests), quiet TensorFlow.
 
-`tf_mocov3` and `export` come from the package that scripts/setup.sh installs (editable); the helpers here and in
-this folder (roundoff.py, finetune_helpers.py, ...) are imported by their bare names (`from conftest import ...`),
-as pytest puts this folder first on sys.path (its default "prepend" import mode, tests/ having no __init__.py).
-Test data writers shared with the benchmarks are in tf_mocov3/testing/fixtures_data.py.
+`tf_mocov3` and `export` come from the package that scripts/setup.sh installs editable (`python -m pytest` from the
+root finds the same folders first through the current directory). The helpers here and in this folder (roundoff.py,
+finetune_helpers.py, ...) are imported by their bare names (`from conftest import ...`), as pytest puts this folder
+on sys.path (its default "prepend" import mode, tests/ having no __init__.py). Test data writers shared with the
+benchmarks are in tf_mocov3/testing/fixtures_data.py.
 """
 
 import os
