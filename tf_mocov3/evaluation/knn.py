@@ -314,8 +314,8 @@ def knn_settings(config):
 
 def make_monitor(config, metrics_writer, *, chief=True, print_fn=None):
     """KNNMonitor from config.knn (a key it lacks takes config_lib's default, config_lib.complete), or None when
-    config.knn.enabled is False or on a non-chief worker. Reads and preprocesses the kNN images now, so a missing or unlabelled data set fails
-    before training starts (ValueError naming the config key)."""
+    config.knn.enabled is False or on a non-chief worker. Reads and preprocesses the kNN images now, so a missing or
+    unlabelled data set fails before training starts (ValueError naming the config key)."""
     config = config_lib.complete(config, "pretrain")
     settings = knn_settings(config)
     if not settings["enabled"] or not chief:
@@ -351,6 +351,9 @@ def evaluate_pretrained(path, *, dataset=None, data_path=None, data_dir=None, tr
                         strategy=None):
     """Weighted kNN top-1 of the backbone at `path` on the FULL splits; returns the knn.json record (a dict).
 
+    The splits are the command's own (--train_split, --eval_split), not the run's config.knn: a run whose monitor
+    was off records config_lib's eval_split "validation" whatever its data set, while Fashion-MNIST and CIFAR hold
+    out "test" (an ImageNet run takes --eval_split=validation).
     `strategy`: embed each batch split over its replicas (a one-host strategy: GPUs, a TPU, mirrored CPUs).
     """
     from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
