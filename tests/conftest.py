@@ -75,7 +75,9 @@ class StopAt(keras.callbacks.Callback):
 
 def tiny_model_config(arch="vit_micro"):
     """config.model of a tiny MoCo v3 (2 blocks of width 32 for vit_micro, 1 for another ViT arch), for model tests
-    that build `moco.build_moco` directly."""
+    that build `moco.build_moco` directly; the keys not set here take base_config's (config_lib.complete)."""
+    from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
+
     c = ml_collections.ConfigDict()
     c.arch = arch
     c.overrides = ({"embed_dim": 32, "depth": 2, "num_heads": 2} if arch == "vit_micro"
@@ -87,7 +89,7 @@ def tiny_model_config(arch="vit_micro"):
     c.momentum = 0.99
     c.momentum_cosine = True
     c.monitor_grad_norms = True
-    return c
+    return config_lib.complete(c, part="model")
 
 
 def checkpoint_tensors(workdir):

@@ -108,7 +108,7 @@ def model_config(**switches):
                                        moco_dim=16, mlp_dim=32, temperature=0.2, momentum=0.99,
                                        momentum_cosine=True, monitor_grad_norms=True))
     c.update(switches)
-    return c
+    return config_lib.complete(c, part="model")  # pos_embed, pooling, head_bn, predictor: base_config's
 
 
 def bn_layers(model):

@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from ml_collections import ConfigDict
 
 from tf_mocov3.testing import fixtures_data
 from augment_reference import two_views
 from tf_mocov3.testing.fixtures_data import write_idx as _write_idx
+from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.data import order as order_lib
 from tf_mocov3.data import pipelines
@@ -66,22 +66,22 @@ def test_empty_or_missing_folder_errors(tmp_path):
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="fashion_mnist_idx"):
-        data.load_source(ConfigDict(dict(name="mnist")))
+        data.load_source(config_lib.complete(dict(name="mnist"), part="dataset"))
 
 
 def test_unprepared_tfds_gives_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"not prepared.*tfds build cifar10"):
-        data.load_source(ConfigDict(dict(name="cifar10", data_dir=str(tmp_path), split="train")))
+        data.load_source(config_lib.complete(dict(name="cifar10", data_dir=str(tmp_path)), part="dataset"))
     with pytest.raises(ValueError, match="downloads/manual"):
-        data.load_source(ConfigDict(dict(name="imagenet2012", data_dir=str(tmp_path), split="train")))
+        data.load_source(config_lib.complete(dict(name="imagenet2012", data_dir=str(tmp_path)), part="dataset"))
 
 
 # --- ordering contract ---
 
 
 def _config(name, path, batch, size=8, seed=3):
-    return ConfigDict(dict(seed=seed, batch_size=batch, dataset=dict(
-        name=name, path=path, split="train", image_size=size, crop_min=0.08, threads=0)))
+    return config_lib.complete(dict(seed=seed, batch_size=batch, dataset=dict(
+        name=name, path=path, split="train", image_size=size, crop_min=0.08, threads=0)), "pretrain")
 
 
 class _Ctx:

@@ -95,11 +95,11 @@ def test_dip_warning_names_step_accuracy_best_and_grad_norms():
 def test_make_monitor_defaults_and_errors(tmp_path, tiny_config):
     config, _ = tiny_config(tmp_path)
     assert knn.make_monitor(config, None) is None                              # no config.knn: disabled
-    config.knn = ml_collections.ConfigDict({"enabled": True})
+    config.knn = ml_collections.ConfigDict({"enabled": True})  # the other keys: config_lib.base_config's
     settings = knn.knn_settings(config)
     assert (settings["k"], settings["temperature"], settings["train_fraction"], settings["image_size"],
             settings["every_steps"], settings["max_eval_examples"], settings["eval_split"]) == (
-        200, 0.07, 0.1, 16, 200, 2000, "test")
+        200, 0.07, 0.1, 16, 200, 2000, "validation")
     config.knn.dataset = ml_collections.ConfigDict({"name": "fashion_mnist_idx", "path": str(tmp_path / "nowhere")})
     with pytest.raises(ValueError, match=r"kNN data set config.knn.dataset .*config.knn.enabled=False"):
         knn.make_monitor(config, None)
@@ -118,8 +118,9 @@ def monitored_run(tmp_path_factory, tiny_config):
     config, _ = tiny_config(tmp)
     config.max_steps = 5
     config.checkpoint_every_steps = 5
-    config.knn = ml_collections.ConfigDict(dict(enabled=True, every_steps=2, train_fraction=0.005,
-                                                max_eval_examples=200, batch_size=128, dip_margin=100.0))
+    # configs/demo.py's knn (eval_split "test": Fashion-MNIST has no validation split) with these keys changed.
+    config.knn.update(dict(enabled=True, every_steps=2, train_fraction=0.005, max_eval_examples=200, batch_size=128,
+                           dip_margin=100.0))
     workdir = str(tmp / "run")
     os.makedirs(workdir)
     lines = []
@@ -209,8 +210,8 @@ def test_queue_bank_holds_the_training_batches_features_and_labels(tmp_path, tin
     config, _ = tiny_config(tmp_path)
     config.max_steps = 4
     config.checkpoint_every_steps = 4
-    config.knn = ml_collections.ConfigDict(dict(enabled=True, every_steps=2, bank="queue", queue_size=24,
-                                                max_eval_examples=100, batch_size=64, dip_margin=100.0))
+    config.knn.update(dict(enabled=True, every_steps=2, bank="queue", queue_size=24, max_eval_examples=100,
+                           batch_size=64, dip_margin=100.0))
     workdir, lines = str(tmp_path / "run"), []
     result = training.run_pretraining(config, workdir, strategy=distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]),
                                       make_callbacks=knn.monitor_callbacks, print_fn=lines.append)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from ml_collections import ConfigDict
 
 from tf_mocov3.testing.fixtures_data import write_image_folder
+from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.data import order
 from tf_mocov3.data import pipelines
@@ -67,23 +67,27 @@ def test_holdout_and_subset_are_seeded_and_disjoint():
                                   np.sort(np.random.default_rng(1).permutation(20)[:5]))
 
 
+def image_folder(path):
+    """config.dataset of the image folder at `path` (base_config's other keys)."""
+    return config_lib.complete(dict(name="image_folder", path=str(path)), part="dataset")
+
+
 def test_open_labelled_joins_splits_and_names_the_fix(tmp_path):
     write_image_folder(str(tmp_path / "data" / "train"), per_class=3)
     write_image_folder(str(tmp_path / "data" / "validation"), per_class=2)
-    config = ConfigDict(dict(name="image_folder", path=str(tmp_path / "data")))
-    joined = sources.open_labelled(config, "train+validation")
+    joined = sources.open_labelled(image_folder(tmp_path / "data"), "train+validation")
     assert (joined.num_examples, joined.num_classes) == (10, 2)
     assert sorted(joined.labels.tolist()) == [0] * 5 + [1] * 5
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "a.png").write_bytes(tf.io.encode_png(tf.zeros([4, 4, 3], tf.uint8)).numpy())
     with pytest.raises(sources.LabelledSplitError, match="no labels.*one sub-folder per class"):
-        sources.open_labelled(ConfigDict(dict(name="image_folder", path=str(flat))), "train")
+        sources.open_labelled(image_folder(flat), "train")
     write_image_folder(str(tmp_path / "one"), classes=("cat",))
     with pytest.raises(sources.LabelledSplitError, match=r"\(1 classes\).*at least 2 classes"):
-        sources.open_labelled(ConfigDict(dict(name="image_folder", path=str(tmp_path / "one"))), "train")
+        sources.open_labelled(image_folder(tmp_path / "one"), "train")
     with pytest.raises(sources.LabelledSplitError, match="does not exist"):
-        sources.open_labelled(ConfigDict(dict(name="image_folder", path=str(tmp_path / "nowhere"))), "train")
+        sources.open_labelled(image_folder(tmp_path / "nowhere"), "train")
 
 
 def test_labelled_train_dataset_crops_each_example_with_its_contract_seed(tmp_path):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import types
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,7 +26,7 @@ from tf_mocov3.training import pretrain
 
 
 def dataset(path, split="train", **more):
-    return ml_collections.ConfigDict(dict(name="prepared", path=str(path), split=split, **more))
+    return config_lib.complete(dict(name="prepared", path=str(path), split=split, **more), part="dataset")
 
 
 def write_indexed_set(out, n=24, shard=5, file_format="array_record", bad=()):
@@ -235,7 +234,7 @@ def imagenet_builds(tmp_path_factory):
 
 def test_tfds_imagenet2012_array_record_is_read_by_index_as_the_tfrecord_build(imagenet_builds):
     def examples(fmt, split, **more):
-        cfg = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir=imagenet_builds[fmt], **more))
+        cfg = config_lib.complete(dict(name="imagenet2012", data_dir=imagenet_builds[fmt], **more), part="dataset")
         source = sources.load_source(cfg, split)
         return source.kind, [(bytes(i), int(l)) for i, l in pipelines.labelled_examples(source).as_numpy_iterator()]
 
@@ -243,7 +242,7 @@ def test_tfds_imagenet2012_array_record_is_read_by_index_as_the_tfrecord_build(i
     assert kind == "records" and len(records) == 10 and sorted(l for _, l in records) == [0] * 5 + [1] * 5
     assert examples("tfrecord", "train") == ("bytes", records)  # small: held in memory ("auto")
     assert examples("tfrecord", "train", in_memory="false") == ("stream", records)
-    cfg = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir=imagenet_builds["array_record"]))
+    cfg = config_lib.complete(dict(name="imagenet2012", data_dir=imagenet_builds["array_record"]), part="dataset")
     assert sources.split_size(cfg, "validation") == 3
     config = pretrain_config("", batch=2)
     config.dataset.name, config.dataset.data_dir = "imagenet2012", imagenet_builds["array_record"]

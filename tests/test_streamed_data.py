@@ -4,7 +4,6 @@ imagenet2012 build in 4 shards."""
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -23,7 +22,7 @@ def data_dir(tmp_path_factory):
 
 
 def streamed(data_dir, split="train"):
-    cfg = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir=data_dir, in_memory=False))
+    cfg = config_lib.complete(dict(name="imagenet2012", data_dir=data_dir, in_memory=False), part="dataset")
     return sources.open_labelled(cfg, split)
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +13,7 @@ import tensorflow as tf
 from tf_mocov3.testing.fixtures_data import build_tfds_cifar10
 from finetune_helpers import tiny_config, write_pretrained_dir
 from test_linear_probe import make_pretrained_dir, tiny_probe_config
+from tf_mocov3 import config_lib
 from tf_mocov3.data import order as order_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
@@ -46,7 +46,7 @@ def pretrained_dirs(tmp_path_factory):
 
 
 def dataset(root, in_memory="auto", **more):
-    return ml_collections.ConfigDict(dict(name="cifar10", data_dir=root, in_memory=in_memory, **more))
+    return config_lib.complete(dict(name="cifar10", data_dir=root, in_memory=in_memory, **more), part="dataset")
 
 
 def read(root, split, in_memory):

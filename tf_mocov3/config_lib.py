@@ -4,13 +4,17 @@ The recipe files in configs/ start from one of the three defaults here (`base_co
 `finetune_config`, `probe_config`; `transfer_config` is the official transfer recipe on top of `finetune_config`)
 and change what the recipe changes; the command line overrides any key (`--config.batch_size=1024`).
 `validate(config, kind=...)` is the one place that checks a config before any work: each problem is one sentence
-that names the key and the fix, and ConfigError carries all of them.
+that names the key and the fix, and ConfigError carries all of them. `complete(config)` is the one place a missing
+key gets its value: it fills a partial config or an old config.json record (a resume check, a --pretrained run)
+from these defaults, and what runs recorded before a key existed ran with, so the rest of the code reads keys
+directly.
 
 Where this module sits: it reads the names that models/ (architectures) and data/ (data sets) define, and the
 training code (optimizers, strategies) reads the names defined here, so imports keep pointing one way. It imports
 no TensorFlow itself (models/ and data/ are imported when a check needs them), so configs and `--help` stay fast.
 """
 
+import copy
 import json
 import os
 import re
@@ -303,42 +307,40 @@ def probe_config():
     c.dataset.crop_min = 0.08         # RandomResizedCrop scale (0.08, 1), torchvision's default
     c.dataset.validate_files = True
     c.dataset.in_memory = "auto"      # as in base_config: ImageNet is read from disk (array_record) or streamed
+    c.dataset.shuffle_buffer = 10000  # streamed TFDS sources (TFRecord builds too large to hold): shuffle buffer
+    c.dataset.cycle_length = 16       # streamed TFDS sources: files read at a time (file-level shuffle, order.py)
     return c
 
 
 # === Checks ===
 
 
-def _get(cfg, key, default=None):
-    try:
-        value = cfg.get(key, default)
-    except AttributeError:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
-
-
 def optim_problems(optim_config):
-    """The problems of `config.optim` (one sentence each); build_optimizer and validate both use this."""
+    """The problems of `config.optim` (one sentence each); build_optimizer and validate both use this.
+
+    `optim_config` may lack keys (a test's few): the checks read it completed (complete(..., part="optim")).
+    """
+    optim = complete(optim_config, "pretrain", part="optim")
     problems = []
-    name = str(_get(optim_config, "name", "adamw")).lower()
+    name = str(optim.name).lower()
     if name not in OPTIMIZERS:
         problems.append(f"config.optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
-    base_lr = float(_get(optim_config, "base_lr", 0.0))
+    base_lr = float(optim.base_lr)
     if not base_lr > 0:
         problems.append(f"config.optim.base_lr must be positive, got {base_lr}; it is the learning rate for a "
                         f"batch of 256 (the ViT recipes use 1.5e-4).")
-    weight_decay = float(_get(optim_config, "weight_decay", 0.0))
+    weight_decay = float(optim.weight_decay)
     if weight_decay < 0:
         problems.append(f"config.optim.weight_decay must be >= 0, got {weight_decay}; e.g. 0.1 for ViT AdamW "
                         f"(paper convention).")
-    warmup = float(_get(optim_config, "warmup_epochs", 0.0))
+    warmup = float(optim.warmup_epochs)
     if warmup < 0:
         problems.append(f"config.optim.warmup_epochs must be >= 0, got {warmup}.")
-    convention = str(_get(optim_config, "decay_convention", "lr_scaled"))
+    convention = str(optim.decay_convention)
     if convention not in DECAY_CONVENTIONS:
         problems.append(f"config.optim.decay_convention={convention!r} is unknown; choose one of "
                         f"{', '.join(DECAY_CONVENTIONS)}.")
-    exclude = str(_get(optim_config, "decay_exclude", "none"))
+    exclude = str(optim.decay_exclude)
     if exclude not in DECAY_EXCLUDE_MODES:
         problems.append(f"config.optim.decay_exclude={exclude!r} is unknown; choose one of "
                         f"{', '.join(DECAY_EXCLUDE_MODES)}.")
@@ -375,7 +377,7 @@ def absolute_path(path):
 
 
 def _steps_per_execution_problems(config):
-    value = str(config.get("steps_per_execution", "auto")).strip().lower()  # the flag gives a string
+    value = str(config.steps_per_execution).strip().lower()  # the flag gives a string
     if value == "auto" or (value.isdigit() and int(value) >= 1):
         return []
     return [f"config.steps_per_execution={value!r} must be 'auto' or a positive integer (e.g. 32 on a TPU)."]
@@ -411,17 +413,17 @@ def _pretrain_problems(config):
     from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
 
     problems = []
-    service = str(config.dataset.get("data_service") or "")
+    service = str(config.dataset.data_service or "")
     if service and not re.fullmatch(r"grpc://[^/:]+:[0-9]+", service):
         problems.append(f"config.dataset.data_service={service!r} is not a tf.data service dispatcher address; "
                         f"give it as grpc://HOST:PORT or leave it empty to read on this host.")
-    method = config.get("method", "mocov3")
+    method = config.method
     if method not in moco.METHODS:
         problems.append(f"config.method={method!r} is unknown; choose one of {', '.join(moco.METHODS)}.")
     model = config.model
-    for key, choices, default in (("pos_embed", vit.POS_EMBEDS, "sincos"), ("pooling", vit.POOLINGS, "cls"),
-                                  ("head_bn", ("auto",) + moco.HEAD_BNS, "auto")):
-        value = model.get(key, default)
+    for key, choices in (("pos_embed", vit.POS_EMBEDS), ("pooling", vit.POOLINGS),
+                         ("head_bn", ("auto",) + moco.HEAD_BNS)):
+        value = model[key]
         if value not in choices:
             problems.append(f"config.model.{key}={value!r} is unknown; choose one of {', '.join(choices)}.")
     if config.model.arch not in backbones.ARCHS:
@@ -429,9 +431,8 @@ def _pretrain_problems(config):
                         f"{', '.join(backbones.ARCHS)}.")
     else:
         problems += backbones.option_problems(
-            config.model.arch, train_patch_embed=bool(config.model.get("train_patch_embed", False)),
-            overrides=dict(config.model.get("overrides", {}) or {},
-                           pos_embed=model.get("pos_embed", "sincos"), pooling=model.get("pooling", "cls")))
+            config.model.arch, train_patch_embed=bool(model.train_patch_embed),
+            overrides=dict(model.overrides, pos_embed=model.pos_embed, pooling=model.pooling))
     if not 0 < config.model.temperature:
         problems.append(f"config.model.temperature must be positive, got {config.model.temperature}.")
     if not 0 <= config.model.momentum <= 1:
@@ -444,12 +445,16 @@ KNN_QUEUE_ENCODERS = ("momentum", "query")
 
 
 def knn_problems(config):
-    """What stops config.knn.bank / queue_size / queue_encoder from working (one sentence each; [] = fine)."""
-    knn = config.get("knn") or {}
-    if not knn.get("enabled"):
+    """What stops config.knn.bank / queue_size / queue_encoder from working (one sentence each; [] = fine).
+
+    `config` is a pre-training config; one whose config.knn holds a few keys is read completed (complete()).
+    """
+    config = complete(config, "pretrain")
+    knn = config.knn
+    if not knn.enabled:
         return []
     problems = []
-    bank, encoder = knn.get("bank", "images"), knn.get("queue_encoder", "momentum")
+    bank, encoder = knn.bank, knn.queue_encoder
     if bank not in KNN_BANKS:
         problems.append(f"config.knn.bank={bank!r} is unknown; choose one of {', '.join(KNN_BANKS)}.")
     if encoder not in KNN_QUEUE_ENCODERS:
@@ -457,12 +462,12 @@ def knn_problems(config):
                         f"{', '.join(KNN_QUEUE_ENCODERS)}.")
     if bank != "queue":
         return problems
-    other = ((knn.get("dataset") or {}).get("name") or config.dataset.name)
+    other = knn.dataset.name or config.dataset.name
     if other != config.dataset.name:
         problems.append(f"config.knn.bank='queue' fills the bank from the training batches of {config.dataset.name}, "
                         f"so the kNN data set cannot be {other}; leave config.knn.dataset.name empty or use "
                         f"config.knn.bank='images'.")
-    size = int(knn.get("queue_size", 0) or 0)
+    size = int(knn.queue_size)
     if size < 0 or 0 < size < int(config.batch_size):
         problems.append(f"config.knn.queue_size={size} must hold at least one global batch ({config.batch_size}); "
                         f"set it to 0 (10% of the training split) or a larger number.")
@@ -478,27 +483,27 @@ def _finetune_problems(config):
             problems.append(f"config.aug.{key} must be >= 0, got {config.aug[key]}.")
     if not 0 < config.aug.crop_min <= 1:
         problems.append(f"config.aug.crop_min must be in (0, 1], got {config.aug.crop_min}.")
-    schedule = str(config.optim.get("schedule", "per_step"))
+    schedule = str(config.optim.schedule)
     if schedule not in ("per_step", "per_epoch"):
         problems.append(f"config.optim.schedule={schedule!r} is unknown; choose per_step or per_epoch (DeiT).")
     aug = config.aug
-    if str(aug.get("interpolation", "bilinear")) not in ("bilinear", "bicubic"):
+    if str(aug.interpolation) not in ("bilinear", "bicubic"):
         problems.append(f"config.aug.interpolation={aug.interpolation!r} is unknown; choose bilinear or bicubic.")
-    if int(aug.get("repeated_aug", 1)) < 1:
+    if int(aug.repeated_aug) < 1:
         problems.append(f"config.aug.repeated_aug must be >= 1 (1 = off, DeiT: 3), got {aug.repeated_aug}.")
-    group = int(aug.get("mixup_group", 0))
+    group = int(aug.mixup_group)
     if group < 0 or (group and isinstance(config.batch_size, int) and config.batch_size % group):
         problems.append(f"config.aug.mixup_group={group} must be 0 (one lambda per batch) or divide "
                         f"config.batch_size={config.batch_size}; e.g. the per-replica batch.")
-    if str(aug.get("rand_augment", "") or ""):
+    if aug.rand_augment:
         from tf_mocov3.data import randaugment  # pylint: disable=import-outside-toplevel
         try:
             randaugment.RandAugmentSpec(aug.rand_augment)
         except ValueError as err:
             problems.append(str(err))
-    if config.get("ema") is not None and config.ema.enabled and not 0 < float(config.ema.decay) < 1:
+    if config.ema.enabled and not 0 < float(config.ema.decay) < 1:
         problems.append(f"config.ema.decay must be in (0, 1), got {config.ema.decay}; DeiT uses 0.99996.")
-    crop_pct = float(config.eval.get("crop_pct", 0.0) or 0.0)
+    crop_pct = float(config.eval.crop_pct)
     if not 0 <= crop_pct <= 1:
         problems.append(f"config.eval.crop_pct must be in (0, 1] (or 0 for S*256/224), got {crop_pct}.")
     return problems
@@ -506,7 +511,7 @@ def _finetune_problems(config):
 
 def _probe_problems(config, num_replicas):
     problems = []
-    if config.get("strategy", "auto") not in STRATEGIES:
+    if config.strategy not in STRATEGIES:
         problems.append(f"config.strategy={config.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}.")
     if config.batch_size > 0 and config.batch_size % num_replicas:
         problems.append(f"config.batch_size={config.batch_size} is not divisible by the {num_replicas} replicas; "
@@ -540,6 +545,7 @@ def validate(config, *, kind="pretrain", num_replicas=1, workdir=None):
 
     if kind not in KINDS:
         raise ValueError(f"validate(kind={kind!r}): kind must be one of {', '.join(KINDS)}.")
+    config = complete(config, kind)  # a key the config lacks is checked at its default
     problems = []
     if not isinstance(config.batch_size, int) or config.batch_size <= 0:
         problems.append(f"config.batch_size must be a positive integer, got {config.batch_size!r}.")
@@ -574,9 +580,61 @@ def as_record(config):
     return config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
 
 
-# What a run recorded before these keys existed ran with (checkpoints of such runs resume with the defaults).
-_DEFAULT_WHEN_UNRECORDED = {"method": "mocov3", "model.pos_embed": "sincos", "model.pooling": "cls",
-                            "model.head_bn": "auto"}
+# === Completing a config or a record ===
+
+# What a run that recorded no such key ran with, by kind and dotted key: complete() fills these before the defaults,
+# so that a default may change without changing what an old workdir resumes as (today each equals its default).
+_DEFAULT_WHEN_UNRECORDED = {
+    "pretrain": {"method": "mocov3", "model.pos_embed": "sincos", "model.pooling": "cls", "model.head_bn": "auto"},
+    "finetune": {"model.train_pos_embed": False},
+    "probe": {"model.bn_before_head": False},
+}
+
+
+def defaults(kind="pretrain"):
+    """Every key of a `kind` config with its default: base_config(), finetune_config() or probe_config()."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is unknown; choose one of {', '.join(KINDS)}.")
+    return {"pretrain": base_config, "finetune": finetune_config, "probe": probe_config}[kind]()
+
+
+def kind_of(config):
+    """The kind of a config or record: "probe" (it has base_lrs), "finetune" (it has aug) or "pretrain"."""
+    return "probe" if "base_lrs" in config else "finetune" if "aug" in config else "pretrain"
+
+
+def complete(config, kind=None, *, part=""):
+    """`config` with every key of `kind`'s defaults that it lacks filled in, so that code reads keys directly.
+
+    A new ConfigDict; `config` is left as it is. `config` is a ConfigDict (a recipe, a test's config) or a plain
+    dict (a config.json record read back: a resume check, a --pretrained run, the kNN command). A key it lacks
+    takes what runs ran with before the key existed (_DEFAULT_WHEN_UNRECORDED), else the default of `kind`; a
+    sub-config recorded as None takes the default one; keys the defaults do not have (convert_official's `source`,
+    a probe record's `pretrained`) are kept.
+
+    Args:
+      config: the config, or the part of one named by `part`.
+      kind: "pretrain", "finetune" or "probe"; None: kind_of(config) (with `part`: "pretrain").
+      part: "" for a whole config, or the dotted name of the part `config` is ("dataset", "model", "knn").
+    """
+    kind = kind or ("pretrain" if part else kind_of(config))
+    tree = defaults(kind)
+    for name in filter(None, part.split(".")):
+        tree = tree[name]
+    out = ml_collections.ConfigDict(config) if isinstance(config, dict) else copy.deepcopy(config)
+    unrecorded = _DEFAULT_WHEN_UNRECORDED[kind]
+    with out.unlocked():
+        _fill(out, tree, unrecorded, f"{part}." if part else "")
+    return out
+
+
+def _fill(target, default_tree, unrecorded, prefix):
+    for key, default in default_tree.items():
+        dotted = prefix + key
+        if key not in target or (target[key] is None and isinstance(default, ml_collections.ConfigDict)):
+            target[key] = unrecorded[dotted] if dotted in unrecorded else copy.deepcopy(default)
+        elif isinstance(default, ml_collections.ConfigDict) and isinstance(target[key], ml_collections.ConfigDict):
+            _fill(target[key], default, unrecorded, f"{dotted}.")
 
 
 def read_text(path):
@@ -632,10 +690,9 @@ def check_resume_compatible(workdir, config, keys, *, config_file="config.json",
     if saved is None:
         return
     current = as_record(config)
+    saved = as_record(complete(saved, kind_of(current)))  # a record from before a key existed: what it ran with
     for key in keys:
         was = _lookup(saved, key)
-        if was is None and key in _DEFAULT_WHEN_UNRECORDED:  # a record from before the key existed
-            was = _DEFAULT_WHEN_UNRECORDED[key]
         if was != _lookup(current, key):
             raise error_cls(f"--workdir={workdir} holds a {kind} with {key_prefix}{key}={was!r}, "
                             f"not {_lookup(current, key)!r}; resume with the same config or choose a new --workdir.")

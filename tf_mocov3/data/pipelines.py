@@ -48,8 +48,6 @@ DEFAULT_SHUFFLE_BUFFER = 10_000
 # Files of a streamed source read at a time, one record of each in turn (TFDS's interleave default).
 DEFAULT_CYCLE_LENGTH = 16
 
-_get = sources.setting
-
 
 def _options(threads=0, auto_shard=tf.data.experimental.AutoShardPolicy.OFF):
     options = tf.data.Options()
@@ -164,7 +162,8 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
     uint8 levels; the train step normalises them: augment.normalize_uint8).
 
     Args:
-        config: the experiment ConfigDict (seed, batch_size, dataset.*).
+        config: the pre-training ConfigDict (seed, batch_size, every key of dataset.*: config_lib.complete
+          fills a partial one).
         input_context: a tf.distribute.InputContext (None: one replica, one pipeline).
         start_step: first global step to produce (resume), see order.py.
         with_labels: batches (view1, view2, int64 labels [n]) instead, for the kNN monitor's feature queue
@@ -179,10 +178,10 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
     dcfg = config.dataset
     n, local, offset = _layout(config, input_context)
     seed = int(config.seed)
-    image_size = int(_get(dcfg, "image_size", 224))
-    crop_min = float(_get(dcfg, "crop_min", 0.08))
-    jpeg_decode_once = bool(_get(dcfg, "jpeg_decode_once", True))
-    jpeg_dct_scaling = bool(_get(dcfg, "jpeg_dct_scaling", False))
+    image_size = int(dcfg.image_size)
+    crop_min = float(dcfg.crop_min)
+    jpeg_decode_once = bool(dcfg.jpeg_decode_once)
+    jpeg_dct_scaling = bool(dcfg.jpeg_dct_scaling)
     source = sources.load_source(dcfg) if source is None else source
     order = pretrain_order(config, source, input_context=input_context, start_step=start_step)
 
@@ -210,9 +209,8 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
     else:
         pipeline, pipelines = _pipelines(input_context)
         ds = order.epochs(streamed_epochs(
-            source, order, shuffle_buffer=int(_get(dcfg, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)),
-            cycle_length=int(_get(dcfg, "cycle_length", DEFAULT_CYCLE_LENGTH)), pipeline=pipeline,
-            pipelines=pipelines)).enumerate()
+            source, order, shuffle_buffer=int(dcfg.shuffle_buffer), cycle_length=int(dcfg.cycle_length),
+            pipeline=pipeline, pipelines=pipelines)).enumerate()
         ds = map_examples(ds, lambda i, ex: (keep(augment_example(ex[0][0], ex[1], ex[2]), ex[0][-1]), i),
                           source.is_encoded)
     # -> (element, records dropped just before it): the gap between consecutive record numbers.
@@ -232,7 +230,7 @@ def build_pretrain_dataset(config, *, input_context=None, start_step=0, with_lab
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    options = _options(_get(dcfg, "threads", 0))
+    options = _options(dcfg.threads)
     # One thread per op inside the map functions: the pipeline's parallelism is across examples (parallel map);
     # intra-op threads only add hand-off and spin-wait CPU time.
     options.threading.max_intra_op_parallelism = 1

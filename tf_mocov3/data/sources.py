@@ -32,6 +32,8 @@ memory / disk. Every random-access kind follows the example order of order.py ex
 Counts come from metadata (`split_size`: TFDS split info, the prepared metadata, the IDX header, the folder listing):
 nothing reads a split to count it.
 
+A `dataset_config` holds every key the source reads (name, path, data_dir, split unless given, validate_files,
+in_memory): a config's `config.dataset`, or config_lib.complete(keys, part="dataset") for a few keys.
 `open_labelled(dataset_config, split)` is the one way to open a labelled split ("a+b" joins splits); its
 problems are `LabelledSplitError`s, one sentence naming the fix. The input pipelines are in pipelines.py.
 
@@ -80,12 +82,6 @@ PREPARED_FORMAT = "tf_mocov3.prepared.v1"
 # metadata.json's "file_format" (absent in sets written before TFRecord output existed: array_record).
 PREPARED_FILE_FORMATS = ("array_record", "tfrecord")
 PREPARE_HINT = "python -m tf_mocov3.prepare_data --input=IMAGE_FOLDER --output={path}"
-
-
-def setting(cfg, key, default=None):
-    """`cfg.key` of a ConfigDict, dict or object; `default` when missing or None."""
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 # === IDX files (Fashion-MNIST) ===
@@ -648,7 +644,7 @@ def check_source_for(source, strategy):
 
 def _in_memory(dataset_config):
     """config.dataset.in_memory as True, False or None ("auto")."""
-    value = setting(dataset_config, "in_memory", "auto")
+    value = dataset_config["in_memory"]
     if isinstance(value, str):
         lowered = value.strip().lower()
         if lowered in ("auto", ""):
@@ -663,13 +659,12 @@ def _in_memory(dataset_config):
 
 def split_size(dataset_config, split=None):
     """The number of examples of a split, from metadata (never by reading the split's images)."""
-    name = setting(dataset_config, "name")
-    split = split or setting(dataset_config, "split", "train")
-    path = setting(dataset_config, "path")
+    name, path = dataset_config["name"], dataset_config["path"]
+    split = split or dataset_config["split"]
     if name == "prepared":  # the metadata's count (load_source checks the shards)
         return int(_prepared_split(path, split)[1]["num_examples"])
     if name in TFDS_NAMES:
-        builder = _tfds_builder(name, setting(dataset_config, "data_dir"))
+        builder = _tfds_builder(name, dataset_config["data_dir"])
         return int(builder.info.splits[_tfds_split(builder, split)].num_examples)
     if name == "fashion_mnist_idx":
         prefix = {"train": "train", "test": "t10k"}.get(split)
@@ -681,14 +676,13 @@ def split_size(dataset_config, split=None):
 
 def load_source(dataset_config, split=None):
     """Open the source named by `dataset_config.name` (see the module docstring)."""
-    name = setting(dataset_config, "name")
-    split = split or setting(dataset_config, "split", "train")
-    path = setting(dataset_config, "path")
+    name, path = dataset_config["name"], dataset_config["path"]
+    split = split or dataset_config["split"]
     if name == "fashion_mnist_idx":
         images, labels = load_fashion_mnist_idx(path, split)
         return Source(name, "array", len(images), 10, tf.constant(images), labels)
     if name == "image_folder":
-        files, labels, classes = list_image_folder(path, split, setting(dataset_config, "validate_files", True))
+        files, labels, classes = list_image_folder(path, split, dataset_config["validate_files"])
         return Source(name, "paths", len(files), len(classes), tf.constant(files), labels)
     if name == "prepared":
         reader, num_classes = prepared_reader(path, split)
@@ -696,7 +690,7 @@ def load_source(dataset_config, split=None):
             return Source(name, "stream", reader.num_records, num_classes, stream=reader.stream, reader=reader)
         return Source(name, "records", reader.num_records, num_classes, reader=reader)
     if name in TFDS_NAMES:
-        builder = _tfds_builder(name, setting(dataset_config, "data_dir"))
+        builder = _tfds_builder(name, dataset_config["data_dir"])
         split = _tfds_split(builder, split)
         info = builder.info.splits[split]
         num_examples = info.num_examples
@@ -734,8 +728,8 @@ class LabelledSplitError(ValueError):
 
 def _check_has_class_folders(dataset_config, split):
     """An image folder whose images sit directly in it (no class sub-folders) has no labels."""
-    path = setting(dataset_config, "path")
-    if setting(dataset_config, "name") != "image_folder" or not path:
+    path = dataset_config["path"]
+    if dataset_config["name"] != "image_folder" or not path:
         return
     if os.path.isdir(os.path.join(path, split)):
         path = os.path.join(path, split)
@@ -776,7 +770,7 @@ def open_labelled(dataset_config, split):
     Raises LabelledSplitError (one sentence naming the fix) when a split cannot be read, has no labels (an image
     folder without class sub-folders, a TFDS set without a label feature) or fewer than 2 classes.
     """
-    name = setting(dataset_config, "name")
+    name = dataset_config["name"]
     parts = [part.strip() for part in str(split).split("+")]
     opened = []
     for part in parts:

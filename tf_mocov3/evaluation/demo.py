@@ -19,6 +19,7 @@ import time
 import keras
 import numpy as np
 
+from tf_mocov3 import config_lib
 from tf_mocov3.data import order
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
@@ -41,16 +42,11 @@ PROBE_BATCH = 256
 PROBE_EPOCHS = 20
 
 
-def _knn_settings(config):
-    settings = dict(config.get("knn", {}) or {}) if hasattr(config, "get") else {}
-    return int(settings.get("k", 200) or 200), float(settings.get("temperature", 0.07) or 0.07)
-
-
 def _random_backbone(config, image_size):
     keras.utils.set_random_seed(int(config.seed) + 1)
     overrides = vit.config_overrides(config.model)
     return backbones.build_backbone(config.model.arch, image_size,
-                                    train_patch_embed=bool(config.model.get("train_patch_embed", False)),
+                                    train_patch_embed=bool(config.model.train_patch_embed),
                                     name="random_backbone", **overrides)
 
 
@@ -75,7 +71,7 @@ def evaluate_demo(workdir, config=None, *, train_examples=TRAIN_EXAMPLES, test_e
 
     Args:
       workdir: a pre-training workdir (configs/demo.py or any labelled data set).
-      config: its pre-training ConfigDict; None reads WORKDIR/config.json.
+      config: its pre-training ConfigDict; None reads WORKDIR/config.json (either completed: config_lib.complete).
       train_examples: memory-bank / probe size; test_examples: 0 = the whole test split.
 
     Returns:
@@ -85,12 +81,11 @@ def evaluate_demo(workdir, config=None, *, train_examples=TRAIN_EXAMPLES, test_e
     say = print_fn or (lambda line: print(line, flush=True))
     t0 = time.perf_counter()
     resolved = pretrained.resolve(workdir)  # reads WORKDIR/config.json through tf.io.gfile
-    if config is None:
-        config = resolved.config
+    config = resolved.config if config is None else config_lib.complete(config, "pretrain")
     step = int(resolved.prefix.rsplit("-", 1)[-1])
     image_size = int(config.dataset.image_size)
     backbone = pretrained.load_backbone(workdir)
-    k, temperature = _knn_settings(config)
+    k, temperature = int(config.knn.k), float(config.knn.temperature)
     seed = int(config.seed)
     say(f"Demo evaluation of {workdir} (step {step}) on {config.dataset.name}: bank/probe {train_examples} train "
         f"images, {'all' if not test_examples else test_examples} test images, kNN k={k} T={temperature}.")

@@ -43,9 +43,6 @@ KNN_FILE = "knn.json"
 # decoded and preprocessed again at every evaluation.
 CACHE_LIMIT_BYTES = 1 << 30
 
-DEFAULTS = dict(enabled=False, every_steps=200, k=200, temperature=0.07, train_fraction=0.1, train_split="train",
-                eval_split="test", image_size=0, dip_margin=5.0, max_eval_examples=2000, batch_size=256, seed=0,
-                bank="images", queue_size=0, queue_encoder="momentum")
 
 
 # === The classifier ===
@@ -112,7 +109,7 @@ def _labelled_source(dataset_config, split, key):
         return data.open_labelled(dataset_config, split)
     except (ValueError, OSError, tf.errors.OpError) as err:
         reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
-        raise ValueError(f"The kNN data set {key} (name={dataset_config.get('name')!r}, split={split!r}) cannot be "
+        raise ValueError(f"The kNN data set {key} (name={dataset_config['name']!r}, split={split!r}) cannot be "
                          f"used ({reason}); point {key} at a labelled data set or set config.knn.enabled=False."
                          ) from err
 
@@ -296,34 +293,30 @@ class KNNMonitor(keras.callbacks.Callback):
 
 
 def _knn_dataset_config(config):
-    """config.knn.dataset merged over config.dataset: unset keys come from the pre-training data set."""
-    knn = config.get("knn") or {}
-    base = dict(config.dataset.to_dict()) if hasattr(config.dataset, "to_dict") else dict(config.dataset)
-    override = knn.get("dataset") or {}
-    override = dict(override.to_dict()) if hasattr(override, "to_dict") else dict(override)
-    override = {key: value for key, value in override.items() if value not in (None, "")}
-    if override.get("name") and override["name"] != base.get("name"):
-        base = {key: value for key, value in base.items() if key not in ("path", "data_dir")}
-    base.update(override)
+    """config.knn.dataset merged over config.dataset of a complete config: its empty keys come from the pre-training
+    data set (path and data_dir only when it names the same data set)."""
+    base = config.dataset.to_dict()
+    if config.knn.dataset.name not in ("", base["name"]):
+        base.update(path="", data_dir="")
+    base.update({key: value for key, value in config.knn.dataset.items() if value not in (None, "")})
     return ml_collections.ConfigDict(base)
 
 
 def knn_settings(config):
-    """config.knn with DEFAULTS filled in (a plain dict); image_size 0 = config.dataset.image_size."""
-    knn = config.get("knn") or {}
-    settings = {key: knn.get(key, default) for key, default in DEFAULTS.items()}
-    for key, default in DEFAULTS.items():
-        if settings[key] is None:
-            settings[key] = default
+    """config.knn of `config` completed with config_lib's defaults (config_lib.complete), as a plain dict, with
+    image_size 0 read as config.dataset.image_size and the run's seed."""
+    config = config_lib.complete(config, "pretrain")
+    settings = config.knn.to_dict()
     settings["image_size"] = int(settings["image_size"] or config.dataset.image_size)
-    settings["seed"] = int(knn.get("seed", config.get("seed", 0)) or 0)
+    settings["seed"] = int(config.seed)
     return settings
 
 
 def make_monitor(config, metrics_writer, *, chief=True, print_fn=None):
-    """KNNMonitor from config.knn (missing keys take DEFAULTS), or None when config.knn.enabled is False or on a
-    non-chief worker. Reads and preprocesses the kNN images now, so a missing or unlabelled data set fails
-    before training starts (ValueError naming the config key)."""
+    """KNNMonitor from config.knn (a key it lacks takes config_lib's default, config_lib.complete), or None when
+    config.knn.enabled is False or on a non-chief worker. Reads and preprocesses the kNN images now, so a missing or
+    unlabelled data set fails before training starts (ValueError naming the config key)."""
+    config = config_lib.complete(config, "pretrain")
     settings = knn_settings(config)
     if not settings["enabled"] or not chief:
         return None
@@ -358,22 +351,23 @@ def evaluate_pretrained(path, *, dataset=None, data_path=None, data_dir=None, tr
                         strategy=None):
     """Weighted kNN top-1 of the backbone at `path` on the FULL splits; returns the knn.json record (a dict).
 
+    The splits are the command's own (--train_split, --eval_split), not the run's config.knn: a run whose monitor
+    was off records config_lib's eval_split "validation" whatever its data set, while Fashion-MNIST and CIFAR hold
+    out "test" (an ImageNet run takes --eval_split=validation).
     `strategy`: embed each batch split over its replicas (a one-host strategy: GPUs, a TPU, mirrored CPUs).
     """
     from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
 
     resolved = pretrained.resolve(path)
     run = resolved.config
-    dataset_config = dict(run.dataset.to_dict()) if "dataset" in run else {}
-    if dataset and dataset != dataset_config.get("name"):
+    dataset_config = run.dataset.to_dict()  # resolve() completed the record: a run without one read imagenet2012
+    if dataset and dataset != dataset_config["name"]:
         dataset_config = {"name": dataset}
     if data_path:
         dataset_config["path"] = data_path
     if data_dir:
         dataset_config["data_dir"] = data_dir
-    if not dataset_config.get("name"):
-        raise ValueError(f"Pretrained path {path} names no data set in its config.json; pass --dataset.")
-    dataset_config = ml_collections.ConfigDict(dataset_config)
+    dataset_config = config_lib.complete(dataset_config, "pretrain", part="dataset")
     train = _labelled_source(dataset_config, train_split, "--dataset / --train_split")
     test = _labelled_source(dataset_config, eval_split, "--dataset / --eval_split")
     size = int(image_size or run.dataset.image_size)

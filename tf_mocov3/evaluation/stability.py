@@ -89,7 +89,8 @@ def plot_stability(path, curves):
 def run_stability(config, workdir, *, print_fn=None):
     """Both runs, the PNG and the table (see the module docstring); returns {"rows": [...], "plot": path}."""
     say = print_fn or (lambda line: print(line, flush=True))
-    if not (config.get("knn") and config.knn.get("enabled")):
+    config = config_lib.complete(config, "pretrain")
+    if not config.knn.enabled:
         raise ValueError("The stability run needs the kNN monitor: set config.knn.enabled=True (and a labelled "
                          "config.knn.eval_split).")
     curves, rows = {}, []

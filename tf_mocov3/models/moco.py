@@ -66,14 +66,14 @@ def method_spec(method):
 
 
 def resolved_head_bn(model_config, method="mocov3"):
-    """config.model.head_bn, with "auto" (or unset) meaning the method's own heads."""
-    head_bn = model_config.get("head_bn", "auto") or "auto"
+    """config.model.head_bn, with "auto" meaning the method's own heads."""
+    head_bn = model_config["head_bn"]
     return method_spec(method).head_bn if head_bn == "auto" else head_bn
 
 
 def resolved_predictor(model_config, method="mocov3"):
-    """config.model.predictor, with None (or unset) meaning the method's default (SimCLR has none)."""
-    value = model_config.get("predictor", None)
+    """config.model.predictor, with None meaning the method's default (SimCLR has none)."""
+    value = model_config["predictor"]
     return method_spec(method).predictor if value is None else bool(value)
 
 
@@ -410,7 +410,8 @@ def _all_layers(model):
 
 def build_moco(model_config, *, image_size, total_steps, method="mocov3"):
     """MoCoV3 from `config.model` (arch, overrides, pos_embed, pooling, train_patch_embed, head_bn, predictor,
-    moco_dim, mlp_dim, temperature, momentum) and `config.method` (METHODS).
+    moco_dim, mlp_dim, temperature, momentum, momentum_cosine, monitor_grad_norms: every key of base_config's; a
+    partial one goes through config_lib.complete(..., part="model") first) and `config.method` (METHODS).
 
     The arch chooses the heads as the official builder.py does (backbones.head_layout): MoCo_ViT's 3-layer projector
     and BN-ended predictor, or MoCo_ResNet's 2-layer projector and a predictor without a last BN; head_bn removes
@@ -420,7 +421,7 @@ def build_moco(model_config, *, image_size, total_steps, method="mocov3"):
     spec = method_spec(method)
     arch = model_config.arch
     overrides = vit.config_overrides(model_config)
-    train_patch_embed = bool(model_config.get("train_patch_embed", False))
+    train_patch_embed = bool(model_config.train_patch_embed)
     settings = head_settings(arch, resolved_head_bn(model_config, method))
 
     def encoder(prefix):
@@ -439,6 +440,6 @@ def build_moco(model_config, *, image_size, total_steps, method="mocov3"):
                                           **settings["predictor"])
     return MoCoV3(backbone, projector, predictor, momentum_backbone, momentum_projector,
                   temperature=model_config.temperature, base_momentum=model_config.momentum,
-                  momentum_cosine=model_config.get("momentum_cosine", True), total_steps=total_steps,
+                  momentum_cosine=model_config.momentum_cosine, total_steps=total_steps,
                   batch_views=not backbones.has_batchnorm(arch),
-                  monitor_grad_norms=model_config.get("monitor_grad_norms", True), method=method, name="moco_v3")
+                  monitor_grad_norms=model_config.monitor_grad_norms, method=method, name="moco_v3")

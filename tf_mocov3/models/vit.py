@@ -593,14 +593,14 @@ def backbone_has_batchnorm(arch):
 
 
 def config_overrides(model_config):
-    """The keyword arguments for build_backbone of a run's `config.model`: `overrides` without its unset (None)
-    entries, plus `pos_embed` and `pooling` when they differ from the default (sincos, cls), so that every command
-    that rebuilds a run's backbone from its config builds the one it trained."""
-    out = {k: v for k, v in dict(model_config.get("overrides", {}) or {}).items() if v is not None}
-    for key, default in (("pos_embed", "sincos"), ("pooling", "cls")):
-        value = model_config.get(key, default)
-        if value not in (None, default):
-            out[key] = value
+    """The keyword arguments for build_backbone of a run's `config.model` (overrides, pos_embed, pooling: a
+    complete one, config_lib.complete): `overrides` without its unset (None) entries, plus `pos_embed` and `pooling`
+    when they differ from build_backbone's (sincos, cls), so that every command that rebuilds a run's backbone from
+    its config builds the one it trained."""
+    out = {k: v for k, v in dict(model_config["overrides"]).items() if v is not None}
+    for key, builds in (("pos_embed", "sincos"), ("pooling", "cls")):
+        if model_config[key] != builds:
+            out[key] = model_config[key]
     return out
 
 

@@ -49,7 +49,7 @@ class PretrainedEncoder(NamedTuple):
       backbone: keras.Model, images [B, S, S, 3] -> [CLS] features [B, D].
       projector: keras.Model [B, D] -> [B, moco_dim], or None when the weights hold no projector
         (converted linear-probe or DeiT-layout checkpoints).
-      config: ml_collections.ConfigDict, the pre-training config of the run.
+      config: ml_collections.ConfigDict, the pre-training config of the run (every key: config_lib.complete).
       source: 'workdir' | 'checkpoint' | 'official' | 'keras'.
     """
 
@@ -69,11 +69,13 @@ class _Resolved(NamedTuple):
 
 
 def _read_config(workdir, path):
+    """WORKDIR/config.json completed with base_config's defaults (config_lib.complete: a run recorded before a key
+    existed reads as what it ran with)."""
     config = config_lib.read_json(os.path.join(workdir, CONFIG_FILE))
     if config is None:
         raise ValueError(f"Pretrained path {path} has no {CONFIG_FILE} in {workdir}; pass a pre-training workdir, "
                          f"one of its checkpoints, or a directory written by tf_mocov3.convert_official.")
-    return ml_collections.ConfigDict(config)
+    return config_lib.complete(config, "pretrain")
 
 
 def _is_file(path):
@@ -86,7 +88,8 @@ def _parent(path):
 
 
 def _is_official(config):
-    return str(config.get("source", "") or "").startswith("official:")
+    # The one key read with a fallback: only convert_official records `source`; a trained run's config has none.
+    return str(config.get("source", "")).startswith("official:")
 
 
 def resolve(path):
@@ -167,7 +170,7 @@ def _build_backbone(resolved, image_size, arch, path):
     size = int(image_size or config.dataset.image_size)
     try:
         return backbones.build_backbone(config.model.arch, size,
-                                        train_patch_embed=bool(config.model.get("train_patch_embed", False)),
+                                        train_patch_embed=bool(config.model.train_patch_embed),
                                         name="backbone", **vit.config_overrides(config.model))
     except ValueError as err:
         raise ValueError(f"Cannot build the backbone of {path} at image_size={size}: {err}") from err
@@ -202,7 +205,7 @@ def load_encoder(path, image_size=None, *, arch=None):
     projector = None
     if "projector" in stored:
         projector = moco.build_projector_of(resolved.config.model, backbone.output.shape[-1],
-                                            method=resolved.config.get("method", "mocov3") or "mocov3")
+                                            method=resolved.config.method)
         parts["projector"] = projector
     for model in parts.values():
         _check_tracked(model)
