@@ -1,6 +1,6 @@
-"""Optimizers of MoCo v3: AdamW (ViT), LAMB (paper's comparison), LARS (ResNet-50).
+"""Optimizers of MoCo v3: AdamW (ViT), LAMB (paper's comparison), LARS (ResNet-50); and the linear probe's SweepSGD.
 
-All three subclass `keras.optimizers.Optimizer` and apply their weight decay
+The three MoCo v3 optimizers subclass `keras.optimizers.Optimizer` and apply their weight decay
 themselves, inside `update_step`; Keras' built-in decay (`weight_decay` on the
 base class, applied as ``w -= lr * wd * w`` before every step) is switched off
 so decay is never applied twice. Which variables are decayed is decided once,
@@ -519,6 +519,40 @@ class LARS(keras.optimizers.Optimizer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tf_mocov3")
+class SweepSGD(keras.optimizers.Optimizer):
+    """The linear probe's optimizer: PyTorch's SGD with momentum (v = m v + g; w -= lr v), the lr given per column
+    group of the probe's heads (training/linear_probe.py: one head per lr of the sweep, side by side).
+
+    `learning_rate` is the schedule factor (schedules.EpochCosine); column j of a kernel (and entry j of a bias) is
+    updated with factor * column_lrs[j]. Keras' own SGD keeps lr inside the velocity (v = m v - lr g), which differs
+    from PyTorch whenever the lr changes (every epoch here). No weight decay (the official probe has none).
+    """
+
+    def __init__(self, learning_rate, column_lrs, momentum=0.9, name="sweep_sgd", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.column_lrs = [float(v) for v in column_lrs]
+        self.momentum = float(momentum)
+        self._column_lrs = ops.convert_to_tensor(self.column_lrs, "float32")
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype) * ops.cast(self._column_lrs, variable.dtype)
+        velocity = self.momentums[self._get_variable_index(variable)]
+        self.assign(velocity, velocity * self.momentum + gradient)
+        self.assign_sub(variable, lr * velocity)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"column_lrs": self.column_lrs, "momentum": self.momentum})
+        return config
+
+
 # === Factory ===
 
 
@@ -620,6 +654,7 @@ __all__ = [
     "AdamW",
     "LAMB",
     "LARS",
+    "SweepSGD",
     "build_optimizer",
     "decay_exclusions",
     "DECAY_CONVENTIONS",
