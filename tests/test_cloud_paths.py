@@ -36,7 +36,8 @@ def _bucket():
 def test_pretraining_resume_reports_and_export_stay_on_ram(tmp_path, tmp_path_factory, monkeypatch):
     config, _ = make_tiny_config(tmp_path_factory.mktemp("cloud_config"))  # the config file lives elsewhere
     config.knn = ml_collections.ConfigDict(dict(enabled=True, every_steps=2, bank="queue", queue_size=16,
-                                                max_eval_examples=64, batch_size=64, dip_margin=100.0))
+                                                queue_encoder="momentum", max_eval_examples=64, batch_size=64,
+                                                dip_margin=100.0))
     monkeypatch.chdir(tmp_path)  # an empty current directory: a plain open("ram://...") would land here
     bucket = _bucket()
     workdir = f"{bucket}/run"

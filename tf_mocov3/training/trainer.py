@@ -3,7 +3,7 @@
 Each loop is a task (training/loop.py): its model, its data and one `Trainer` run, which `loop.run` drives in this
 order -- the only place a Trainer is built:
 
-    trainer = Trainer(workdir, strategy=..., total_steps=..., global_batch=..., config_file="config.json")
+    trainer = the Trainer of (workdir, strategy, total_steps, global_batch, config_file="config.json", ...)
     trainer.check_resume(record, keys)          # a workdir of another run is refused before any work
     with precision(config.mixed_precision):     # the dtype policy, restored afterwards
         model = trainer.build(make_model, make_optimizer, seed=..., jit_compile=...)
