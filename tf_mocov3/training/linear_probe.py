@@ -25,6 +25,11 @@ the probe is the official plain linear layer, unchanged.
 on those features: a fast probe for small data sets (not the official protocol, which augments every epoch).
 
 Running the same command again resumes from WORKDIR/checkpoints (the heads and their optimizer, saved every epoch).
+
+Both probes are tasks of the one run loop (training/loop.py) over what `HeadsTask` holds (the heads, their
+optim.SweepSGD with schedules.EpochCosine, the per-epoch holdout curves, the sweep's table): `ProbeTask` is the
+command's (`run_probe`: the data set, the backbone, augmented images or cached features, a workdir),
+`FeatureProbeTask` the demo's (`probe_on_features`: numpy features in memory, no workdir).
 """
 
 import math

@@ -1,7 +1,7 @@
 """The one run loop: a `Task` says what differs between training loops, `run` does what they share, once.
 
-Pre-training (training/pretrain.py), fine-tuning (training/finetune.py) and the linear probe (training/probe.py, the
-command's probe and the demo's in-memory one) are tasks; a new loop is a new task, not a copy of the sequence:
+Pre-training (training/pretrain.py), fine-tuning (training/finetune.py) and the linear probe (training/linear_probe.py,
+the command's probe and the demo's in-memory one) are tasks; a new loop is a new task, not a copy of the sequence:
 
     result = loop.run(task, workdir, strategy=None, tpu="", print_fn=None, extra_callbacks=())
 
@@ -29,8 +29,8 @@ from tf_mocov3.training import trainer as trainer_lib
 
 class Task:
     """What one training loop is; every hook but setup, make_model, make_optimizer, dataset and report has a
-    default. `run` sets `self.strategy` and `self.workdir` before `setup`; `setup` sets `total_steps` and `global_batch` (and `record`,
-    the run's config as config_file records it, when that is not `config` itself)."""
+    default. `run` sets `self.strategy` and `self.workdir` before `setup`; `setup` sets `total_steps` and
+    `global_batch` (and `record`, the run's config as config_file records it, when that is not `config` itself)."""
 
     kind = "run"                      # what the run is called in messages ("a {kind} with config.X=...")
     config_kind = "pretrain"          # config_lib.validate's kind; None: the task has no config file to validate

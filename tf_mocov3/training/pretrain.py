@@ -224,4 +224,5 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
     Raises config_lib.ConfigError for a bad config (before any work) and TrainingDiverged when the loss stops being
     finite.
     """
-    return loop.run(PretrainTask(config, make_callbacks), workdir, strategy=strategy, tpu=tpu, print_fn=print_fn, extra_callbacks=extra_callbacks)
+    return loop.run(PretrainTask(config, make_callbacks), workdir, strategy=strategy, tpu=tpu, print_fn=print_fn,
+                    extra_callbacks=extra_callbacks)
