@@ -278,7 +278,7 @@ def _check_bn_resume(workdir, config):
     if saved is None:
         return
     was = bool((saved.get("model") or {}).get("bn_before_head", False))
-    now = bool(config.model.get("bn_before_head", False))
+    now = bool(config.model.bn_before_head)
     if was != now:
         raise ProbeError(f"--workdir={workdir} holds a probe with model.bn_before_head={was}, not {now}; resume with "
                          f"--config.model.bn_before_head={was} or choose a new --workdir.")
