@@ -314,7 +314,7 @@ class HeadsTask(loop.Task):
         self.holdout = self.train_data = None
 
     def precision(self):
-        return None  # the heads are float32 whatever the backbone computes in
+        return None  # probe_config has no mixed_precision: Keras' dtype policy is left as it is
 
     def jit_compile(self, strategy):
         return False
