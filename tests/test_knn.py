@@ -118,7 +118,7 @@ def monitored_run(tmp_path_factory, tiny_config):
     config, _ = tiny_config(tmp)
     config.max_steps = 5
     config.checkpoint_every_steps = 5
-    config.knn = ml_collections.ConfigDict(dict(enabled=True, every_steps=2, train_fraction=0.005,
+    config.knn = ml_collections.ConfigDict(dict(enabled=True, every_steps=2, train_fraction=0.005, bank="images",
                                                 max_eval_examples=200, batch_size=128, dip_margin=100.0))
     workdir = str(tmp / "run")
     os.makedirs(workdir)
@@ -210,7 +210,8 @@ def test_queue_bank_holds_the_training_batches_features_and_labels(tmp_path, tin
     config.max_steps = 4
     config.checkpoint_every_steps = 4
     config.knn = ml_collections.ConfigDict(dict(enabled=True, every_steps=2, bank="queue", queue_size=24,
-                                                max_eval_examples=100, batch_size=64, dip_margin=100.0))
+                                                queue_encoder="momentum", max_eval_examples=100, batch_size=64,
+                                                dip_margin=100.0))
     workdir, lines = str(tmp_path / "run"), []
     result = training.run_pretraining(config, workdir, strategy=distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]),
                                       make_callbacks=knn.monitor_callbacks, print_fn=lines.append)
