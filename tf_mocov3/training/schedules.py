@@ -54,7 +54,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     would be in the official code.
 
     The schedule is also used, scaled by the weight decay, as the decay
-    schedule of the 'decoupled' convention (see `tf_mocov3.optim`).
+    schedule of the 'decoupled' convention (see `tf_mocov3.training.optim`).
 
     Args:
         peak_lr: Value reached at the end of the warmup (>= 0).
