@@ -7,9 +7,9 @@ import numpy as np
 
 from conftest import FMNIST
 from tf_mocov3 import config_lib
-from tf_mocov3.evaluation import finetune
 from tf_mocov3.models import moco
 from tf_mocov3.training import checkpointing
+from tf_mocov3.training import finetune
 from tf_mocov3.training import optim
 
 PRE_SIZE = 16

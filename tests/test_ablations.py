@@ -245,7 +245,7 @@ def test_an_ablation_run_loads_back_with_identical_features(tiny_config, tmp_pat
     from conftest import FMNIST  # pylint: disable=import-outside-toplevel
     if not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")):
         pytest.skip("scripts/setup.sh installs dataset-fashion-mnist")
-    from tf_mocov3.evaluation import finetune  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import finetune  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import pretrain  # pylint: disable=import-outside-toplevel
     from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
 

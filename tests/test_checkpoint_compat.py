@@ -19,7 +19,7 @@ import roundoff
 from conftest import checkpoint_tensors, FMNIST, needs_fmnist
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
-from tf_mocov3.evaluation import finetune
+from tf_mocov3.training import finetune
 from tf_mocov3.training import pretrain
 from tf_mocov3.weights import pretrained
 

@@ -16,9 +16,9 @@ import tensorflow as tf
 from conftest import ROOT, make_tiny_config, needs_fmnist
 from export import saved_model as sm
 from tf_mocov3 import config_lib
-from tf_mocov3.evaluation import finetune
 from tf_mocov3.evaluation import knn
-from tf_mocov3.evaluation import linear_probe
+from tf_mocov3.training import finetune
+from tf_mocov3.training import linear_probe
 from tf_mocov3.training import pretrain
 from tf_mocov3.training import reports
 from tf_mocov3.weights import convert_official

@@ -18,8 +18,8 @@ from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
 from tf_mocov3.testing.fixtures_data import write_image_folder as _write_folder
 from tf_mocov3 import config_lib
 from tf_mocov3.data import sources
-from tf_mocov3.evaluation import finetune
 from tf_mocov3.models import vit
+from tf_mocov3.training import finetune
 from tf_mocov3.weights import pretrained
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from tf_mocov3.testing.fixtures_data import build_tfds_imagenet, photo_like
 from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
 from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
-from tf_mocov3.evaluation import finetune
 from tf_mocov3.models import moco
 from tf_mocov3.models import vit
+from tf_mocov3.training import finetune
 from tf_mocov3.training import schedules
 
 

@@ -13,9 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import FMNIST, ROOT, needs_fmnist
-from tf_mocov3.data import pipelines
-from tf_mocov3.evaluation import finetune
-from tf_mocov3.evaluation import linear_probe
+from tf_mocov3.training import finetune
+from tf_mocov3.training import linear_probe
 from tf_mocov3.training import pretrain
 from tf_mocov3.training import trainer as trainer_lib
 
@@ -105,14 +104,13 @@ def test_probe_epochs_under_three_steps_per_call_train_the_heads_of_one(tmp_path
     rng = np.random.default_rng(0)
     features, labels = rng.normal(size=(10, 6)).astype(np.float32), rng.integers(0, 4, 10)
     heads, curves = {}, {}
-    for k in (1, 3):
-        probe = linear_probe.build_probe(6, 4, [0.1, 0.5], steps_per_epoch=5, epochs=2, seed=0)
-        trainer = trainer_lib.Trainer(None, total_steps=10, global_batch=2, steps_per_execution=k,
-                                      print_fn=lambda _: None)
-        ds = pipelines.cached_feature_dataset(features, labels, batch_size=2, seed=0, end_epoch=2)
-        curves[k] = linear_probe.fit_heads(probe, ds, trainer=trainer, start_step=0, steps_per_epoch=5,
-                                           holdout=(features, labels), init_lrs=[0.1, 0.5])
-        heads[k] = [w.numpy() for w in probe.trainable_weights]
+    for k in (1, 3):  # base lrs 12.8 and 64 at batch 2: the heads' lrs 0.1 and 0.5
+        run = linear_probe.probe_on_features((features, labels), (features, labels), (features, labels), 4,
+                                             base_lrs=[12.8, 64.0], batch_size=2, epochs=2, seed=0,
+                                             steps_per_execution=k)
+        assert [row["lr"] for row in run["table"]] == pytest.approx([0.1, 0.5])  # base * 2 / 256 in float64
+        curves[k] = run["curves"]
+        heads[k] = [w.numpy() for w in run["model"].trainable_weights]
     # float32 sums of the same steps in another loop shape: round-off of a few ulps at most
     for a, b in zip(heads[1], heads[3]):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -15,8 +15,10 @@ from conftest import ROOT, needs_fmnist
 from tf_mocov3 import config_lib
 from tf_mocov3.data import order
 from tf_mocov3.data import pipelines
-from tf_mocov3.evaluation import linear_probe
 from tf_mocov3.models import moco
+from tf_mocov3.training import linear_probe
+from tf_mocov3.training import optim
+from tf_mocov3.training import schedules
 from tf_mocov3.weights import pretrained
 
 
@@ -61,7 +63,7 @@ def tiny_probe_config(**changes):
 
 def test_per_epoch_cosine_matches_main_lincls():
     init_lr, epochs, spe = 12.0, 90, 7
-    schedule = linear_probe.EpochCosine(spe, epochs)
+    schedule = schedules.EpochCosine(spe, epochs)
     for step in [0, 1, 6, 7, 8, 300, 629, 630 - 1]:
         epoch = step // spe  # main_lincls.adjust_learning_rate, called once per epoch
         official = init_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
@@ -102,7 +104,7 @@ def test_sweep_heads_train_like_the_head_alone():
 
 def test_sgd_is_pytorch_sgd_with_the_lr_outside_the_velocity():
     var = tf.Variable([[1.0, 2.0]])
-    opt = linear_probe.SweepSGD(linear_probe.EpochCosine(1, 2), [0.1, 1.0], momentum=0.9)
+    opt = optim.SweepSGD(schedules.EpochCosine(1, 2), [0.1, 1.0], momentum=0.9)
     opt.build([var])
     v = np.zeros((1, 2))
     w = np.array([[1.0, 2.0]])

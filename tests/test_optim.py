@@ -302,6 +302,8 @@ def optim_config(**overrides):
             epsilon=1e-8,
             decay_convention="lr_scaled",
             decay_exclude="none",
+            momentum=0.9,  # LARS only
+            trust_coefficient=0.001,
         )
     )
     cfg.update(overrides)

@@ -263,7 +263,8 @@ def prepared(folder, tmp_path_factory):
 def test_finetune_probe_and_knn_run_on_a_prepared_set(prepared, tmp_path):
     from finetune_helpers import tiny_config, write_pretrained_dir  # pylint: disable=import-outside-toplevel
     from test_linear_probe import make_pretrained_dir, tiny_probe_config  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.evaluation import finetune, knn, linear_probe  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.evaluation import knn  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import finetune, linear_probe  # pylint: disable=import-outside-toplevel
 
     config = tiny_config(name="prepared", path=prepared, train_split="train", eval_split="validation")
     config.max_steps = 2

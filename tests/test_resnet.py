@@ -15,9 +15,9 @@ from tf_mocov3.testing.fixtures_data import random_fashion_mnist
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.evaluation import demo
-from tf_mocov3.evaluation import finetune
+from tf_mocov3.training import finetune
 from tf_mocov3.evaluation import knn
-from tf_mocov3.evaluation import linear_probe
+from tf_mocov3.training import linear_probe
 from tf_mocov3.models import backbones
 from tf_mocov3.models import moco
 from tf_mocov3.models import resnet

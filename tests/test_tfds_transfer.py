@@ -17,7 +17,8 @@ from tf_mocov3 import config_lib
 from tf_mocov3.data import order as order_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
-from tf_mocov3.evaluation import finetune, knn, linear_probe
+from tf_mocov3.evaluation import knn
+from tf_mocov3.training import finetune, linear_probe
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
 KINDS = {"true": "bytes", "false": "stream"}  # config.dataset.in_memory (a string field) -> Source.kind

@@ -3,7 +3,7 @@ r"""Linear-probe command: a linear classifier on the frozen pre-trained backbone
   python -m tf_mocov3.linear_probe --config=configs/linear_fashion_mnist.py --pretrained=runs/demo \
       --workdir=runs/demo_linear [--config.epochs=10] [--strategy=mirrored] [--tpu=NAME]
 
-Running the same command again resumes from the probe's last checkpoint (see tf_mocov3/evaluation/linear_probe.py).
+Running the same command again resumes from the probe's last checkpoint (see tf_mocov3/training/linear_probe.py).
 """
 
 from tf_mocov3 import cli
@@ -19,7 +19,7 @@ cli.define_flags(
 
 def main(argv):
     del argv  # cli.run rejects stray arguments
-    from tf_mocov3.evaluation import linear_probe  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import linear_probe  # pylint: disable=import-outside-toplevel
 
     linear_probe.run_probe(cli.configure(cli.FLAGS.config), cli.FLAGS.pretrained, cli.FLAGS.workdir,
                            tpu=cli.FLAGS.tpu)

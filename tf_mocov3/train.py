@@ -27,7 +27,7 @@ def main(argv):
 
     config = cli.configure(cli.FLAGS.config)
     pretrain.run_pretraining(config, cli.FLAGS.workdir, tpu=cli.FLAGS.tpu, make_callbacks=knn.monitor_callbacks)
-    if config.get("demo_eval"):  # kNN and a linear probe beside raw pixels and a random backbone (configs/demo.py)
+    if config.demo_eval:  # kNN and a linear probe beside raw pixels and a random backbone (configs/demo.py)
         demo.evaluate_demo(cli.FLAGS.workdir, config)
 
 

@@ -1,1 +1,1 @@
-"""Evaluation: features, kNN, the linear probe, fine-tuning and the demo's report."""
+"""Evaluation, what measures: features, kNN, the demo's report and the stability study."""

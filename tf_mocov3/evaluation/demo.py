@@ -25,9 +25,9 @@ from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
 from tf_mocov3.evaluation import features as features_lib
 from tf_mocov3.evaluation import knn
-from tf_mocov3.evaluation import linear_probe
 from tf_mocov3.models import backbones
 from tf_mocov3.models import vit
+from tf_mocov3.training import linear_probe
 from tf_mocov3.training import reports
 from tf_mocov3.weights import pretrained
 

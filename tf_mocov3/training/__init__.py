@@ -1,1 +1,2 @@
-"""Training: strategies, optimizers, schedules, callbacks, checkpoints, reports and the pre-training run."""
+"""Training: the one run loop (loop.py) and its tasks -- pre-training, fine-tuning, the linear probe -- over the
+trainer, with strategies, optimizers, schedules, callbacks, checkpoints and reports."""

@@ -1,6 +1,6 @@
-"""Optimizers of MoCo v3: AdamW (ViT), LAMB (paper's comparison), LARS (ResNet-50).
+"""Optimizers of MoCo v3: AdamW (ViT), LAMB (paper's comparison), LARS (ResNet-50); and the linear probe's SweepSGD.
 
-All three subclass `keras.optimizers.Optimizer` and apply their weight decay
+The three MoCo v3 optimizers subclass `keras.optimizers.Optimizer` and apply their weight decay
 themselves, inside `update_step`; Keras' built-in decay (`weight_decay` on the
 base class, applied as ``w -= lr * wd * w`` before every step) is switched off
 so decay is never applied twice. Which variables are decayed is decided once,
@@ -519,15 +519,41 @@ class LARS(keras.optimizers.Optimizer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tf_mocov3")
+class SweepSGD(keras.optimizers.Optimizer):
+    """The linear probe's optimizer: PyTorch's SGD with momentum (v = m v + g; w -= lr v), the lr given per column
+    group of the probe's heads (training/linear_probe.py: one head per lr of the sweep, side by side).
+
+    `learning_rate` is the schedule factor (schedules.EpochCosine); column j of a kernel (and entry j of a bias) is
+    updated with factor * column_lrs[j]. Keras' own SGD keeps lr inside the velocity (v = m v - lr g), which differs
+    from PyTorch whenever the lr changes (every epoch here). No weight decay (the official probe has none).
+    """
+
+    def __init__(self, learning_rate, column_lrs, momentum=0.9, name="sweep_sgd", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.column_lrs = [float(v) for v in column_lrs]
+        self.momentum = float(momentum)
+        self._column_lrs = ops.convert_to_tensor(self.column_lrs, "float32")
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype) * ops.cast(self._column_lrs, variable.dtype)
+        velocity = self.momentums[self._get_variable_index(variable)]
+        self.assign(velocity, velocity * self.momentum + gradient)
+        self.assign_sub(variable, lr * velocity)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"column_lrs": self.column_lrs, "momentum": self.momentum})
+        return config
+
+
 # === Factory ===
-
-
-def _get(cfg, key, default):
-    try:
-        value = cfg.get(key, default)
-    except AttributeError:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def build_optimizer(optim_config, *, global_batch, steps_per_epoch, total_steps):
@@ -541,11 +567,11 @@ def build_optimizer(optim_config, *, global_batch, steps_per_epoch, total_steps)
 
     Args:
         optim_config: `config.optim` (ConfigDict or mapping) with ``name``,
-            ``base_lr``, ``weight_decay``, ``warmup_epochs`` and optionally
-            ``beta_1``, ``beta_2``, ``epsilon``, ``decay_convention``,
-            ``decay_exclude``, ``momentum`` and ``trust_coefficient`` (LARS),
+            ``base_lr``, ``weight_decay``, ``warmup_epochs``, ``beta_1``,
+            ``beta_2``, ``epsilon``, ``decay_convention``, ``decay_exclude``;
+            ``momentum`` and ``trust_coefficient`` for LARS; optionally
             ``schedule`` ("per_step", default, or "per_epoch": DeiT's
-            schedule with ``warmup_lr_init`` and ``min_lr``).
+            schedule, which also reads ``warmup_lr_init`` and ``min_lr``).
         global_batch: Batch size over all replicas.
         steps_per_epoch: Optimizer steps per epoch.
         total_steps: Total optimizer steps of the run.
@@ -561,30 +587,31 @@ def build_optimizer(optim_config, *, global_batch, steps_per_epoch, total_steps)
             "build_optimizer needs positive global_batch, steps_per_epoch and "
             f"total_steps, got {global_batch}, {steps_per_epoch}, {total_steps}."
         )
-    name = str(_get(optim_config, "name", "adamw")).lower()
-    base_lr = float(_get(optim_config, "base_lr", 0.0))
-    weight_decay = float(_get(optim_config, "weight_decay", 0.0))
-    warmup_epochs = float(_get(optim_config, "warmup_epochs", 0.0))
-    convention = str(_get(optim_config, "decay_convention", "lr_scaled"))
-    exclusions = decay_exclusions(str(_get(optim_config, "decay_exclude", "none")))
+    name = str(optim_config["name"]).lower()
+    base_lr = float(optim_config["base_lr"])
+    weight_decay = float(optim_config["weight_decay"])
+    warmup_epochs = float(optim_config["warmup_epochs"])
+    convention = str(optim_config["decay_convention"])
+    exclusions = decay_exclusions(str(optim_config["decay_exclude"]))
 
     peak_lr = schedules_lib.lr_for_batch(base_lr, global_batch)
     warmup_steps = warmup_epochs * steps_per_epoch
-    if str(_get(optim_config, "schedule", "per_step")) == "per_epoch":
+    # Optional: pre-training's config.optim (config_lib.base_config) has no schedule choice; it is per step.
+    if str(optim_config.get("schedule", "per_step")) == "per_epoch":
         # DeiT's: timm's cosine stepped after each epoch, from warmup_lr_init to a floor min_lr (schedules.py).
         def schedule(scale, name):
             return schedules_lib.EpochWarmupCosine(
                 peak_lr * scale, warmup_epochs, total_steps / steps_per_epoch, steps_per_epoch,
-                warmup_lr_init=float(_get(optim_config, "warmup_lr_init", 1e-6)) * scale,
-                min_lr=float(_get(optim_config, "min_lr", 1e-5)) * scale, name=name)
+                warmup_lr_init=float(optim_config["warmup_lr_init"]) * scale,
+                min_lr=float(optim_config["min_lr"]) * scale, name=name)
     else:
         def schedule(scale, name):
             return schedules_lib.WarmupCosine(peak_lr * scale, warmup_steps, total_steps, name=name)
     lr = schedule(1.0, "warmup_cosine")
     betas = dict(
-        beta_1=float(_get(optim_config, "beta_1", 0.9)),
-        beta_2=float(_get(optim_config, "beta_2", 0.999)),
-        epsilon=float(_get(optim_config, "epsilon", 1e-8)),
+        beta_1=float(optim_config["beta_1"]),
+        beta_2=float(optim_config["beta_2"]),
+        epsilon=float(optim_config["epsilon"]),
     )
 
     if name == "adamw":
@@ -611,8 +638,8 @@ def build_optimizer(optim_config, *, global_batch, steps_per_epoch, total_steps)
     return LARS(
         learning_rate=lr,
         weight_decay=weight_decay,
-        momentum=float(_get(optim_config, "momentum", 0.9)),
-        trust_coefficient=float(_get(optim_config, "trust_coefficient", 0.001)),
+        momentum=float(optim_config["momentum"]),
+        trust_coefficient=float(optim_config["trust_coefficient"]),
     )
 
 
@@ -620,6 +647,7 @@ __all__ = [
     "AdamW",
     "LAMB",
     "LARS",
+    "SweepSGD",
     "build_optimizer",
     "decay_exclusions",
     "DECAY_CONVENTIONS",

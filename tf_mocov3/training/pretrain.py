@@ -1,4 +1,4 @@
-"""Pre-training: the MoCo v3 model, the two-view input and one Trainer run.
+"""Pre-training: the MoCo v3 model and the two-view input as a task of the one run loop (training/loop.py).
 
 `run_pretraining` is what `python -m tf_mocov3.train` calls; tests call it in-process. Running it again on the same
 workdir resumes from the last checkpoint and sees the batches the uninterrupted run would have seen. Monitors that
@@ -6,12 +6,12 @@ belong to evaluation (the kNN monitor) are handed in by the caller through `make
 nothing above training/.
 """
 
-from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
 from tf_mocov3.models import feature_queue
 from tf_mocov3.models import moco
 from tf_mocov3.training import distribute
+from tf_mocov3.training import loop
 from tf_mocov3.training import optim
 from tf_mocov3.training import reports
 from tf_mocov3.training import trainer as trainer_lib
@@ -40,17 +40,16 @@ def write_pretraining_report(trainer):
 
 def uses_feature_queue(config):
     """True when the kNN monitor's bank is the paper's queue of training features (config.knn.bank="queue")."""
-    knn = config.get("knn") or {}
-    return bool(knn.get("enabled")) and knn.get("bank", "images") == "queue"
+    return bool(config.knn.enabled) and config.knn.bank == "queue"
 
 
 def attach_feature_queue(model, config, strategy, num_train):
     """Gives `model` the kNN monitor's FeatureQueue: config.knn.queue_size rows (0 = 10% of the training split, at
     least one global batch) of the backbone's width, made under the strategy's scope."""
-    size = int(config.knn.get("queue_size", 0) or max(num_train // 10, config.batch_size))
+    size = int(config.knn.queue_size or max(num_train // 10, config.batch_size))
     with strategy.scope():
         queue = feature_queue.FeatureQueue(size, int(model.backbone.output.shape[-1]), name="feature_queue")
-    model.attach_feature_queue(queue, config.knn.get("queue_encoder", "momentum"))
+    model.attach_feature_queue(queue, config.knn.queue_encoder)
     return queue
 
 
@@ -69,22 +68,32 @@ def through_data_service(ds, address):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def round_intervals(config, steps_per_call):
-    """-> (a copy of `config` whose log, checkpoint and kNN intervals are multiples of `steps_per_call`, the line
-    that says what changed or None): trainer.round_intervals on the pre-training keys. The copy is what the run
-    uses and records in config.json."""
+def _intervals_of(config):
+    """The pre-training step intervals: logging, checkpoints and (when on) the kNN monitor."""
     intervals = {"log_every_steps": config.log_every_steps, "checkpoint_every_steps": config.checkpoint_every_steps}
-    if config.get("knn") and config.knn.get("enabled"):
+    if config.knn.enabled:
         intervals["knn.every_steps"] = config.knn.every_steps
-    rounded, line = trainer_lib.round_intervals(steps_per_call, **intervals)
-    if line is None:
-        return config, None
+    return intervals
+
+
+def _with_intervals(config, rounded):
+    """`config`, or a copy of it with the `rounded` intervals when any of them changed."""
+    if all(rounded[key] == value for key, value in _intervals_of(config).items()):
+        return config
     config = config.copy_and_resolve_references()
     config.log_every_steps = rounded["log_every_steps"]
     config.checkpoint_every_steps = rounded["checkpoint_every_steps"]
     if "knn.every_steps" in rounded:
         config.knn.every_steps = rounded["knn.every_steps"]
-    return config, line
+    return config
+
+
+def round_intervals(config, steps_per_call):
+    """-> (a copy of `config` whose log, checkpoint and kNN intervals are multiples of `steps_per_call`, the line
+    that says what changed or None): trainer.round_intervals on the pre-training keys, as loop.run does it. The copy
+    is what the run uses and records in config.json."""
+    rounded, line = trainer_lib.round_intervals(steps_per_call, **_intervals_of(config))
+    return _with_intervals(config, rounded), line
 
 
 def make_dataset(config, strategy, start_step, end_step, source=None):
@@ -101,7 +110,7 @@ def make_dataset(config, strategy, start_step, end_step, source=None):
     """
     steps = int(end_step) - int(start_step)
     labels = uses_feature_queue(config)
-    address = config.dataset.get("data_service") or ""
+    address = config.dataset.data_service
     source = sources.load_source(config.dataset) if source is None else source
     if address:
         sources.require_python_free(source, "a tf.data service worker (config.dataset.data_service)")
@@ -122,9 +131,81 @@ def make_dataset(config, strategy, start_step, end_step, source=None):
     return strategy.distribute_datasets_from_function(per_pipeline)
 
 
+class PretrainTask(loop.Task):
+    """MoCo v3 pre-training as a loop.Task: the MoCo model and its optimizer, the two-view batches, the kNN monitor's
+    callbacks (`make_callbacks`), the keys a resume must match (RESUME_KEYS) and the pre-training report."""
+
+    resume_keys = RESUME_KEYS
+    diverged_hint = "lower config.optim.base_lr or use mixed_bfloat16 instead of mixed_float16"
+
+    def __init__(self, config, make_callbacks=None):
+        super().__init__(config)
+        self.make_callbacks = make_callbacks
+        self.made = []
+
+    def setup(self, strategy, workdir):
+        config = self.config
+        self.source = sources.load_source(config.dataset)  # once per process; the input pipelines reuse it
+        sources.check_source_for(self.source, strategy)  # e.g. array_record on a TPU pod slice, before any model
+        if config.dataset.data_service:  # the service's workers hold none of our Python either
+            sources.require_python_free(self.source, "a tf.data service worker (config.dataset.data_service)")
+        self.steps_per_epoch = self.source.num_examples // config.batch_size
+        self.total_steps = trainer_lib.total_steps_of(config, self.steps_per_epoch)
+        self.global_batch = config.batch_size
+
+    def step_intervals(self):
+        return _intervals_of(self.config)
+
+    def use_intervals(self, intervals):
+        self.config = self.record = _with_intervals(self.config, intervals)
+
+    def make_model(self):
+        config = self.config
+        return moco.build_moco(config.model, image_size=config.dataset.image_size, total_steps=self.total_steps,
+                               method=config.method)
+
+    def make_optimizer(self):
+        return optim.build_optimizer(self.config.optim, global_batch=self.config.batch_size,
+                                     steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+
+    def checkpoint_part(self, model, trainer):
+        if uses_feature_queue(self.config):  # before the restore: a resumed run gets its queue back
+            attach_feature_queue(model, self.config, self.strategy, self.source.num_examples)
+        return None
+
+    def restored(self, model, trainer, start_step):
+        if not start_step and self.config.pretrained:
+            pretrained.restore_moco(model, self.config.pretrained)
+            trainer.say(f"Starting from the weights of {self.config.pretrained}.")
+
+    def start_line(self, start_step):
+        config, method = self.config, self.config.method
+        return (f"Pre-training {config.model.arch}{'' if method == 'mocov3' else ' with ' + method} on "
+                f"{config.dataset.name}: {self.total_steps} steps ({self.steps_per_epoch} per epoch), global batch "
+                f"{config.batch_size} on {self.strategy.num_replicas_in_sync} replica(s), workdir "
+                f"{self.workdir}.")
+
+    def finished_line(self, start_step):
+        return f"Training already finished: step {start_step} of {self.total_steps}."
+
+    def dataset(self, start_step):
+        return make_dataset(self.config, self.strategy, start_step, self.total_steps, self.source)
+
+    def callbacks(self, model, trainer):
+        self.made = list(self.make_callbacks(self.config, trainer)) if self.make_callbacks else []
+        return self.made
+
+    def report(self, model, trainer, start_step, history):
+        if history is None:  # already finished: the report of the run that finished it stands
+            return {"step": start_step, "loss": None, "model": model, "metrics": trainer.metrics, "callbacks": []}
+        write_pretraining_report(trainer)
+        return {"step": int(model.optimizer.iterations.numpy()), "loss": history.history.get("loss", [None])[-1],
+                "model": model, "metrics": trainer.metrics, "callbacks": self.made}
+
+
 def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(), make_callbacks=None,
                     print_fn=None):
-    """Pre-trains (or resumes) MoCo v3 as `config` says, writing everything to `workdir`.
+    """Pre-trains (or resumes) MoCo v3 as `config` says, writing everything to `workdir`: loop.run of a PretrainTask.
 
     Args:
       config: a pre-training config (config_lib.base_config and a recipe's changes).
@@ -143,55 +224,5 @@ def run_pretraining(config, workdir, *, strategy=None, tpu="", extra_callbacks=(
     Raises config_lib.ConfigError for a bad config (before any work) and TrainingDiverged when the loss stops being
     finite.
     """
-    if strategy is None:
-        config_lib.validate(config, workdir=workdir)  # catch mistakes before touching devices
-        strategy = trainer_lib.strategy_for(config, tpu)
-    config_lib.validate(config, num_replicas=strategy.num_replicas_in_sync, workdir=workdir)
-    source = sources.load_source(config.dataset)  # once per process; the input pipelines reuse it
-    sources.check_source_for(source, strategy)  # e.g. array_record on a TPU pod slice, before any model is built
-    if config.dataset.get("data_service"):  # the service's workers hold none of our Python either
-        sources.require_python_free(source, "a tf.data service worker (config.dataset.data_service)")
-
-    steps_per_epoch = source.num_examples // config.batch_size
-    total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
-    steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
-    config, intervals_line = round_intervals(config, steps_per_call)
-    trainer = trainer_lib.Trainer(
-        workdir, strategy=strategy, total_steps=total_steps, global_batch=config.batch_size,
-        log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="run",
-        steps_per_execution=steps_per_call, print_fn=print_fn)
-    trainer.check_resume(config, RESUME_KEYS)
-    if intervals_line:
-        trainer.say(intervals_line)
-    with trainer_lib.precision(config.mixed_precision):
-        model = trainer.build(
-            lambda: moco.build_moco(config.model, image_size=config.dataset.image_size, total_steps=total_steps,
-                                    method=config.get("method", "mocov3")),
-            lambda: optim.build_optimizer(config.optim, global_batch=config.batch_size,
-                                          steps_per_epoch=steps_per_epoch, total_steps=total_steps),
-            seed=config.seed, jit_compile=trainer_lib.resolve_jit_compile(config, strategy))
-        if uses_feature_queue(config):  # before the restore: a resumed run gets its queue back
-            attach_feature_queue(model, config, strategy, source.num_examples)
-        start_step = trainer.restore(model)
-        if not start_step and config.get("pretrained"):
-            pretrained.restore_moco(model, config.pretrained)
-            trainer.say(f"Starting from the weights of {config.pretrained}.")
-        trainer.write_config(config)
-        if start_step >= total_steps:
-            trainer.say(f"Training already finished: step {start_step} of {total_steps}.")
-            return {"step": start_step, "loss": None, "model": model, "metrics": trainer.metrics, "callbacks": []}
-        method = config.get("method", "mocov3")
-        trainer.say(f"Pre-training {config.model.arch}{'' if method == 'mocov3' else ' with ' + method} on "
-                    f"{config.dataset.name}: {total_steps} steps "
-                    f"({steps_per_epoch} per epoch), global batch {config.batch_size} on "
-                    f"{strategy.num_replicas_in_sync} replica(s), workdir {workdir}.")
-        made = list(make_callbacks(config, trainer)) if make_callbacks else []
-        history = trainer.fit(model, make_dataset(config, strategy, start_step, total_steps, source),
-                              start_step=start_step,
-                              callbacks=[*made, *extra_callbacks],
-                              diverged_hint="lower config.optim.base_lr or use mixed_bfloat16 instead of "
-                                            "mixed_float16")
-    write_pretraining_report(trainer)
-    return {"step": int(model.optimizer.iterations.numpy()), "loss": history.history.get("loss", [None])[-1],
-            "model": model, "metrics": trainer.metrics, "callbacks": made}
+    return loop.run(PretrainTask(config, make_callbacks), workdir, strategy=strategy, tpu=tpu, print_fn=print_fn,
+                    extra_callbacks=extra_callbacks)

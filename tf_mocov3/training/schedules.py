@@ -13,7 +13,8 @@ step ``i``. Written per optimizer step ``t`` (0-based), with
 with ``peak = base_lr * global_batch / 256`` (see `lr_for_batch`).
 
 `EpochWarmupCosine` is DeiT's schedule beside it (timm's CosineLRScheduler stepped once per epoch, constant
-within an epoch; its docstring has the formula).
+within an epoch; its docstring has the formula), and `EpochCosine` the linear probe's (main_lincls.py: a cosine
+per epoch, no warmup).
 
 Everything here is written with `keras.ops`, so it runs on a tensor step inside
 a `tf.function`, under XLA (`jit_compile=True`) and under `tf.distribute`.
@@ -53,7 +54,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     would be in the official code.
 
     The schedule is also used, scaled by the weight decay, as the decay
-    schedule of the 'decoupled' convention (see `tf_mocov3.optim`).
+    schedule of the 'decoupled' convention (see `tf_mocov3.training.optim`).
 
     Args:
         peak_lr: Value reached at the end of the warmup (>= 0).
@@ -155,6 +156,24 @@ class EpochWarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak_lr": self.peak_lr, "warmup_epochs": self.warmup_epochs, "epochs": self.epochs,
                 "steps_per_epoch": self.steps_per_epoch, "warmup_lr_init": self.warmup_lr_init,
                 "min_lr": self.min_lr, "lag": self.lag, "name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="tf_mocov3")
+class EpochCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """The linear probe's lr factor 0.5 * (1 + cos(pi * epoch / epochs)), epoch = step // steps_per_epoch (constant
+    in an epoch, no warmup). Multiplied by each head's initial lr (optim.SweepSGD) it is the official
+    main_lincls.py's adjust_learning_rate."""
+
+    def __init__(self, steps_per_epoch, epochs):
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = int(epochs)
+
+    def __call__(self, step):
+        epoch = ops.cast(ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch), "float32")
+        return 0.5 * (1.0 + ops.cos(math.pi * epoch / float(self.epochs)))
+
+    def get_config(self):
+        return {"steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs}
 
 
 # === Momentum encoder ===

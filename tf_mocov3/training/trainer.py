@@ -1,8 +1,9 @@
 """One resumable fit for every training loop: pre-training, fine-tuning and the linear probe.
 
-Each loop is its model, its data and one `Trainer` run; the trainer owns what they share, in this order:
+Each loop is a task (training/loop.py): its model, its data and one `Trainer` run, which `loop.run` drives in this
+order -- the only place a Trainer is built:
 
-    trainer = Trainer(workdir, strategy=..., total_steps=..., global_batch=..., config_file="config.json")
+    trainer = the Trainer of (workdir, strategy, total_steps, global_batch, config_file="config.json", ...)
     trainer.check_resume(record, keys)          # a workdir of another run is refused before any work
     with precision(config.mixed_precision):     # the dtype policy, restored afterwards
         model = trainer.build(make_model, make_optimizer, seed=..., jit_compile=...)
@@ -102,7 +103,7 @@ def _mirrored_replicas(strategy):
 def strategy_for(config, tpu=""):
     """The strategy config.strategy names (config_lib.ConfigError when it cannot be made)."""
     try:
-        return distribute.make_strategy(config.strategy, tpu=tpu, num_cpu_devices=config.get("num_cpu_devices", 0))
+        return distribute.make_strategy(config.strategy, tpu=tpu, num_cpu_devices=config.num_cpu_devices)
     except ValueError as err:
         raise config_lib.ConfigError(str(err)) from err
 
@@ -122,8 +123,8 @@ def device_kind(strategy):
 
 
 def resolve_steps_per_execution(config, strategy):
-    """config.steps_per_execution as a number: "auto" (or a missing key) is AUTO_STEPS_PER_EXECUTION's value."""
-    value = str(config.get("steps_per_execution", "auto")).strip().lower()  # --config.steps_per_execution=8 is "8"
+    """config.steps_per_execution as a number: "auto" is AUTO_STEPS_PER_EXECUTION's value."""
+    value = str(config.steps_per_execution).strip().lower()  # --config.steps_per_execution=8 is "8"
     if value == "auto":
         return AUTO_STEPS_PER_EXECUTION[device_kind(strategy)]
     return int(value)
@@ -218,10 +219,12 @@ class Trainer:
     def build(self, make_model, make_optimizer, *, seed, jit_compile=False, loss=None):
         """make_model() and make_optimizer(), created under the strategy's scope after seeding, then compiled.
 
-        The initial weights are a function of `seed` alone (the same on every worker and on every restart). The
+        The initial weights are a function of `seed` alone (the same on every worker and on every restart); None
+        leaves the global seed alone (a model whose initializers carry their own seeds, as the demo's probe). The
         optimizer's slots are built now, so that a checkpoint restores into them.
         """
-        keras.utils.set_random_seed(int(seed))
+        if seed is not None:
+            keras.utils.set_random_seed(int(seed))
         with self.strategy.scope():
             model = make_model()
             model.compile(optimizer=make_optimizer(), loss=loss, jit_compile=bool(jit_compile))
@@ -263,8 +266,11 @@ class Trainer:
 
     def restore(self, model, checkpoint_model=None):
         """Restores the newest checkpoint of the workdir into `model` (or `checkpoint_model`, the part of it that
-        is saved) and its optimizer; returns its step, 0 when there is none. Under several workers it checks first
-        that all of them see the chief's workdir (`check_workdir_shared`)."""
+        is saved) and its optimizer; returns its step, 0 when there is none or the trainer has no workdir (then
+        nothing is saved either). Under several workers it checks first that all of them see the chief's workdir
+        (`check_workdir_shared`)."""
+        if not self.workdir:
+            return 0
         self.check_workdir_shared()
         self.checkpointer = checkpointing.Checkpointer(
             self.workdir, model=checkpoint_model or model, optimizer=model.optimizer, keep=self.keep_checkpoints,

@@ -1,4 +1,5 @@
-r"""Transfer fine-tuning of a pre-trained MoCo v3 backbone (the paper's DeiT recipe), end to end.
+r"""Transfer fine-tuning of a pre-trained MoCo v3 backbone (the paper's DeiT recipe), end to end: `FinetuneTask`, a
+task of the one run loop (training/loop.py).
 
   python -m tf_mocov3.finetune --config=configs/finetune_cifar10.py --pretrained=/tmp/mocov3_vit_base \
       --workdir=/tmp/ft_cifar10 [--config.batch_size=256]
@@ -68,6 +69,7 @@ from tf_mocov3.evaluation import features as features_lib
 from tf_mocov3.models import backbones
 from tf_mocov3.models import vit
 from tf_mocov3.training import distribute
+from tf_mocov3.training import loop
 from tf_mocov3.training import optim
 from tf_mocov3.training import reports
 from tf_mocov3.training import trainer as trainer_lib
@@ -106,12 +108,12 @@ def build_train_dataset(config, source, *, start_step=0, num_replicas=1, input_c
         return pipelines.labelled_train_dataset(
             source, global_batch=int(config.batch_size), seed=int(config.seed), image_size=int(config.image_size),
             crop_scale=(float(aug.crop_min), 1.0), random_erasing=float(aug.random_erasing), start_step=start_step,
-            mix=mix, threads=int(config.dataset.get("threads", 0) or 0),
-            interpolation=str(aug.get("interpolation", "bilinear")), rand_augment=aug.get("rand_augment", "") or None,
-            repeats=int(aug.get("repeated_aug", 1)), num_replicas=int(num_replicas),
-            mix_group=int(aug.get("mixup_group", 0)),
-            shuffle_buffer=int(config.dataset.get("shuffle_buffer", pipelines.DEFAULT_SHUFFLE_BUFFER)),
-            cycle_length=int(config.dataset.get("cycle_length", pipelines.DEFAULT_CYCLE_LENGTH)),
+            mix=mix, threads=int(config.dataset.threads),
+            interpolation=str(aug.interpolation), rand_augment=aug.rand_augment or None,
+            repeats=int(aug.repeated_aug), num_replicas=int(num_replicas),
+            mix_group=int(aug.mixup_group),
+            shuffle_buffer=int(config.dataset.shuffle_buffer),
+            cycle_length=int(config.dataset.cycle_length),
             input_context=input_context)
     except ValueError as err:
         raise FinetuneError(str(err)) from err
@@ -132,8 +134,8 @@ def build_eval_dataset(config, source):
     limit = int(config.eval.max_examples)
     indices = np.arange(min(limit, source.num_examples)) if limit > 0 else None
     return pipelines.eval_dataset(source, int(config.image_size), int(config.eval.batch_size), indices,
-                                  interpolation=str(config.aug.get("interpolation", "bilinear")),
-                                  crop_pct=float(config.eval.get("crop_pct", 0.0) or 0.0) or None)
+                                  interpolation=str(config.aug.interpolation),
+                                  crop_pct=float(config.eval.crop_pct) or None)
 
 
 # === Model ===
@@ -150,7 +152,7 @@ def check_pretrained(config, path):
     except ValueError as err:
         raise FinetuneError(str(err)) from err
     arch, overrides = pre_config.model.arch, vit.config_overrides(pre_config.model)
-    want = str(config.model.get("arch", "") or "")
+    want = str(config.model.arch)
     if want and want != arch:
         raise FinetuneError(f"Pretrained path {path} holds a {arch} backbone but the config fine-tunes {want}; "
                             f"pass {want} weights or set --config.model.arch={arch}.")
@@ -183,7 +185,7 @@ def build_classifier(config, *, arch, overrides, num_classes):
     """
 
 
-    pos = {"train_pos_embed": True} if backbones.is_vit(arch) and config.model.get("train_pos_embed", False) else {}
+    pos = {"train_pos_embed": True} if backbones.is_vit(arch) and config.model.train_pos_embed else {}
     backbone = backbones.build_backbone(arch, int(config.image_size), train_patch_embed=backbones.is_vit(arch),
                                         name="backbone",
                                         **dict(overrides, drop_path_rate=float(config.model.drop_path_rate)), **pos)
@@ -462,108 +464,134 @@ def step_intervals(config, steps_per_call):
                                        checkpoint_every_steps=config.checkpoint_every_steps)
 
 
+class FinetuneTask(loop.Task):
+    """Fine-tuning as a loop.Task: the classifier (backbone + head) and its optimizer, the augmented and mixed
+    batches, the EMA and the evaluator's callbacks, the resume keys and options, the fine-tuning report."""
+
+    kind = "fine-tuning run"
+    config_kind = "finetune"
+    resume_keys = _RESUME_KEYS
+    resume_error = FinetuneError
+    diverged_hint = "lower config.optim.base_lr"
+
+    def __init__(self, config, pretrained_path):
+        super().__init__(config)
+        self.pretrained_path = pretrained_path
+        self.loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+        self.ema = self.evaluator = None
+
+    def check(self, workdir):
+        self.arch, self.overrides = check_pretrained(self.config, self.pretrained_path)
+
+    def setup(self, strategy, workdir):
+        config = self.config
+        self.record = config_lib.as_record(config)
+        self.record["pretrained"] = config_lib.absolute_path(self.pretrained_path)
+        self.train_source = load_split(config.dataset, config.dataset.train_split)
+        self.eval_source = load_split(config.dataset, config.dataset.eval_split)
+        if self.eval_source.num_classes != self.train_source.num_classes:
+            raise FinetuneError(f"The eval split {config.dataset.eval_split} has {self.eval_source.num_classes} "
+                                f"classes but the training split {self.train_source.num_classes}; use splits of the "
+                                f"same data set.")
+        self.steps_per_epoch = self.train_source.num_examples // int(config.batch_size)
+        if self.steps_per_epoch == 0:
+            raise FinetuneError(f"The training split has {self.train_source.num_examples} examples, fewer than one "
+                                f"batch of {config.batch_size}; lower config.batch_size.")
+        self.total_steps = trainer_lib.total_steps_of(config, self.steps_per_epoch)
+        self.global_batch = config.batch_size
+        for source in (self.train_source, self.eval_source):  # array_record on a TPU pod slice: before any model
+            try:
+                data.check_source_for(source, strategy)
+            except ValueError as err:
+                raise FinetuneError(str(err)) from err
+
+    def use_intervals(self, intervals):
+        # The evaluation interval (epochs) acts at the end of the call that completes it (Evaluator).
+        self.record.update(intervals)  # config.json records what the run used
+
+    def check_resume(self, workdir):
+        check_resume_options(workdir, self.config)
+
+    def make_model(self):
+        return build_classifier(self.config, arch=self.arch, overrides=self.overrides,
+                                num_classes=self.train_source.num_classes)
+
+    def make_optimizer(self):
+        return build_optimizer(self.config, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+
+    def checkpoint_part(self, model, trainer):
+        if self.config.ema.enabled:
+            with self.strategy.scope():
+                self.ema = ModelEma(model, self.config.ema.decay)
+            return self.ema.checkpoint_root
+        return None
+
+    def restored(self, model, trainer, start_step):
+        if not start_step:
+            count = copy_pretrained_weights(model.get_layer("backbone"), self.pretrained_path)
+            if self.ema is not None:
+                self.ema.reset()
+            trainer.say(f"Loaded {count} pretrained backbone weights of {self.arch} from {self.pretrained_path}.")
+        correct_fn = _make_predict_fn(model, int(self.config.image_size))
+        eval_ds = build_eval_dataset(self.config, self.eval_source)
+        self.evaluator = Evaluator(lambda: evaluate_top1(correct_fn, eval_ds),
+                                   self.steps_per_epoch * max(int(self.config.eval.every_epochs), 1),
+                                   self.total_steps, self.steps_per_epoch, trainer.metrics, trainer.say,
+                                   ema=self.ema)
+
+    def start_line(self, start_step):
+        config, train = self.config, self.train_source
+        return (f"Fine-tuning {self.arch} on {config.dataset.name} ({train.num_examples} images, "
+                f"{train.num_classes} classes) at {config.image_size} px: {self.total_steps} steps "
+                f"({self.steps_per_epoch} per epoch), global batch {config.batch_size} on "
+                f"{self.strategy.num_replicas_in_sync} replica(s), workdir {self.workdir}.")
+
+    def finished_line(self, start_step):
+        return f"Fine-tuning already finished: step {start_step} of {self.total_steps}."
+
+    def dataset(self, start_step):
+        # Ends at total_steps, so that several steps per host call stop there.
+        return distributed_train_dataset(self.config, self.train_source, self.strategy, start_step, self.total_steps)
+
+    def callbacks(self, model, trainer):
+        return [*([EmaUpdate(self.ema)] if self.ema else []), self.evaluator]
+
+    def report(self, model, trainer, start_step, history):
+        config, evaluator, ema = self.config, self.evaluator, self.ema
+        step = int(model.optimizer.iterations.numpy())
+        if evaluator.last is None or evaluator.last[0] != step:
+            evaluator.run(step)
+        top1 = evaluator.last[1]
+        curves = reports.log_curves(trainer.read_log(), ("eval_top1", "eval_top1_ema", "loss"))
+        curve = curves.get("eval_top1", [])
+        top1_best = max([v for _, v in curve] + [top1])  # every evaluation of the run, before a resume included
+        extra = {}
+        if ema is not None:
+            ema_curve = curves.get("eval_top1_ema", [])
+            extra = {"top1_ema": evaluator.last_ema,
+                     "top1_ema_best": max([v for _, v in ema_curve] + [evaluator.last_ema])}
+        spe = self.steps_per_epoch
+        summary = trainer.report(
+            name=REPORT_NAME,
+            metrics={"finetune": {"top1": top1, "top1_best": top1_best, **extra,
+                                  "step": step, "epochs": step / spe,
+                                  "dataset": config.dataset.name, "arch": self.arch, "image_size": config.image_size,
+                                  "pretrained": config_lib.absolute_path(self.pretrained_path),
+                                  "eval_top1_curve": [[s, v] for s, v in curve]}},
+            curves={"eval top-1 (%)": curve, "train loss": curves.get("loss", [])},
+            table=[{"dataset": config.dataset.name, "arch": self.arch, "image size": config.image_size,
+                    "epochs": round(step / spe, 2), "steps": step, "top-1": top1, "best top-1": top1_best,
+                    **({"EMA top-1": extra["top1_ema"]} if extra else {})}])
+        return {"step": step, "top1": top1, "top1_best": top1_best, "model": model, "curve": curve,
+                "summary": summary, **extra}
+
+
 def run_finetune(config, workdir, pretrained_path, *, strategy=None, tpu="", print_fn=None, extra_callbacks=()):
-    """Fine-tunes (or resumes) as `config` says; returns {"step", "top1", "model", "curve", "summary"}.
+    """Fine-tunes (or resumes) as `config` says (loop.run of a FinetuneTask); returns {"step", "top1", "top1_best",
+    "model", "curve", "summary"} (and "top1_ema", "top1_ema_best" with config.ema.enabled).
 
     Raises config_lib.ConfigError for a bad config and FinetuneError (one sentence) for a pretrained path or data
     set that cannot be used, both before training starts; TrainingDiverged when the loss stops being finite.
     """
-    # --- every check before any work ---
-    config_lib.validate(config, kind="finetune", workdir=workdir)
-    arch, overrides = check_pretrained(config, pretrained_path)
-    record = config_lib.as_record(config)
-    record["pretrained"] = config_lib.absolute_path(pretrained_path)
-    config_lib.check_resume_compatible(workdir, record, _RESUME_KEYS, config_file=CONFIG_FILE,
-                                       kind="fine-tuning run", error_cls=FinetuneError)
-    check_resume_options(workdir, config)
-    train_source = load_split(config.dataset, config.dataset.train_split)
-    eval_source = load_split(config.dataset, config.dataset.eval_split)
-    if eval_source.num_classes != train_source.num_classes:
-        raise FinetuneError(f"The eval split {config.dataset.eval_split} has {eval_source.num_classes} classes but "
-                            f"the training split {train_source.num_classes}; use splits of the same data set.")
-    steps_per_epoch = train_source.num_examples // int(config.batch_size)
-    if steps_per_epoch == 0:
-        raise FinetuneError(f"The training split has {train_source.num_examples} examples, fewer than one batch "
-                            f"of {config.batch_size}; lower config.batch_size.")
-    total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
-    strategy = strategy or trainer_lib.strategy_for(config, tpu)
-    config_lib.validate(config, kind="finetune", num_replicas=strategy.num_replicas_in_sync)
-    for source in (train_source, eval_source):  # array_record on a TPU pod slice: refused before any model is built
-        try:
-            data.check_source_for(source, strategy)
-        except ValueError as err:
-            raise FinetuneError(str(err)) from err
-
-    steps_per_call = trainer_lib.resolve_steps_per_execution(config, strategy)
-    # The evaluation interval (epochs) acts at the end of the call that completes it (Evaluator).
-    intervals, intervals_line = step_intervals(config, steps_per_call)
-    record.update(intervals)  # config.json records what the run used
-    trainer = trainer_lib.Trainer(
-        workdir, strategy=strategy, total_steps=total_steps, global_batch=config.batch_size,
-        log_every_steps=intervals["log_every_steps"], checkpoint_every_steps=intervals["checkpoint_every_steps"],
-        keep_checkpoints=config.keep_checkpoints, config_file=CONFIG_FILE, kind="fine-tuning run",
-        steps_per_execution=steps_per_call, print_fn=print_fn)
-    if intervals_line:
-        trainer.say(intervals_line)
-    with trainer_lib.precision(config.mixed_precision):
-        model = trainer.build(
-            lambda: build_classifier(config, arch=arch, overrides=overrides, num_classes=train_source.num_classes),
-            lambda: build_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps),
-            seed=config.seed, jit_compile=trainer_lib.resolve_jit_compile(config, strategy),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-        ema = None
-        if config.get("ema") is not None and config.ema.enabled:
-            with strategy.scope():
-                ema = ModelEma(model, config.ema.decay)
-        start_step = trainer.restore(model, checkpoint_model=ema.checkpoint_root if ema else None)
-        if not start_step:
-            count = copy_pretrained_weights(model.get_layer("backbone"), pretrained_path)
-            if ema is not None:
-                ema.reset()
-            trainer.say(f"Loaded {count} pretrained backbone weights of {arch} from {pretrained_path}.")
-        trainer.write_config(record)
-
-        correct_fn = _make_predict_fn(model, int(config.image_size))
-        eval_ds = build_eval_dataset(config, eval_source)
-        evaluator = Evaluator(lambda: evaluate_top1(correct_fn, eval_ds),
-                              steps_per_epoch * max(int(config.eval.every_epochs), 1), total_steps,
-                              steps_per_epoch, trainer.metrics, trainer.say, ema=ema)
-        if start_step < total_steps:
-            trainer.say(f"Fine-tuning {arch} on {config.dataset.name} ({train_source.num_examples} images, "
-                        f"{train_source.num_classes} classes) at {config.image_size} px: {total_steps} steps "
-                        f"({steps_per_epoch} per epoch), global batch {config.batch_size} on "
-                        f"{strategy.num_replicas_in_sync} replica(s), workdir {workdir}.")
-            # Ends at total_steps, so that several steps per host call stop there.
-            train_ds = distributed_train_dataset(config, train_source, strategy, start_step, total_steps)
-            trainer.fit(model, train_ds,
-                        start_step=start_step,
-                        callbacks=[*([EmaUpdate(ema)] if ema else []), evaluator, *extra_callbacks],
-                        diverged_hint="lower config.optim.base_lr")
-        else:
-            trainer.say(f"Fine-tuning already finished: step {start_step} of {total_steps}.")
-        step = int(model.optimizer.iterations.numpy())
-        if evaluator.last is None or evaluator.last[0] != step:
-            evaluator.run(step)
-    top1 = evaluator.last[1]
-    curves = reports.log_curves(trainer.read_log(), ("eval_top1", "eval_top1_ema", "loss"))
-    curve = curves.get("eval_top1", [])
-    top1_best = max([v for _, v in curve] + [top1])  # every evaluation of the run, before a resume included
-    extra = {}
-    if ema is not None:
-        ema_curve = curves.get("eval_top1_ema", [])
-        extra = {"top1_ema": evaluator.last_ema,
-                 "top1_ema_best": max([v for _, v in ema_curve] + [evaluator.last_ema])}
-    summary = trainer.report(
-        name=REPORT_NAME,
-        metrics={"finetune": {"top1": top1, "top1_best": top1_best, **extra,
-                              "step": step, "epochs": step / steps_per_epoch,
-                              "dataset": config.dataset.name, "arch": arch, "image_size": config.image_size,
-                              "pretrained": config_lib.absolute_path(pretrained_path),
-                              "eval_top1_curve": [[s, v] for s, v in curve]}},
-        curves={"eval top-1 (%)": curve, "train loss": curves.get("loss", [])},
-        table=[{"dataset": config.dataset.name, "arch": arch, "image size": config.image_size,
-                "epochs": round(step / steps_per_epoch, 2), "steps": step, "top-1": top1, "best top-1": top1_best,
-                **({"EMA top-1": extra["top1_ema"]} if extra else {})}])
-    return {"step": step, "top1": top1, "top1_best": top1_best, "model": model, "curve": curve, "summary": summary,
-            **extra}
-
+    return loop.run(FinetuneTask(config, pretrained_path), workdir, strategy=strategy, tpu=tpu, print_fn=print_fn,
+                    extra_callbacks=extra_callbacks)
