@@ -277,7 +277,7 @@ def _check_bn_resume(workdir, config):
     saved = config_lib.read_json(os.path.join(workdir, CONFIG_FILE))
     if saved is None:
         return
-    was = bool((saved.get("model") or {}).get("bn_before_head", False))
+    was = bool(config_lib.complete(saved, "probe").model.bn_before_head)  # a record from before the key: off
     now = bool(config.model.bn_before_head)
     if was != now:
         raise ProbeError(f"--workdir={workdir} holds a probe with model.bn_before_head={was}, not {now}; resume with "
@@ -487,9 +487,7 @@ class ProbeTask(HeadsTask):
                 self.train_source, indices=self.train_idx, global_batch=batch, seed=config.seed,
                 image_size=self.image_size, crop_scale=(config.dataset.crop_min, 1.0), start_step=start_step,
                 keep_partial_batch=True, end_epoch=config.epochs, input_context=ctx,
-                # probe_config has no streaming keys: a streamed (TFRecord) training split uses pipelines' defaults
-                shuffle_buffer=int(config.dataset.get("shuffle_buffer", pipelines.DEFAULT_SHUFFLE_BUFFER)),
-                cycle_length=int(config.dataset.get("cycle_length", pipelines.DEFAULT_CYCLE_LENGTH))),
+                shuffle_buffer=int(config.dataset.shuffle_buffer), cycle_length=int(config.dataset.cycle_length)),
                 replica_rows=batch // self.strategy.num_replicas_in_sync)
 
     def report(self, model, trainer, start_step, history):
