@@ -50,7 +50,8 @@ def train_row(arch, image_size, batch, precision, steps, kind):
 
     from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
     from tf_mocov3.models import moco  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.training import optim, trainer  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import optim  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import trainer  # pylint: disable=import-outside-toplevel
 
     config = config_lib.base_config()
     config.model.arch = arch
@@ -126,8 +127,9 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tf_mocov3 import cli  # pylint: disable=import-outside-toplevel
     cli.quiet_tensorflow()
-    from tf_mocov3.testing import fixtures_data  # pylint: disable=import-outside-toplevel
     import train_throughput  # pylint: disable=import-outside-toplevel
+
+    from tf_mocov3.testing import fixtures_data  # pylint: disable=import-outside-toplevel
 
     kind, name, peak = device()
     accelerator = kind != "cpu"

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 
-
 # Our modes: the dataset config keys each one sets.
 MODES = {
     "per_view": dict(jpeg_decode_once=False, jpeg_dct_scaling=False),
@@ -98,6 +97,7 @@ def write_synthetic(folder, count=256):
 
 def measure_ours(folder, mode, batch, steps, warmup, threads, image_size, prepared=None):
     from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
     from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
     from tf_mocov3.data import pipelines  # pylint: disable=import-outside-toplevel
     dataset = config_lib.base_config().dataset.to_dict()
@@ -136,7 +136,9 @@ def _import_torchvision():
 def official_transforms(image_size=224, crop_min=0.08):
     """moco-v3 main_moco.py's two augmentations (torchvision on PIL images), as one two-view callable."""
     import random  # pylint: disable=import-outside-toplevel
-    from PIL import ImageFilter, ImageOps  # pylint: disable=import-outside-toplevel
+
+    from PIL import ImageFilter  # pylint: disable=import-outside-toplevel
+    from PIL import ImageOps  # pylint: disable=import-outside-toplevel
     transforms = _import_torchvision().transforms
 
     def blur(img):  # moco.loader.GaussianBlur([.1, 2.])

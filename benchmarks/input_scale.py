@@ -12,6 +12,7 @@ the skipped records. Prints one row per size, side by side.
 """
 
 import argparse
+from concurrent import futures
 import io
 import json
 import os
@@ -19,10 +20,8 @@ import resource
 import subprocess
 import sys
 import time
-from concurrent import futures
 
 import numpy as np
-
 
 SHARD = 1024
 
@@ -42,7 +41,8 @@ def _jpegs(count=256, size=64):
 
 
 def _write_shard(args):
-    from tf_mocov3.data import prepare, sources  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import prepare  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import sources  # pylint: disable=import-outside-toplevel
 
     path, start, stop, jpegs = args
     if not os.path.exists(path):
@@ -53,7 +53,8 @@ def _write_shard(args):
 
 def generate(directory, n, workers):
     """A prepared set of n records in `directory` (kept: a second call returns at once)."""
-    from tf_mocov3.data import prepare, sources  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import prepare  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import sources  # pylint: disable=import-outside-toplevel
 
     meta_path = os.path.join(directory, sources.PREPARED_METADATA)
     if os.path.exists(meta_path):
@@ -83,7 +84,8 @@ def measure(directory, batch, start_step):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from tf_mocov3 import config_lib  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.data import pipelines, sources  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import pipelines  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import sources  # pylint: disable=import-outside-toplevel
 
     t_import = time.time() - t0
     config = config_lib.base_config()

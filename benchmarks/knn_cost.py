@@ -44,8 +44,10 @@ class TrainClock:
     def __init__(self, config):
         import keras  # pylint: disable=import-outside-toplevel
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
         from tf_mocov3.models import moco  # pylint: disable=import-outside-toplevel
-        from tf_mocov3.training import optim, trainer  # pylint: disable=import-outside-toplevel
+        from tf_mocov3.training import optim  # pylint: disable=import-outside-toplevel
+        from tf_mocov3.training import trainer  # pylint: disable=import-outside-toplevel
 
         steps_per_epoch, total_steps = 234, 702
         run = trainer.Trainer(None, total_steps=total_steps, global_batch=config.batch_size)

@@ -79,6 +79,7 @@ def measure(method, seed, every, steps=0):
     import importlib.util  # pylint: disable=import-outside-toplevel
 
     import keras  # pylint: disable=import-outside-toplevel
+
     from tf_mocov3.evaluation import knn  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import pretrain  # pylint: disable=import-outside-toplevel
 

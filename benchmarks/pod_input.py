@@ -35,7 +35,8 @@ class Hosts:
 def write_set(path, shards):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from tf_mocov3.data import prepare, sources  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import prepare  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import sources  # pylint: disable=import-outside-toplevel
 
     if tf.io.gfile.exists(os.path.join(path, sources.PREPARED_METADATA)):
         return
@@ -82,7 +83,8 @@ def count_calls(path, hosts):
 def skip_scope(examples):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from tf_mocov3.data import augment, pipelines  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import augment  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.data import pipelines  # pylint: disable=import-outside-toplevel
 
     image = tf.io.encode_jpeg(tf.cast(tf.random.stateless_uniform([375, 500, 3], [1, 2], 0, 255), tf.uint8),
                               quality=90)

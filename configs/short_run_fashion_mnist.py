@@ -11,8 +11,8 @@ ViT 32 wide, 2 blocks, 4 x 4 patches of 16 px images, heads 256 -> 64, batch 64,
 without warmup, cosine momentum from 0.9 (0.99 barely moves the key encoder in a short run). kNN (k 20) on a
 6,000-image bank (10% of the training split) and all 10,000 test images: on the same weights a 1,200 / 1,000 measure
 differs from this one by up to 3-5 points, more than the effect it would have to resolve.
-MoCo v3 runs 250 steps (in 120 one seed of four gained 0.3 points), SimCLR 120; BYOL 1,000 steps at crop_min 0.35 (its target network starts as a copy of the online
-one and its kNN curve starts later: BUILD_NOTES.md, issue 12).
+MoCo v3 runs 250 steps (in 120 one seed of four gained 0.3 points), SimCLR 120; BYOL 1,000 steps at crop_min 0.35
+(its target network starts as a copy of the online one and its kNN curve starts later: BUILD_NOTES.md, issue 12).
 """
 
 import importlib.util

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up everything, then runs the test suite (tiny models; about 14 minutes on 2 CPU cores without AVX-512).
+# Sets up everything, then runs the linter (ruff check .) and the test suite (tiny models; about 14 minutes on 2 CPU
+# cores without AVX-512, 8 with AVX-512).
 # Extra arguments go to pytest in one process, e.g. scripts/test.sh -k resume.
 #
 # Without arguments the test files run as two pytest processes side by side, split by their measured cost
@@ -15,8 +16,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-torch
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+# The linter first (ruff, pinned in requirements.txt, rules in pyproject.toml): a lint error fails the run, after the
+# tests have run too, so one run shows everything that is wrong.
+lint=0
+echo "=== ruff check . ==="
+.venv/bin/ruff check . || lint=1
 if [ "$#" -gt 0 ]; then
-  exec .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
+  .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@" || exit 1
+  exit "$lint"
 fi
 logs=$(mktemp -d)
 read -r -a first <<< "$(.venv/bin/python scripts/split_tests.py 0)"
@@ -43,5 +50,6 @@ for part in first second; do
   echo "=== tests, part $part ==="
   cat "$logs/$part.log"
 done
-echo "=== both parts: $(( $(date +%s) - start )) s, $([ "$status" = 0 ] && echo passed || echo FAILED) ==="
+[ "$lint" = 0 ] || status=1
+echo "=== both parts: $(( $(date +%s) - start )) s, $([ "$status" = 0 ] && echo passed || echo FAILED)$([ "$lint" = 0 ] || echo ' (ruff check failed, above)') ==="
 exit "$status"

@@ -3,9 +3,9 @@
 Two runs of one update (1 vs 2 replicas, a resumed run vs a straight one, steps written on another CPU) add the same
 numbers in other orders, and oneDNN picks its kernels by CPU when the program starts, so their gradients differ by
 round-off: about 1e-7 of the magnitudes summed. Under AdamW with eps 1e-3 (the one-step equality tests) a real
-gradient turns that into a weight difference of at most lr / eps times it, which `ATOL` covers. Two kinds of entry can differ by more,
-on any machine, and `assert_runs_agree` bounds them by what the computation allows instead of by a figure fitted to
-one machine:
+gradient turns that into a weight difference of at most lr / eps times it, which `ATOL` covers. Two kinds of entry
+can differ by more, on any machine, and `assert_runs_agree` bounds them by what the computation allows instead of
+by a figure fitted to one machine:
 
 1. Entries whose gradient is zero in exact arithmetic ("structural zeros", `structural_zero_masks`): the key third of
    every attention qkv bias (softmax ignores a shift shared by all keys) and, when the projector's first linear
@@ -24,9 +24,8 @@ one machine:
 import math
 
 import numpy as np
-from tensorflow.core.protobuf import trackable_object_graph_pb2
-
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 # Entries with a real gradient: 1e-5 absolute. Adam's update lr * m_hat / (sqrt(v_hat) + eps) moves by at most
 # lr * dg / eps for a round-off change dg of a gradient (the slope of g / (|g| + eps) is largest, 1 / eps, at g = 0),

@@ -270,8 +270,8 @@ def test_an_ablation_run_loads_back_with_identical_features(tiny_config, tmp_pat
     np.testing.assert_allclose(tuned(x).numpy(), trained.backbone(x).numpy(), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("switches", [dict(pooling="gap", pos_embed="learned"), dict(pooling="gap_ln", pos_embed="none"),
-                                      dict(pos_embed="learned")])
+@pytest.mark.parametrize("switches", [dict(pooling="gap", pos_embed="learned"),
+                                      dict(pooling="gap_ln", pos_embed="none"), dict(pos_embed="learned")])
 def test_plain_keras_export_of_an_ablation_backbone_round_trips(switches, tmp_path):
     from tf_mocov3.weights import plain_keras  # pylint: disable=import-outside-toplevel
 
@@ -291,6 +291,7 @@ def test_plain_keras_export_of_an_ablation_backbone_round_trips(switches, tmp_pa
 
 def test_resume_refuses_another_method_or_ablation_and_accepts_records_from_before_the_switches(tmp_path):
     import json  # pylint: disable=import-outside-toplevel
+
     from tf_mocov3.training import pretrain  # pylint: disable=import-outside-toplevel
 
     config = config_lib.base_config()

@@ -4,13 +4,14 @@ import io
 import math
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
-from PIL import Image
 
-from tf_mocov3.testing import fixtures_data
-from augment_reference import color_jitter, two_views
+from augment_reference import color_jitter
+from augment_reference import two_views
 from tf_mocov3.data import augment
+from tf_mocov3.testing import fixtures_data
 
 RNG = np.random.default_rng(0)
 IMG = RNG.uniform(0, 1, (17, 23, 3)).astype(np.float32)

@@ -15,8 +15,10 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from conftest import FMNIST
+from conftest import checkpoint_tensors
+from conftest import needs_fmnist
 import roundoff
-from conftest import checkpoint_tensors, FMNIST, needs_fmnist
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.training import finetune

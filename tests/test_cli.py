@@ -10,8 +10,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 from absl import flags
+import pytest
 
 from tf_mocov3 import cli
 from tf_mocov3.training import distribute

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, make_tiny_config, needs_fmnist
+from conftest import ROOT
+from conftest import make_tiny_config
+from conftest import needs_fmnist
 from export import saved_model as sm
 from tf_mocov3 import config_lib
 from tf_mocov3.evaluation import knn
@@ -100,7 +102,10 @@ def test_converted_official_weights_are_written_to_ram_and_load_back(tmp_path, m
     """The converter's output (checkpoint, config.json, conversion.json) on ram://, read back as --pretrained."""
     import torch  # pylint: disable=import-outside-toplevel  (requirements-convert.txt, as test_convert_official)
 
-    from test_convert_official import MICRO, _images, official_backbone, torch_vit_features
+    from test_convert_official import MICRO
+    from test_convert_official import _images
+    from test_convert_official import official_backbone
+    from test_convert_official import torch_vit_features
 
     state = official_backbone("", dim=32, depth=2, grid=4, g=torch.Generator().manual_seed(2))  # DeiT layout
     result = convert_official.convert_state_dict(convert_official.extract_state_dict({"model": state}),
@@ -134,7 +139,8 @@ def test_probe_and_finetune_resume_checks_read_a_ram_workdir():
     gfile.makedirs(workdir)
     config_lib.write_json(f"{workdir}/{finetune.CONFIG_FILE}", {"model": {"train_pos_embed": True}})
     tuned = config_lib.finetune_config()
-    with pytest.raises(finetune.FinetuneError, match=r"holds a fine-tuning run with config.model.train_pos_embed=True, not False;"):
+    with pytest.raises(finetune.FinetuneError,
+                       match=r"holds a fine-tuning run with config.model.train_pos_embed=True, not False;"):
         finetune.check_resume_options(workdir, tuned)
 
 

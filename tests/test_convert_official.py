@@ -8,6 +8,8 @@ below from the paper's definition with torch.nn.functional, independent of tf_mo
 import json
 import os
 
+from absl import flags
+from absl.testing import flagsaver
 import keras
 import ml_collections
 import numpy as np
@@ -15,8 +17,6 @@ import pytest
 import tensorflow as tf
 import torch
 import torch.nn.functional as F
-from absl import flags
-from absl.testing import flagsaver
 
 from tf_mocov3 import convert_official as convert_command  # the command; defines --input, --output
 from tf_mocov3.models import moco

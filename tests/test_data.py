@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3.testing import fixtures_data
 from augment_reference import two_views
-from tf_mocov3.testing.fixtures_data import write_idx as _write_idx
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.data import order as order_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources as data
+from tf_mocov3.testing import fixtures_data
+from tf_mocov3.testing.fixtures_data import write_idx as _write_idx
 
 
 def test_read_idx_parses_magic_dims_big_endian(tmp_path):

@@ -3,8 +3,8 @@
 import json
 import os
 
-import pytest
 from PIL import Image
+import pytest
 
 from conftest import needs_fmnist
 from tf_mocov3.evaluation import demo as demo_eval

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from conftest import ROOT, needs_fmnist
+from conftest import ROOT
+from conftest import needs_fmnist
 from export import saved_model as sm
 from tf_mocov3.data import augment
 from tf_mocov3.models import heads

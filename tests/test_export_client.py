@@ -7,9 +7,9 @@ requested SignatureDef with the request's tensors fed as they are, without compa
 """
 
 import base64
+from concurrent import futures
 import json
 import os
-from concurrent import futures
 
 import grpc
 import keras

@@ -3,13 +3,14 @@
 import keras
 import numpy as np
 
+from conftest import FMNIST
+from conftest import needs_fmnist
 from tf_mocov3.data import augment
 from tf_mocov3.data import order
 from tf_mocov3.data import sources as data
 from tf_mocov3.evaluation import features
 from tf_mocov3.models import vit
 from tf_mocov3.training import distribute
-from conftest import FMNIST, needs_fmnist
 
 
 def test_subset_is_a_seeded_permutation_prefix_kept_in_split_order():

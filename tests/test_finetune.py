@@ -9,18 +9,24 @@ import sys
 
 import keras
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
+from conftest import ROOT
+from conftest import checkpoint_tensors
+from conftest import needs_fmnist
+from finetune_helpers import TINY
+from finetune_helpers import build
+from finetune_helpers import tiny_config
+from finetune_helpers import write_pretrained_dir
 import roundoff
-from conftest import ROOT, checkpoint_tensors, needs_fmnist
-from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
-from tf_mocov3.testing.fixtures_data import write_image_folder as _write_folder
 from tf_mocov3 import config_lib
 from tf_mocov3.data import sources
 from tf_mocov3.models import vit
+from tf_mocov3.testing.fixtures_data import write_image_folder as _write_folder
 from tf_mocov3.training import finetune
 from tf_mocov3.weights import pretrained
+
 
 @pytest.fixture(scope="module")
 def pretrained_dir(tmp_path_factory):

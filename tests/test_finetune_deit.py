@@ -11,12 +11,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from tf_mocov3.testing.fixtures_data import build_tfds_imagenet, photo_like
-from finetune_helpers import TINY, build, tiny_config, write_pretrained_dir
+from finetune_helpers import TINY
+from finetune_helpers import build
+from finetune_helpers import tiny_config
+from finetune_helpers import write_pretrained_dir
 from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.models import moco
 from tf_mocov3.models import vit
+from tf_mocov3.testing.fixtures_data import build_tfds_imagenet
+from tf_mocov3.testing.fixtures_data import photo_like
 from tf_mocov3.training import finetune
 from tf_mocov3.training import schedules
 

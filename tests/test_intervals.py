@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FMNIST, ROOT, needs_fmnist
+from conftest import FMNIST
+from conftest import ROOT
+from conftest import needs_fmnist
 from tf_mocov3.training import finetune
 from tf_mocov3.training import linear_probe
 from tf_mocov3.training import pretrain

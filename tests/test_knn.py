@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import FMNIST
+from conftest import ROOT
+from conftest import checkpoint_tensors
+from conftest import needs_fmnist
 from tf_mocov3.evaluation import knn
+from tf_mocov3.testing.fixtures_data import write_idx as _write_idx
 from tf_mocov3.training import distribute
 from tf_mocov3.training import pretrain as training
-from conftest import FMNIST, ROOT, checkpoint_tensors, needs_fmnist
-from tf_mocov3.testing.fixtures_data import write_idx as _write_idx
 
 # A 2-D memory bank: the query q = [2, 0] is L2-normalised to [1, 0].
 #   a = [1, 0]      class 0   cos(q, a) = 1

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, needs_fmnist
+from conftest import ROOT
+from conftest import needs_fmnist
 from tf_mocov3 import config_lib
 from tf_mocov3.data import order
 from tf_mocov3.data import pipelines

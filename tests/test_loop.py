@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from conftest import ROOT, StopAt
+from conftest import ROOT
+from conftest import StopAt
 from tf_mocov3.training import loop
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import needs_fmnist
+from conftest import tiny_model_config
 import roundoff
-from conftest import needs_fmnist, tiny_model_config
 from tf_mocov3 import config_lib
 from tf_mocov3.models import losses
 from tf_mocov3.models import moco

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import roundoff
 from conftest import tiny_model_config
+import roundoff
 from tf_mocov3.models import losses
 from tf_mocov3.models import moco
 from tf_mocov3.training import distribute
@@ -32,7 +32,8 @@ def tiny_optim_config(epsilon=1e-8):
 def build(jit_compile=False, total_steps=10, model_config=None, epsilon=1e-8):
     keras.utils.set_random_seed(0)
     model = moco.build_moco(model_config or tiny_model_config(), image_size=IMAGE, total_steps=total_steps)
-    opt = optim.build_optimizer(tiny_optim_config(epsilon), global_batch=BATCH, steps_per_epoch=5, total_steps=total_steps)
+    opt = optim.build_optimizer(tiny_optim_config(epsilon), global_batch=BATCH, steps_per_epoch=5,
+                                total_steps=total_steps)
     model.compile(optimizer=opt, jit_compile=jit_compile)
     model.optimizer.build(model.trainable_variables)
     return model
@@ -216,7 +217,7 @@ def test_mixed_precision_step_keeps_float32_loss_and_variables(policy):
 
         cb = keras.callbacks.LambdaCallback(on_train_batch_end=log)
         model.fit(as_dataset(batches(2)), epochs=1, steps_per_epoch=2, verbose=0, callbacks=[cb])
-        assert all(np.isfinite(float(l["loss"])) for l in logged)
+        assert all(np.isfinite(float(row["loss"])) for row in logged)
         assert all(v.dtype == "float32" for v in model.trainable_variables)
         # float16 needs loss scaling (Keras wraps the optimizer); bfloat16 does not.
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
@@ -224,8 +225,8 @@ def test_mixed_precision_step_keeps_float32_loss_and_variables(policy):
         # are not finite; every applied step's norms are. (With the float32 residual stream of the ViT, fewer
         # steps overflow than with a float16 stream, which skipped both steps here.)
         start = [2.0 ** 15 if policy == "mixed_float16" else 1.0]  # Keras' initial loss scale
-        applied = [l for l, before, after in zip(logged, start + scales, scales) if after >= before]
-        assert applied and all(np.isfinite(float(l["grad_norm_first_block"])) for l in applied)
+        applied = [row for row, before, after in zip(logged, start + scales, scales) if after >= before]
+        assert applied and all(np.isfinite(float(row["grad_norm_first_block"])) for row in applied)
     finally:
         keras.config.set_dtype_policy(previous)
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3.testing.fixtures_data import write_image_folder
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.data import order
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
+from tf_mocov3.testing.fixtures_data import write_image_folder
 
 
 def _stream(ds):

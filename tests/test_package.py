@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-import tf_mocov3
 from conftest import ROOT
+import tf_mocov3
 from tf_mocov3.models import backbones
 
 _spec = importlib.util.spec_from_file_location("check_names", os.path.join(ROOT, "scripts", "check_names.py"))

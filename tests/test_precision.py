@@ -33,7 +33,8 @@ def _config(float32_residual):
 
 @functools.lru_cache(maxsize=None)
 def _one_step(policy, float32_residual):
-    """(loss, [the step's update of each trainable variable]) of one MoCo step under `policy` from the seed-0 initial weights."""
+    """(loss, [the step's update of each trainable variable]) of one MoCo step under `policy` from the seed-0 initial
+    weights."""
     views = _views()
     config = _config(float32_residual)
     with trainer.precision(policy):

@@ -16,9 +16,12 @@ import time
 import pytest
 import tensorflow as tf
 
+from conftest import ROOT
+from conftest import checkpoint_tensors
+from conftest import needs_fmnist
 import roundoff
-from conftest import checkpoint_tensors, needs_fmnist, ROOT
-from test_training import _free_ports, assert_same_weights
+from test_training import _free_ports
+from test_training import assert_same_weights
 from tf_mocov3 import cli
 from tf_mocov3.data import sources
 from tf_mocov3.models import moco

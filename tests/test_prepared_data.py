@@ -15,13 +15,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from tf_mocov3.testing.fixtures_data import build_tfds_imagenet, encode_image, write_image_folder, write_truncated
 from tf_mocov3 import cli
 from tf_mocov3 import config_lib
 from tf_mocov3.data import order as order_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import prepare
 from tf_mocov3.data import sources
+from tf_mocov3.testing.fixtures_data import build_tfds_imagenet
+from tf_mocov3.testing.fixtures_data import encode_image
+from tf_mocov3.testing.fixtures_data import write_image_folder
+from tf_mocov3.testing.fixtures_data import write_truncated
 from tf_mocov3.training import pretrain
 
 
@@ -82,7 +85,7 @@ def test_prepare_writes_every_good_image_with_its_label_and_names_the_corrupt_on
     assert read_all(out) == want  # the file bytes as they were, in sorted order
     assert sources.split_size(dataset(out)) == 14 and sources.split_size(dataset(out), "validation") == 4
     joined = sources.open_labelled(dataset(out), "train+validation")  # Flowers' "train+validation" style
-    got = [(bytes(i), int(l)) for i, l in pipelines.labelled_examples(joined).as_numpy_iterator()]
+    got = [(bytes(i), int(label)) for i, label in pipelines.labelled_examples(joined).as_numpy_iterator()]
     assert joined.kind == "records" and got == want + read_all(out, "validation")
 
 
@@ -128,7 +131,8 @@ def test_the_command_prints_the_counts_and_how_to_read_it(folder, tmp_path):
     assert sorted(n for n in os.listdir(out) if n.endswith(".tfrecord")) == [
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "validation-00000-of-00001.tfrecord"]
     assert proc.stdout.splitlines() == [
-        "train: 14 images in 2 shards, 1 skipped; 2 classes.", "validation: 4 images in 1 shards, 0 skipped; 2 classes.",
+        "train: 14 images in 2 shards, 1 skipped; 2 classes.",
+        "validation: 4 images in 1 shards, 0 skipped; 2 classes.",
         f"Read it with --config.dataset.name=prepared --config.dataset.path={out}"]
     assert "train: shard 2/2, 15 images written this run of 15" in proc.stderr  # the progress line
     missing = str(tmp_path / "nothing")
@@ -191,7 +195,7 @@ def test_each_host_reads_its_own_rows_and_every_epoch_is_a_fresh_permutation(tmp
     for host in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=host, num_replicas_in_sync=2)
         order = pipelines.pretrain_order(config, source, input_context=ctx)
-        labels = [int(l) for _, l, _, _ in pipelines.pretrain_examples(source, order).take(3 * steps * 4)
+        labels = [int(label) for _, label, _, _ in pipelines.pretrain_examples(source, order).take(3 * steps * 4)
                   .as_numpy_iterator()]
         per_host.append(np.reshape(labels, [3, steps, 4]))  # epochs, steps, this host's 4 rows
     whole = np.concatenate(per_host, axis=2)  # the global batches
@@ -236,10 +240,11 @@ def test_tfds_imagenet2012_array_record_is_read_by_index_as_the_tfrecord_build(i
     def examples(fmt, split, **more):
         cfg = config_lib.complete(dict(name="imagenet2012", data_dir=imagenet_builds[fmt], **more), part="dataset")
         source = sources.load_source(cfg, split)
-        return source.kind, [(bytes(i), int(l)) for i, l in pipelines.labelled_examples(source).as_numpy_iterator()]
+        examples = pipelines.labelled_examples(source).as_numpy_iterator()
+        return source.kind, [(bytes(i), int(label)) for i, label in examples]
 
     kind, records = examples("array_record", "train")
-    assert kind == "records" and len(records) == 10 and sorted(l for _, l in records) == [0] * 5 + [1] * 5
+    assert kind == "records" and len(records) == 10 and sorted(label for _, label in records) == [0] * 5 + [1] * 5
     assert examples("tfrecord", "train") == ("bytes", records)  # small: held in memory ("auto")
     assert examples("tfrecord", "train", in_memory="false") == ("stream", records)
     cfg = config_lib.complete(dict(name="imagenet2012", data_dir=imagenet_builds["array_record"]), part="dataset")
@@ -261,10 +266,13 @@ def prepared(folder, tmp_path_factory):
 
 
 def test_finetune_probe_and_knn_run_on_a_prepared_set(prepared, tmp_path):
-    from finetune_helpers import tiny_config, write_pretrained_dir  # pylint: disable=import-outside-toplevel
-    from test_linear_probe import make_pretrained_dir, tiny_probe_config  # pylint: disable=import-outside-toplevel
+    from finetune_helpers import tiny_config  # pylint: disable=import-outside-toplevel
+    from finetune_helpers import write_pretrained_dir  # pylint: disable=import-outside-toplevel
+    from test_linear_probe import make_pretrained_dir  # pylint: disable=import-outside-toplevel
+    from test_linear_probe import tiny_probe_config  # pylint: disable=import-outside-toplevel
     from tf_mocov3.evaluation import knn  # pylint: disable=import-outside-toplevel
-    from tf_mocov3.training import finetune, linear_probe  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import finetune  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.training import linear_probe  # pylint: disable=import-outside-toplevel
 
     config = tiny_config(name="prepared", path=prepared, train_split="train", eval_split="validation")
     config.max_steps = 2
@@ -367,7 +375,7 @@ def test_a_tfrecord_set_is_read_by_pure_tf_data_in_a_new_order_each_epoch_and_re
     ops = graph_ops(ds)
     assert any(op.startswith("TFRecordDataset") for op in ops) and not ops & PYTHON_OPS  # what a pod host can run
     straight = list(ds.take(6).as_numpy_iterator())
-    epochs = [sorted(int(l) for b in straight[e * 3:e * 3 + 3] for l in b[2]) for e in range(2)]
+    epochs = [sorted(int(label) for b in straight[e * 3:e * 3 + 3] for label in b[2]) for e in range(2)]
     assert epochs == [list(range(12))] * 2  # 3 steps of 4 per epoch, each epoch the whole split once ...
     assert [list(b[2]) for b in straight[:3]] != [list(b[2]) for b in straight[3:]]  # ... in a new order
     resumed = list(pipelines.build_pretrain_dataset(config, with_labels=True, start_step=4).take(2).as_numpy_iterator())
@@ -403,7 +411,7 @@ def test_a_truncated_tfrecord_file_stops_training_naming_it_while_a_bad_image_co
     config = pretrain_config(path, batch=4)
     config.dataset.shuffle_buffer, config.dataset.cycle_length = 4, 2
     batches = list(pipelines.build_pretrain_dataset(config, with_labels=True).take(3).as_numpy_iterator())
-    labels = [int(l) for b in batches for l in b[2]]
+    labels = [int(label) for b in batches for label in b[2]]
     assert sorted(labels[:11]) == [i for i in range(12) if i != 5]  # epoch 0 less the undecodable record 5
     shard = os.path.join(path, "train-00002-of-xxxxx.tfrecord")  # records 6, 7, 8
     cut_in_half(shard)

@@ -1,12 +1,14 @@
 """RandAugment (data/randaugment.py) against timm's rand-m9-mstd0.5-inc1 and PIL's arithmetic."""
 
 import numpy as np
+from PIL import Image
+from PIL import ImageEnhance
+from PIL import ImageOps
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageEnhance, ImageOps
 
-from tf_mocov3.testing.fixtures_data import photo_like
 from tf_mocov3.data import randaugment as ra
+from tf_mocov3.testing.fixtures_data import photo_like
 
 # timm auto_augment._RAND_INCREASING_TRANSFORMS, transcribed.
 TIMM_INCREASING = ["AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",

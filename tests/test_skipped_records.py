@@ -7,9 +7,9 @@ import os
 import pytest
 import tensorflow as tf
 
-from tf_mocov3.testing import fixtures_data
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
+from tf_mocov3.testing import fixtures_data
 from tf_mocov3.training import pretrain
 
 BATCH, STEPS = 4, 6

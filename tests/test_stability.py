@@ -41,8 +41,9 @@ def test_two_tiny_runs_write_the_plot_and_one_row_each(tiny_config, tmp_path):
         assert [step for step, _ in curves["knn_top1"]] == [0, 1, 2], label  # before training, then every step
         assert len(curves["grad_norm_first_block"]) == 2 and len(curves["grad_norm_last_block"]) == 2
     # The trained run's patch projection moved, the frozen one's did not (the only difference between the runs).
-    from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
     kernels = {name: pretrained.load_backbone(str(tmp_path / "out" / name)).get_layer("patch_embed").kernel.numpy()
                for _, name, _ in stability.RUNS}
     assert not np.array_equal(kernels["random_patch"], kernels["trained_patch"])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3.testing.fixtures_data import build_tfds_imagenet
 from tf_mocov3 import config_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
+from tf_mocov3.testing.fixtures_data import build_tfds_imagenet
 
 TRAIN, FILES = 12, 4  # 2 classes x 6 images in 4 TFRecord files of 3
 
@@ -28,7 +28,8 @@ def streamed(data_dir, split="train"):
 
 def pretrain_config(data_dir, batch=4, seed=3):
     c = config_lib.base_config()
-    c.dataset.name, c.dataset.data_dir, c.dataset.in_memory, c.dataset.image_size = "imagenet2012", data_dir, "false", 16
+    c.dataset.name, c.dataset.data_dir = "imagenet2012", data_dir
+    c.dataset.in_memory, c.dataset.image_size = "false", 16
     c.dataset.shuffle_buffer, c.dataset.cycle_length = 4, 2
     c.batch_size, c.seed = batch, seed
     return c

@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mocov3.testing.fixtures_data import build_tfds_cifar10
-from finetune_helpers import tiny_config, write_pretrained_dir
-from test_linear_probe import make_pretrained_dir, tiny_probe_config
+from finetune_helpers import tiny_config
+from finetune_helpers import write_pretrained_dir
+from test_linear_probe import make_pretrained_dir
+from test_linear_probe import tiny_probe_config
 from tf_mocov3 import config_lib
 from tf_mocov3.data import order as order_lib
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import sources
 from tf_mocov3.evaluation import knn
-from tf_mocov3.training import finetune, linear_probe
+from tf_mocov3.testing.fixtures_data import build_tfds_cifar10
+from tf_mocov3.training import finetune
+from tf_mocov3.training import linear_probe
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
 KINDS = {"true": "bytes", "false": "stream"}  # config.dataset.in_memory (a string field) -> Source.kind
@@ -89,8 +92,8 @@ def test_cifar10_counts_come_from_metadata_and_every_image_reads_back_pixel_exac
             assert label == labels[i]
         some = [1, 2, 5, len(labels) - 2]  # a subset (a holdout, the first eval images) reads the same both ways
         for source in (held, streamed, by_index):
-            assert [(bytes(i), int(l)) for i, l in pipelines.labelled_examples(source, some).as_numpy_iterator()] == [
-                examples[k] for k in some]
+            got = pipelines.labelled_examples(source, some).as_numpy_iterator()
+            assert [(bytes(i), int(label)) for i, label in got] == [examples[k] for k in some]
 
 
 def laid_out(held, indices, global_batch, seed):

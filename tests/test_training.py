@@ -11,15 +11,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import FMNIST
+from conftest import ROOT
+from conftest import StopAt
+from conftest import checkpoint_tensors
+from conftest import needs_fmnist
 import roundoff
-from conftest import checkpoint_tensors, FMNIST, needs_fmnist, ROOT, StopAt
-from tf_mocov3.testing.fixtures_data import save_image
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.data import pipelines
 from tf_mocov3.data import prepare
 from tf_mocov3.data import sources
 from tf_mocov3.models import moco
+from tf_mocov3.testing.fixtures_data import save_image
 from tf_mocov3.training import optim
 from tf_mocov3.training import pretrain as training
 from tf_mocov3.training import trainer

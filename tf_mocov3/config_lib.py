@@ -408,7 +408,6 @@ def _run_problems(config, num_replicas):
 
 def _pretrain_problems(config):
     from tf_mocov3.models import backbones  # pylint: disable=import-outside-toplevel
-
     from tf_mocov3.models import moco  # pylint: disable=import-outside-toplevel
     from tf_mocov3.models import vit  # pylint: disable=import-outside-toplevel
 

@@ -22,7 +22,8 @@ cli.define_flags(
 def main(argv):
     del argv  # cli.run rejects stray arguments
     # Imported here so that `--help` and flag errors do not pay for TensorFlow's start-up.
-    from tf_mocov3.evaluation import demo, knn  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.evaluation import demo  # pylint: disable=import-outside-toplevel
+    from tf_mocov3.evaluation import knn  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import pretrain  # pylint: disable=import-outside-toplevel
 
     config = cli.configure(cli.FLAGS.config)

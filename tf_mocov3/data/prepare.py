@@ -10,8 +10,9 @@ metadata.json names:
 Everything is written through tf.io.gfile, so a TFRecord DIR may be gs://... (array_record writes local files only).
 
 Input: IMAGE_FOLDER/<class>/<image> (one split, "train"), or IMAGE_FOLDER/<split>/<class>/<image> for the splits
-found there: train/, val/ or validation/ (split "validation", TFDS's name for ImageNet's), test/. Labels are the indices of the sorted class names of the first split (train when
-there is one); every other split must use those names.
+found there: train/, val/ or validation/ (split "validation", TFDS's name for ImageNet's), test/. Labels are the
+indices of the sorted class names of the first split (train when there is one); every other split must use those
+names.
 
 Output (DIR):
 - `<split>-<k>-of-<M>.array_record` (or `.tfrecord`): shard k of a split, up to `examples_per_shard` records in the
@@ -32,13 +33,13 @@ others. Bad images (the header / end-marker check of sources.py, then a Pillow d
 and counted in the metadata.
 """
 
+from concurrent import futures
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
-from concurrent import futures
 
 import tensorflow as tf
 
@@ -217,7 +218,7 @@ def prepare(input_dir, output_dir, *, examples_per_shard=EXAMPLES_PER_SHARD, wor
             raise PrepareError(f"{splits[split]} holds no images: put JPEG/PNG files in one sub-folder per class "
                                f"(e.g. {splits[split]}/dog/1.jpg).")
     examples_per_shard = int(examples_per_shard)
-    digest = hashlib.sha256("\n".join(f"{s}:{p}:{l}" for s in sorted(listing) for p, l in listing[s]).encode())
+    digest = hashlib.sha256("\n".join(f"{s}:{p}:{label}" for s in sorted(listing) for p, label in listing[s]).encode())
     plan = {"input": input_dir, "examples_per_shard": examples_per_shard, "classes": classes,
             "files": {s: len(v) for s, v in listing.items()}, "files_sha256": digest.hexdigest(),
             "file_format": file_format}

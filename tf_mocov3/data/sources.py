@@ -20,7 +20,8 @@ Kinds of source (`Source.kind`):
   the shard list; each input pipeline reads only the records of its own rows of each global batch, in batched reads
   (one Python call per READ_BATCH records inside tf.data, about 18,000 records/s on one core: BUILD_NOTES.md).
 - 'stream': a TFDS set stored as TFRecord that is too large to hold, or a prepared TFRecord set (no random access;
-  `StreamReader`, pure tf.data: no Python of ours in the graph): each input pipeline reads only its own files (every P-th of the split's files), each epoch in a seeded file order,
+  `StreamReader`, pure tf.data: no Python of ours in the graph): each input pipeline reads only its own files (every
+  P-th of the split's files), each epoch in a seeded file order,
   `config.dataset.cycle_length` files interleaved, through a shuffle buffer of `config.dataset.shuffle_buffer`
   records (order.py): a file-level shuffle, not a global one. Prefer an array_record build or a prepared set at
   ImageNet scale.
@@ -55,13 +56,13 @@ last resort). Records of a prepared set get the same check when read: a bad one 
 its index and shard, and `RecordReader.skipped` counts them.
 """
 
+from concurrent import futures
 import dataclasses
 import gzip
 import json
 import logging
 import os
 import threading
-from concurrent import futures
 
 import numpy as np
 import tensorflow as tf
@@ -195,7 +196,7 @@ def list_image_folder(path, split="train", validate=True):
                            len(bad), len(files), path)
             keep = [p is None for p in problems]
             files = [f for f, k in zip(files, keep) if k]
-            labels = [l for l, k in zip(labels, keep) if k]
+            labels = [label for label, k in zip(labels, keep) if k]
         if not files:
             raise ValueError(f"Image folder {path} holds no valid images (all {len(bad)} failed the "
                              f"integrity check); replace them with readable JPEG/PNG files.")
@@ -536,8 +537,8 @@ def prepared_reader(path, split):
     if file_format == "tfrecord":
         reader = StreamReader(paths, counts, _parse_prepared_record, name=f"{path} ({split})", fix=fix,
                               damaged_fix=damaged_fix)
-        reader.share_fix = (f"prepare it again into a new --output with a smaller --examples_per_shard, so that "
-                            f"every host gets at least one shard")
+        reader.share_fix = ("prepare it again into a new --output with a smaller --examples_per_shard, so that "
+                            "every host gets at least one shard")
     else:
         reader = RecordReader(paths, counts, _parse_prepared_record, check=_check_prepared_record,
                               name=f"{path} ({split})", fix=fix, damaged_fix=damaged_fix)

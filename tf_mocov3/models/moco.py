@@ -36,7 +36,6 @@ from tf_mocov3.models import heads
 from tf_mocov3.models import losses
 from tf_mocov3.models import vit
 
-
 MethodSpec = collections.namedtuple("MethodSpec", [
     "momentum_encoder",  # keys from a momentum copy of backbone + projector, without gradient
     "predictor",         # default of config.model.predictor (None there = this)

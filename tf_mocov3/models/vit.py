@@ -27,8 +27,8 @@ Example:
 import math
 
 import keras
-import numpy as np
 from keras import ops
+import numpy as np
 
 from tf_mocov3.models import custom_gradients
 

@@ -25,10 +25,10 @@ import signal
 import threading
 import time
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from tf_mocov3.training.reports import METRICS_LOG
 

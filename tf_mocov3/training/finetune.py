@@ -252,7 +252,7 @@ def init_pos_embed(backbone, path, table=None):
     """Sets a trainable position table (if the backbone has one) to the pre-training table of `path` (`table`: a
     learned one, pos_embed="learned"; None: the sin-cos table), interpolated to this backbone's grid as DeiT does;
     returns the pre-training grid, or None (no such table)."""
-    layer = next((l for l in backbone.layers if l.name == "cls_pos_embed"), None)  # ViTs only
+    layer = next((candidate for candidate in backbone.layers if candidate.name == "cls_pos_embed"), None)  # ViTs only
     if not getattr(layer, "train_pos_embed", False):
         return None
     patch = int(backbone.input.shape[1]) // layer.grid_h

@@ -22,7 +22,8 @@ Example:
 """
 
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple
+from typing import Optional
 
 import keras
 import ml_collections
@@ -103,8 +104,9 @@ def resolve(path):
         raise ValueError(f"Pretrained path {path} does not exist; pass a pre-training workdir, a checkpoint prefix "
                          f"such as WORKDIR/checkpoints/ckpt-200, or a directory written by tf_mocov3.convert_official.")
     if not tf.io.gfile.isdir(path):
-        raise ValueError(f"Pretrained path {path} is a file but not a TensorFlow checkpoint (no {path}.index); pass "
-                         f"the workdir, a checkpoint prefix, or convert a PyTorch file with tf_mocov3.convert_official.")
+        raise ValueError(f"Pretrained path {path} is a file but not a TensorFlow checkpoint (no {path}.index); "
+                         f"pass the workdir, a checkpoint prefix, or convert a PyTorch file with "
+                         f"tf_mocov3.convert_official.")
     workdir = path
     if os.path.basename(path.rstrip("/")) == CHECKPOINT_DIR and not tf.io.gfile.isdir(
             os.path.join(path, CHECKPOINT_DIR)):
