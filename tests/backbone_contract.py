@@ -5,15 +5,23 @@
 * parameters: the count of the full-size arch equals the reference figure (torchvision's or DeiT's published count
   for the archs they publish, less what those models have and ours has not; the architecture's formula otherwise);
 * a `.keras` file round trip, a `tf.train.Checkpoint` round trip, and a mixed-precision (bfloat16) forward pass,
-  on the arch's small variant (`small_variant`: its own patch size and block type, one narrow block for a ViT).
+  on the arch's small model (`build_small`: a ViT's own patch size, heads and block type in one narrow block; a
+  ResNet's own stages and blocks, narrowed).
 
 Counting the full-size ViTs does not build them: one block is built at the arch's full width and the count is that
 model plus (depth - 1) times its block (every block has the same weights). ViT-H at full depth is 632M parameters,
 2.5 GB and seconds of initialisation; one block of it is 0.1 s.
+
+A ResNet builder takes no size overrides, so its small model is built with its registry entry narrowed to
+SMALL_RESNET_WIDTH for the time of the build (`narrowed`): ResNet-50's 16 bottlenecks, strides and shortcuts with
+1/64 of its weights, because writing and reading its 94 MB took most of the contract's time.
 """
 
 import collections
+import contextlib
+import functools
 import json
+from unittest import mock
 
 import keras
 import numpy as np
@@ -130,15 +138,22 @@ def _size(weights):
     return sum(int(np.prod(w.shape)) for w in weights)
 
 
-def full_size_counts(arch, resnet_model=None):
+@functools.lru_cache(maxsize=None)
+def full_resnet(arch):
+    """The ResNet `arch` at full size and 224 px (torchvision's stage shapes), seed 0, built once per process:
+    tests share it (ResNet-50 takes most of a second to build) and must not change it."""
+    keras.utils.set_random_seed(0)
+    return backbones.build_backbone(arch, 224)
+
+
+def full_size_counts(arch):
     """weight_counts of `arch` at full size and its feature width, without building a full-depth ViT.
 
     A ViT is built with one block at its full width (at the smallest image size: the weights do not depend on it);
-    its count plus (depth - 1) times that block's is the full model's. A ResNet is built whole (`resnet_model`: one
-    already built at full size).
+    its count plus (depth - 1) times that block's is the full model's. A ResNet is built whole (full_resnet).
     """
     if backbones.is_resnet(arch):
-        model = resnet_model if resnet_model is not None else backbones.build_backbone(arch, 32)
+        model = full_resnet(arch)
         return weight_counts(model), model.output_shape[-1]
     entry = vit.ARCHS[arch]
     model = backbones.build_backbone(arch, 16 if entry["conv_stem"] else entry["patch_size"], depth=1)
@@ -146,13 +161,26 @@ def full_size_counts(arch, resnet_model=None):
     return {k: counts[k] + (entry["depth"] - 1) * block[k] for k in counts}, model.output_shape[-1]
 
 
-# === The small variant every other check runs on ===
+# === The small model every other check runs on ===
+
+SMALL_RESNET_WIDTH = 8
+
+
+@contextlib.contextmanager
+def narrowed(arch):
+    """While in this context a ResNet wider than SMALL_RESNET_WIDTH has that width (the same stages and blocks);
+    any other arch is left as it is."""
+    if backbones.is_resnet(arch) and resnet.ARCHS[arch]["width"] > SMALL_RESNET_WIDTH:
+        with mock.patch.dict(resnet.ARCHS, {arch: dict(resnet.ARCHS[arch], width=SMALL_RESNET_WIDTH)}):
+            yield
+    else:
+        yield
 
 
 def small_variant(arch):
     """(image_size, overrides) of the small model of `arch` for the save / checkpoint / precision checks.
 
-    A ResNet has no size overrides: its full model, at 32 px. vit_micro is tiny already: itself at 32 px, with
+    A ResNet has no size overrides: 32 px (its width: `narrowed`). vit_micro is tiny already: itself at 32 px, with
     stochastic depth so that a saved file must keep the per-block rates. Other ViTs: one block with the arch's own
     heads (8 wide each) and its own patch size or conv stem, at two patches across.
     """
@@ -167,9 +195,17 @@ def small_variant(arch):
 
 
 def build_small(arch, seed=0):
+    """The small model of `arch` (small_variant, narrowed), with the global dtype policy in force."""
     keras.utils.set_random_seed(seed)
     image_size, overrides = small_variant(arch)
-    return backbones.build_backbone(arch, image_size, **overrides)
+    with narrowed(arch):
+        return backbones.build_backbone(arch, image_size, **overrides)
+
+
+def small_width(arch):
+    """backbones.feature_dim of the small model of `arch`."""
+    with narrowed(arch):
+        return backbones.feature_dim(arch, small_variant(arch)[1])
 
 
 def images(model, batch=2, seed=0):
@@ -182,19 +218,18 @@ def images(model, batch=2, seed=0):
 
 def check_build(arch, model):
     """The small model maps [B, S, S, 3] to finite float32 [B, D] with D = backbones.feature_dim of its options."""
-    _, overrides = small_variant(arch)
-    width = backbones.feature_dim(arch, overrides)
+    width = small_width(arch)
     assert model.output_shape == (None, width)
     out = model(images(model), training=False)
     assert out.shape == (2, width) and out.dtype == "float32"
     assert np.all(np.isfinite(out))
 
 
-def check_parameter_count(arch, resnet_model=None):
+def check_parameter_count(arch):
     """The full-size arch has the reference's parameters: the published figure where there is one (and the formula
     agrees with it), else the formula; its BN statistics are the formula's, and its only non-trainable parameter is
     the frozen patch projection of a plain ViT."""
-    counts, width = full_size_counts(arch, resnet_model)
+    counts, width = full_size_counts(arch)
     params, moving = formula_counts(arch)
     assert width == FEATURE_WIDTH[arch] == backbones.feature_dim(arch)
     published = published_backbone_parameters(arch)
@@ -246,10 +281,9 @@ def check_checkpoint(model, fresh, prefix):
 def check_mixed_precision(arch, model):
     """Built under the mixed_bfloat16 policy with `model`'s weights: the weights stay float32, the feature comes out
     bfloat16, finite, and close to the float32 model's."""
-    image_size, overrides = small_variant(arch)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        mixed = backbones.build_backbone(arch, image_size, **overrides)
+        mixed = build_small(arch)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     mixed.set_weights(model.get_weights())
