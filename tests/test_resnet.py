@@ -95,8 +95,7 @@ def test_one_builder_for_every_arch_and_vit_options_are_refused():
     assert set(backbones.ARCHS) >= {"resnet50", "resnet_tiny", "vit_small", "vit_micro"}
     assert backbones.is_vit("vit_small") and not backbones.is_vit("resnet50")
     assert backbones.has_batchnorm("resnet50") and not backbones.has_batchnorm("vit_small")
-    assert backbones.build_backbone("resnet_tiny", SIZE).output_shape == (None, 512)
-    assert backbones.build_backbone("vit_micro", SIZE).output_shape == (None, 128)
+    # What build_backbone gives for every arch (resnet_tiny and vit_micro at 32 px among them): test_backbones.py.
     for kwargs, fragment in (({"train_patch_embed": True}, "train_patch_embed=True is a ViT option"),
                              ({"patch_size": 8}, "patch_size=8 is a ViT option"),
                              ({"drop_path_rate": 0.1}, "drop_path_rate=0.1 is a ViT option")):
