@@ -1,7 +1,9 @@
 """The backbone contract (tests/backbone_contract.py) over every arch of the registry, tf_mocov3.models.backbones.
 
-Each arch's small model is built once per arch (the module-scoped `small` fixture) and runs every check; an arch
-added to the registry runs them all without a line here, once backbone_contract.FEATURE_WIDTH names its width.
+Every arch's full-size parameter count is checked. Each small model is built once (the module-scoped `small`
+fixture) and runs the other checks; archs whose small models are the same model share it (test ids name them all,
+e.g. vit_base+vit_small). An arch added to the registry runs them all without a line here, once
+backbone_contract.FEATURE_WIDTH names its width.
 """
 
 import numpy as np
@@ -15,14 +17,19 @@ from tf_mocov3.models import backbones
 RECORDED_PARAMETERS = {"vit_small": 21_590_016, "vit_base": 85_647_360, "resnet50": 23_508_032}
 
 
-@pytest.fixture(scope="module", params=backbones.ARCHS)
+GROUPS = contract.small_model_groups()
+
+
+@pytest.fixture(scope="module", params=GROUPS, ids=["+".join(group) for group in GROUPS])
 def small(request):
-    """(arch, its small float32 model): contract.build_small, seed 0."""
-    return request.param, contract.build_small(request.param)
+    """(the group's first arch, its small float32 model): contract.build_small, seed 0."""
+    return request.param[0], contract.build_small(request.param[0])
 
 
-def test_every_registered_arch_has_a_reference_width():
+def test_every_registered_arch_has_a_reference_width_and_a_small_model():
     assert sorted(contract.FEATURE_WIDTH) == sorted(backbones.ARCHS)
+    assert sorted(arch for group in GROUPS for arch in group) == sorted(backbones.ARCHS)
+    assert ["vit_base", "vit_small"] in GROUPS and ["vit_conv_base", "vit_conv_small"] in GROUPS
     assert set(contract.PUBLISHED) <= set(backbones.ARCHS)
     assert backbones.feature_dim("resnet50") == 2048 and backbones.feature_dim("resnet_tiny") == 512
 
@@ -31,8 +38,8 @@ def test_build(small):
     contract.check_build(*small)
 
 
-def test_parameter_count(small):
-    arch, _ = small
+@pytest.mark.parametrize("arch", backbones.ARCHS)
+def test_parameter_count(arch):
     counts = contract.check_parameter_count(arch)
     if arch in RECORDED_PARAMETERS:
         assert counts["params"] == RECORDED_PARAMETERS[arch]
