@@ -1,5 +1,6 @@
 """The contract every backbone of the registry (tf_mocov3.models.backbones.ARCHS) keeps, one helper for all of them
-(as keras-hub runs one test over every model): tests/test_backbones.py runs each check below for each arch.
+(as keras-hub runs one test over every model): tests/test_backbones.py runs each check below for each arch (archs
+whose small models are the same model share one run of the checks on it: `small_model_groups`).
 
 * build: `backbones.build_backbone` gives images [B, S, S, 3] -> features [B, D], D the arch's feature width;
 * parameters: the count of the full-size arch equals the reference figure (torchvision's or DeiT's published count
