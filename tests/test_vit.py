@@ -1,4 +1,8 @@
-"""Facts about the MoCo v3 ViT backbones (official vits.py and the paper)."""
+"""Facts about the MoCo v3 ViT backbones (official vits.py and the paper) that are particular to a ViT.
+
+What every backbone of the registry keeps (output width, parameter counts against the published figures, the .keras
+file, the checkpoint and mixed-precision round trips) is the contract of tests/test_backbones.py.
+"""
 
 import math
 
@@ -7,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import backbone_contract as contract
 from tf_mocov3.models import vit
 
 
@@ -27,17 +32,8 @@ def _images(batch, size, seed=0):
 
 
 def _expected_vit_params(depth, dim, patch, mlp_ratio=4):
-    """Counts from the architecture: patch conv + [CLS] + blocks + final norm."""
-    hidden = mlp_ratio * dim
-    patch_conv = 3 * patch * patch * dim + dim
-    block = (
-        2 * 2 * dim                    # norm1, norm2 (gamma, beta)
-        + dim * 3 * dim + 3 * dim      # fused qkv with bias
-        + dim * dim + dim              # proj
-        + dim * hidden + hidden        # mlp fc1
-        + hidden * dim + dim           # mlp fc2
-    )
-    return patch_conv + dim + depth * block + 2 * dim
+    """Counts from the architecture: patch conv + [CLS] + blocks + final norm (the contract's formula)."""
+    return contract.vit_parameters(depth, dim, patch, mlp_ratio)[0]
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +46,17 @@ def vit_small():
 
 
 def test_vit_small_param_count(vit_small):
+    # The contract counts a ViT from one block at full width (tests/backbone_contract.py, full_size_counts): the
+    # whole ViT-S, built here anyway, has what that count says.
     expected = _expected_vit_params(12, 384, 16)
     assert expected == 21_590_016
     assert vit_small.count_params() == expected
+    counted, width = contract.full_size_counts("vit_small")
+    assert contract.weight_counts(vit_small) == counted
     # Frozen patch projection: the only non-trainable parameters.
     trainable = sum(int(np.prod(v.shape)) for v in vit_small.trainable_variables)
-    assert trainable == expected - (3 * 16 * 16 * 384 + 384)
-    assert vit_small.output_shape == (None, 384)
-
-
-def test_vit_base_param_count():
-    model = vit.build_backbone("vit_base")
-    assert model.count_params() == _expected_vit_params(12, 768, 16) == 85_647_360
+    assert trainable == expected - (3 * 16 * 16 * 384 + 384) == counted["trainable"]
+    assert vit_small.output_shape == (None, 384) and width == 384
 
 
 def test_arch_table_matches_paper():
@@ -268,22 +263,7 @@ def test_conv_stem_shapes_and_batchnorm():
     assert model.get_layer("cls_pos_embed")._pos_embed.shape == (1, 17, 384)
 
 
-# --- precision, compilation, saving ------------------------------------------
-
-
-def test_mixed_bfloat16_close_to_float32():
-    ref = _micro()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        mixed = _micro()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    mixed.set_weights(ref.get_weights())
-    assert all(v.dtype == "float32" for v in mixed.weights)
-    x = _images(4, 32)
-    out = mixed(x)
-    assert out.dtype == "bfloat16"
-    np.testing.assert_allclose(_np(tf.cast(out, tf.float32)), ref(x), atol=0.15)
+# --- compilation (precision, saving and checkpoints: tests/test_backbones.py) -
 
 
 def test_xla_matches_eager():
@@ -291,25 +271,3 @@ def test_xla_matches_eager():
     x = tf.constant(_images(2, 32))
     compiled = tf.function(lambda t: model(t, training=False), jit_compile=True)
     np.testing.assert_allclose(compiled(x), model(x), atol=1e-4)
-
-
-def test_save_and_reload(tmp_path):
-    model = _micro(drop_path_rate=0.1)
-    path = str(tmp_path / "backbone.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    x = _images(2, 32)
-    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
-    assert loaded.get_layer("block_3").drop_path_rate == pytest.approx(0.1)
-    assert not loaded.get_layer("patch_embed").trainable
-
-
-def test_conv_stem_weights_all_reach_a_tensorflow_checkpoint(tmp_path):
-    # Keras 3 does not hand layers kept in Python lists to tf.train.Checkpoint; every stem weight must be saved.
-    import tensorflow as tf
-
-    backbone = vit.build_backbone("vit_conv_small", 32, depth=1, embed_dim=32, num_heads=2)
-    path = tf.train.Checkpoint(model=backbone).save(str(tmp_path / "ckpt"))
-    saved = [name for name, _ in tf.train.list_variables(path)
-             if name.endswith("VARIABLE_VALUE") and not name.startswith("save_counter")]
-    assert len(saved) == len(backbone.weights)
