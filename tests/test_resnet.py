@@ -14,23 +14,24 @@ import pytest
 import tensorflow as tf
 
 import backbone_contract as contract
-from conftest import checkpoint_tensors, ROOT, StopAt
-from tf_mocov3.testing.fixtures_data import random_fashion_mnist
+from conftest import ROOT
+from conftest import StopAt
+from conftest import checkpoint_tensors
+from export import saved_model as sm
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.evaluation import demo
-from tf_mocov3.training import finetune
 from tf_mocov3.evaluation import knn
-from tf_mocov3.training import linear_probe
 from tf_mocov3.models import backbones
 from tf_mocov3.models import moco
 from tf_mocov3.models import resnet
+from tf_mocov3.testing.fixtures_data import random_fashion_mnist
+from tf_mocov3.training import finetune
+from tf_mocov3.training import linear_probe
 from tf_mocov3.training import optim
 from tf_mocov3.training import pretrain
 from tf_mocov3.weights import plain_keras
 from tf_mocov3.weights import pretrained
-
-from export import saved_model as sm
 
 SIZE = 32
 

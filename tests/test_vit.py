@@ -14,7 +14,6 @@ import tensorflow as tf
 import backbone_contract as contract
 from tf_mocov3.models import vit
 
-
 # --- helpers -----------------------------------------------------------------
 
 
