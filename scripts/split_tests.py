@@ -22,6 +22,7 @@ COST = {
     "test_demo.py": 20, "test_checkpoint_compat.py": 25, "test_data.py": 25, "test_augment.py": 20,
     "test_tfds_transfer.py": 60, "test_streamed_data.py": 45, "test_order.py": 25, "test_cloud_paths.py": 45,
     "test_preemption.py": 60, "test_data_service.py": 35, "test_skipped_records.py": 20,
+    "test_backbones.py": 10, "test_package.py": 5, "test_loop.py": 2, "test_config_lib.py": 1,
     ROUNDOFF_PASS: ROUNDOFF_PASS_COST,
 }
 
