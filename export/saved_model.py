@@ -37,12 +37,12 @@ InvalidArgument error naming the problem; an empty batch returns an empty [0, D]
 
 import json
 import os
-import sys
 import uuid
 
 import numpy as np
 import tensorflow as tf
 
+from tf_mocov3 import cli
 from tf_mocov3 import config_lib
 from tf_mocov3.data import augment
 from tf_mocov3.weights.plain_keras import to_plain_keras
@@ -318,34 +318,26 @@ def export_saved_model(backbone, output_dir, *, projector=None, version=None, ov
 # === Command ===
 
 
-def main(argv):
-    from absl import flags  # pylint: disable=import-outside-toplevel
+class ExportError(ValueError):
+    """A request the export cannot honour (one sentence naming the fix)."""
 
+
+def main(argv):
+    del argv  # cli.run rejects stray arguments
     from tf_mocov3.weights import pretrained  # pylint: disable=import-outside-toplevel
 
-    del argv
-    flag = flags.FLAGS
-    if not flag.pretrained or not flag.output:
-        print("error: --pretrained and --output are required, e.g. python -m export.saved_model "
-              "--pretrained=runs/demo --output=/tmp/models/mocov3", file=sys.stderr)
-        sys.exit(2)
+    flag = cli.FLAGS
+    encoder = pretrained.load_encoder(flag.pretrained, image_size=flag.image_size)
+    if flag.with_projector and encoder.projector is None:
+        raise ExportError(f"--pretrained={flag.pretrained} has no projector ({encoder.source} weights); drop "
+                          f"--with_projector or export from a pre-training workdir.")
+    info = {"source": config_lib.absolute_path(flag.pretrained), "source_kind": encoder.source}
     try:
-        encoder = pretrained.load_encoder(flag.pretrained, image_size=flag.image_size)
-        if flag.with_projector and encoder.projector is None:
-            raise ValueError(f"--pretrained={flag.pretrained} has no projector ({encoder.source} weights); drop "
-                             f"--with_projector or export from a pre-training workdir.")
-        config = encoder.config
-        info = {"source": config_lib.absolute_path(flag.pretrained), "source_kind": encoder.source}
-        try:
-            info["arch"] = str(config.model.arch)
-        except (AttributeError, KeyError):
-            pass
-        target = export_saved_model(encoder.backbone, flag.output, projector=encoder.projector if
-                                    flag.with_projector else None, version=flag.version, overwrite=flag.overwrite,
-                                    info=info)
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        info["arch"] = str(encoder.config.model.arch)
+    except (AttributeError, KeyError):  # a source whose config records no arch
+        pass
+    target = export_saved_model(encoder.backbone, flag.output, projector=encoder.projector if flag.with_projector
+                                else None, version=flag.version, overwrite=flag.overwrite, info=info)
     base = config_lib.absolute_path(flag.output)
     print(f"Wrote {target}: SavedModel with signatures {', '.join(SIGNATURES)}"
           f"{' (+ projection output)' if flag.with_projector else ''}, warm-up requests and {KERAS_FILE}.\n"
@@ -353,11 +345,12 @@ def main(argv):
           f"--model_base_path={base}", flush=True)
 
 
-def _define_flags():
+def define_flags():
+    """The command's flags (defined when it runs, not on import: the tests import this module beside others)."""
     from absl import flags  # pylint: disable=import-outside-toplevel
 
-    flags.DEFINE_string("pretrained", None, "Pre-training workdir, checkpoint prefix, converted official "
-                        "weights or backbone.keras.")
+    cli.define_flags(pretrained="Pre-training workdir, checkpoint prefix, converted official weights or "
+                                "backbone.keras.", required=("pretrained", "output"))
     flags.DEFINE_string("output", None, "Model base directory; the export goes to OUTPUT/VERSION.")
     flags.DEFINE_integer("version", None, "Version number (default: one more than the newest in --output, else 1).")
     flags.DEFINE_integer("image_size", None, "Input size S of the exported model (default: the pre-training size).")
@@ -366,7 +359,5 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=import-outside-toplevel
-
-    _define_flags()
-    app.run(main)
+    define_flags()
+    cli.run(main, errors=(ExportError,))
