@@ -362,7 +362,7 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
                            start_step=0, indices=None, keep_partial_batch=False, end_epoch=None, mix=None,
                            shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, cycle_length=DEFAULT_CYCLE_LENGTH, threads=0,
                            interpolation="bilinear", rand_augment=None, repeats=1, num_replicas=1, mix_group=0,
-                           input_context=None):
+                           input_context=None, count_skipped=False):
     """Global batches (images [B, S, S, 3], labels) of `train_crop`s in the order of order.py, or, with an
     `input_context` of several input pipelines, this pipeline's rows of each global batch.
 
@@ -388,6 +388,10 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
         Mixup needs groups that do not cross pipelines: mix_group must divide the pipeline's rows; with mix_group
         0 each pipeline mixes its rows as one group under fold_in(step seed, pipeline) (as timm mixes each
         process's batch). Streamed sources: each pipeline reads its own files (order.py).
+      count_skipped: batches (images, labels, skipped int32 [B]) instead, `skipped` the records this pipeline
+        dropped just before each row (an image that failed to decode, a prepared record that failed its check),
+        counted in tf.data from gaps in the records' numbers within each epoch, as in pre-training; the train step
+        sums them into the metric `skipped_records`.
     """
     replicas, pipelines = (input_context.num_replicas_in_sync, input_context.num_input_pipelines) if input_context \
         else (num_replicas, 1)
@@ -414,32 +418,62 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
     if rand_augment is not None and not isinstance(rand_augment, randaugment.RandAugmentSpec):
         rand_augment = randaugment.RandAugmentSpec(rand_augment) if str(rand_augment) else None
 
+    # Each record is numbered before it is read (`number`), so that the records dropped on the way leave gaps that
+    # `crops` counts (count_skipped); the number is dropped again otherwise. Numbers run on across epochs where the
+    # batches do (every drop is counted, at the next record kept) and restart with each epoch where the batches end
+    # with it (keep_partial_batch: the probe), where a drop after an epoch's last kept record is not counted.
     @tf.autograph.experimental.do_not_convert
-    def crop(image, label, position, epoch):
+    def crop(image, label, position, epoch, number):
         image = train_crop(image, order_lib.example_seed(seed, epoch, position), image_size=image_size, scale=scale,
                            random_erasing=random_erasing, interpolation=interpolation, rand_augment=rand_augment)
-        return image, label
+        return image, label, epoch, number
 
     if source.kind == "stream":
         @tf.autograph.experimental.do_not_convert
-        def example(ex, position, epoch):
-            return crop(ex[0], ex[1], position, epoch)
+        def example(ex, position, epoch, number):
+            return crop(ex[0], ex[1], position, epoch, number)
 
-        one_epoch = streamed_epochs(source, order, shuffle_buffer=shuffle_buffer, cycle_length=cycle_length,
-                                    pipeline=pipeline, pipelines=pipelines, indices=indices)
+        streamed = streamed_epochs(source, order, shuffle_buffer=shuffle_buffer, cycle_length=cycle_length,
+                                   pipeline=pipeline, pipelines=pipelines, indices=indices)
+
+        def one_epoch(epoch, numbered=True):  # -> ((image, label), position, epoch, number)
+            ds = streamed(epoch)
+            return ds.enumerate().map(lambda number, item: (*item, number)) if numbered else ds
+
+        def numbered_epochs():
+            return order.epochs(lambda epoch: one_epoch(epoch, numbered=False), end_epoch).enumerate().map(
+                lambda number, item: (*item, number))
     else:
         subset = None if indices is None else tf.constant(indices, tf.int64)
 
-        def one_epoch(epoch):  # (index in the source, position, epoch) -> (image, label, position, epoch)
+        def indices(epoch):  # (index in the source, position, epoch)
             ds = order.epoch(epoch)
             if subset is not None:
                 ds = ds.map(lambda i, position, e: (tf.gather(subset, i), position, e))
-            return source.examples(ds)
+            return ds
+
+        def one_epoch(epoch):  # -> (image, label, position, epoch, number)
+            return source.examples(indices(epoch).enumerate().map(lambda number, item: (*item, number)))
+
+        def numbered_epochs():
+            return source.examples(order.epochs(indices, end_epoch).enumerate().map(
+                lambda number, item: (*item, number)))
 
         example = crop
 
     def crops(ds):  # an image that fails to decode costs one example (as in pre-training), not the run
-        return map_examples(ds, example, source.is_encoded)
+        ds = map_examples(ds, example, source.is_encoded)
+        if not count_skipped:
+            return ds.map(lambda image, label, epoch, number: (image, label))
+
+        def gap(last, item):  # last: (epoch, number) of the previous record kept
+            image, label, epoch, number = item
+            # the records dropped just before this one; where numbers restart with each epoch, from the epoch's start
+            dropped = number - last[1] - 1 if not keep_partial_batch else tf.where(
+                tf.equal(epoch, last[0]), number - last[1] - 1, number)
+            return (epoch, number), (image, label, tf.cast(dropped, tf.int32))
+
+        return ds.scan((tf.constant(-1, tf.int64), tf.constant(-1, tf.int64)), gap)
 
     if keep_partial_batch:  # batches end with the epoch
         # This pipeline's rows of the last, partial step; with none, an empty batch keeps every host in step.
@@ -454,11 +488,11 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
 
         ds = order.epochs(epoch_batches, end_epoch)
     else:
-        ds = crops(order.epochs(one_epoch, end_epoch)).batch(rows, drop_remainder=True)
+        ds = crops(numbered_epochs()).batch(rows, drop_remainder=True)
     if order.repeats > 1 and order.num_replicas > 1 and pipelines == 1:  # the copies of an image go to different
         # replicas (RASampler); a pipeline serving part of the rows gets them in row order already (order.py)
         row_items = tf.constant(order.batch_rows())
-        ds = ds.map(lambda images, labels: (tf.gather(images, row_items), tf.gather(labels, row_items)),
+        ds = ds.map(lambda *batch: tuple(tf.gather(t, row_items) for t in batch),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if mix is not None:
         mix = dict(mix)
@@ -469,8 +503,8 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
             first_group = offset // group
 
         @tf.autograph.experimental.do_not_convert
-        def mix_step(step, images_labels):
-            images, y = images_labels
+        def mix_step(step, batch):
+            images, y, *skipped = batch
             mix_seed = tf.random.experimental.stateless_fold_in(
                 tf.stack([tf.constant(seed, tf.int64), step]), MIX_SEED_SALT)
             if group:
@@ -478,7 +512,7 @@ def labelled_train_dataset(source, *, global_batch, seed, image_size, crop_scale
                                                       **mix)
             else:
                 images, targets, _ = mixup.mix_batch(images, y, mix_seed, **mix)
-            return images, targets
+            return (images, targets, *skipped)
 
         ds = tf.data.Dataset.zip(tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max), ds)
         ds = ds.map(mix_step, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

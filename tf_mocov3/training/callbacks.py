@@ -86,6 +86,35 @@ def loss_metric(model):
     return None
 
 
+def add_skipped_records(tracker, skipped):
+    """Adds this step's dropped records to `tracker` (a keras.metrics.Sum named skipped_records, made under the
+    strategy's scope) and returns its total since fit began: `skipped` is this replica's share of the batch's per-row
+    counts (pipelines.labelled_train_dataset(count_skipped=True)), summed over the replicas."""
+    ctx = tf.distribute.get_replica_context()
+    count = tf.cast(tf.reduce_sum(skipped), tf.float32)
+    if ctx.num_replicas_in_sync > 1:
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    tracker.update_state(count)
+    return tracker.result()
+
+
+def count_skipped_records(model):
+    """Lets a model with Keras' own train step take batches (images, labels, skipped) of
+    pipelines.labelled_train_dataset(count_skipped=True): the step trains on (images, labels) as before and logs
+    `skipped_records` (the step log shows it when not zero). Call it under the strategy's scope. The counter is not
+    part of the model, so checkpoints and saved models are unchanged."""
+    tracker = keras.metrics.Sum(name="skipped_records")
+    keras_step = model.train_step
+
+    def train_step(data):
+        images, labels, skipped = data
+        logs = keras_step((images, labels))
+        return {**logs, "skipped_records": add_skipped_records(tracker, skipped)}
+
+    model.train_step = train_step
+    return model
+
+
 class LossSince:
     """The mean of the step losses since the previous `take()`, from a Mean metric's running total and count."""
 

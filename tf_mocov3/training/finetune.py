@@ -68,6 +68,7 @@ from tf_mocov3.data import sources as data
 from tf_mocov3.evaluation import features as features_lib
 from tf_mocov3.models import backbones
 from tf_mocov3.models import vit
+from tf_mocov3.training import callbacks as callbacks_lib
 from tf_mocov3.training import distribute
 from tf_mocov3.training import loop
 from tf_mocov3.training import optim
@@ -95,8 +96,9 @@ def load_split(dataset_config, split):
         raise FinetuneError(str(err)) from err
 
 
-def build_train_dataset(config, source, *, start_step=0, num_replicas=1, input_context=None):
-    """Infinite dataset of global batches (images [B, S, S, 3], soft targets [B, C]) from global step start_step:
+def build_train_dataset(config, source, *, start_step=0, num_replicas=1, input_context=None, count_skipped=False):
+    """Infinite dataset of global batches (images [B, S, S, 3], soft targets [B, C]; with count_skipped also the
+    records dropped before each row, int32 [B], which the train step counts) from global step start_step:
     pipelines.labelled_train_dataset with this recipe's crop (interpolation, RandAugment), random erasing, repeated
     augmentation (spread over `num_replicas`) and mixup / cutmix (per global batch or per aug.mixup_group rows).
     With an `input_context`, this input pipeline's rows of each global batch (labelled_train_dataset)."""
@@ -114,7 +116,7 @@ def build_train_dataset(config, source, *, start_step=0, num_replicas=1, input_c
             mix_group=int(aug.mixup_group),
             shuffle_buffer=int(config.dataset.shuffle_buffer),
             cycle_length=int(config.dataset.cycle_length),
-            input_context=input_context)
+            input_context=input_context, count_skipped=count_skipped)
     except ValueError as err:
         raise FinetuneError(str(err)) from err
 
@@ -125,7 +127,7 @@ def distributed_train_dataset(config, source, strategy, start_step, end_step):
     global batch to keep a share of it."""
     steps = int(end_step) - int(start_step)
     return distribute.pipeline_datasets(strategy, lambda ctx: build_train_dataset(
-        config, source, start_step=start_step, input_context=ctx).take(steps))
+        config, source, start_step=start_step, input_context=ctx, count_skipped=True).take(steps))
 
 
 def build_eval_dataset(config, source):
@@ -513,8 +515,9 @@ class FinetuneTask(loop.Task):
         check_resume_options(workdir, self.config)
 
     def make_model(self):
-        return build_classifier(self.config, arch=self.arch, overrides=self.overrides,
-                                num_classes=self.train_source.num_classes)
+        # Its train step also counts the records the input pipeline drops (build_train_dataset's third element).
+        return callbacks_lib.count_skipped_records(build_classifier(
+            self.config, arch=self.arch, overrides=self.overrides, num_classes=self.train_source.num_classes))
 
     def make_optimizer(self):
         return build_optimizer(self.config, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)

@@ -120,6 +120,8 @@ class LinearProbe(keras.Model):
                                                              dtype="float32", name="head_norm")
             self.head_norm.build((None, self.feature_dim))
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Records the augmented input dropped since fit began (its batches' third element); not checkpointed.
+        self.skipped_tracker = keras.metrics.Sum(name="skipped_records")
 
     def checkpoint_part(self):
         """What the checkpoints hold: the classifier (the official probe) or, with bn_before_head, a module with the
@@ -132,7 +134,7 @@ class LinearProbe(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker]
+        return [self.loss_tracker, self.skipped_tracker]
 
     def features(self, inputs):
         if self.backbone is None:
@@ -150,7 +152,7 @@ class LinearProbe(keras.Model):
         return self.head_logits(self.features(inputs), training=training)
 
     def train_step(self, batch):
-        inputs, labels = batch
+        inputs, labels, *skipped = batch  # skipped: augmented images (labelled_train_dataset(count_skipped=True))
         features = self.features(inputs)
         labels = tf.cast(labels, tf.int32)
         # Under a strategy each replica holds its rows of the global batch and Keras sums the replicas' gradients:
@@ -174,7 +176,10 @@ class LinearProbe(keras.Model):
         loss = tf.reduce_mean(per_head)
         self.loss_tracker.update_state(loss)  # the running mean the step log and the epoch's mean are read from
         # "loss": this step's loss, the mean over the heads; "lr": the lr of the first head.
-        return {"loss": loss, "lr": factor * self.optimizer.column_lrs[0]}
+        logs = {"loss": loss, "lr": factor * self.optimizer.column_lrs[0]}
+        if skipped:
+            logs["skipped_records"] = callbacks_lib.add_skipped_records(self.skipped_tracker, skipped[0])
+        return logs
 
 
 def make_heads_optimizer(num_classes, init_lrs, *, steps_per_epoch, epochs, momentum=0.9):
@@ -487,7 +492,8 @@ class ProbeTask(HeadsTask):
                 self.train_source, indices=self.train_idx, global_batch=batch, seed=config.seed,
                 image_size=self.image_size, crop_scale=(config.dataset.crop_min, 1.0), start_step=start_step,
                 keep_partial_batch=True, end_epoch=config.epochs, input_context=ctx,
-                shuffle_buffer=int(config.dataset.shuffle_buffer), cycle_length=int(config.dataset.cycle_length)),
+                shuffle_buffer=int(config.dataset.shuffle_buffer), cycle_length=int(config.dataset.cycle_length),
+                count_skipped=True),
                 replica_rows=batch // self.strategy.num_replicas_in_sync)
 
     def report(self, model, trainer, start_step, history):
