@@ -73,8 +73,8 @@ def _bad_indices(source):
 
 
 def test_fine_tuning_on_two_replicas_counts_undecodable_images(tmp_path):
-    from finetune_helpers import tiny_config, write_pretrained_dir  # pylint: disable=import-outside-toplevel
-
+    from finetune_helpers import tiny_config  # pylint: disable=import-outside-toplevel
+    from finetune_helpers import write_pretrained_dir  # pylint: disable=import-outside-toplevel
     from tf_mocov3.data import order as order_lib  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import finetune  # pylint: disable=import-outside-toplevel
 
@@ -110,8 +110,8 @@ def test_fine_tuning_on_two_replicas_counts_undecodable_images(tmp_path):
 
 
 def test_the_probe_on_augmented_images_counts_undecodable_images(tmp_path):
-    from test_linear_probe import make_pretrained_dir, tiny_probe_config  # pylint: disable=import-outside-toplevel
-
+    from test_linear_probe import make_pretrained_dir  # pylint: disable=import-outside-toplevel
+    from test_linear_probe import tiny_probe_config  # pylint: disable=import-outside-toplevel
     from tf_mocov3.training import linear_probe  # pylint: disable=import-outside-toplevel
 
     path = _split_folder_with_bad_images(tmp_path / "images")
