@@ -3,7 +3,8 @@ the ImageNet and CIFAR-10 download archives and TFDS builds from them.
 
 Import it as `from tf_mocov3.testing import fixtures_data` (the package is installed by scripts/setup.sh). It needs
 only numpy and Pillow (the TFDS builds import tensorflow_datasets inside them), so the benchmarks can use it without
-pytest or TensorFlow.
+pytest or TensorFlow. It writes to local folders only (a test's tmp_path, a benchmark's scratch folder), so plain
+file calls are right here, unlike in the rest of the package, where a path may be gs:// (tf.io.gfile).
 """
 
 import gzip

@@ -501,11 +501,7 @@ class FinetuneTask(loop.Task):
                                 f"batch of {config.batch_size}; lower config.batch_size.")
         self.total_steps = trainer_lib.total_steps_of(config, self.steps_per_epoch)
         self.global_batch = config.batch_size
-        for source in (self.train_source, self.eval_source):  # array_record on a TPU pod slice: before any model
-            try:
-                data.check_source_for(source, strategy)
-            except ValueError as err:
-                raise FinetuneError(str(err)) from err
+        self.check_sources(strategy, self.train_source, self.eval_source)
 
     def use_intervals(self, intervals):
         # The evaluation interval (epochs) acts at the end of the call that completes it (Evaluator).

@@ -414,11 +414,7 @@ class ProbeTask(HeadsTask):
         config = self.config
         self.train_source = data.open_labelled(config.dataset, config.dataset.train_split)
         self.test_source = data.open_labelled(config.dataset, config.dataset.eval_split)
-        for source in (self.train_source, self.test_source):  # array_record on a TPU pod slice: before any model
-            try:
-                data.check_source_for(source, strategy)
-            except ValueError as err:
-                raise ProbeError(str(err)) from err
+        self.check_sources(strategy, self.train_source, self.test_source)
         with strategy.scope():
             backbone, self.image_size, self.run_config = load_pretrained_backbone(self.pretrained_path, config)
         self.record = config_lib.as_record(config)

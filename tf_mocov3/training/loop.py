@@ -24,6 +24,7 @@ the command's probe and the demo's in-memory one) are tasks; a new loop is a new
 import contextlib
 
 from tf_mocov3 import config_lib
+from tf_mocov3.data import sources
 from tf_mocov3.training import trainer as trainer_lib
 
 
@@ -58,6 +59,15 @@ class Task:
     def setup(self, strategy, workdir):
         """Opens the data and fixes the run: total_steps, global_batch, record."""
         raise NotImplementedError
+
+    def check_sources(self, strategy, *opened):
+        """Refuses, as `resume_error`, a source `strategy`'s input hosts cannot read (sources.check_source_for: an
+        array_record set on a TPU pod slice); setup calls it before any model is built."""
+        for source in opened:
+            try:
+                sources.check_source_for(source, strategy)
+            except ValueError as err:
+                raise self.resume_error(str(err)) from err
 
     def step_intervals(self):
         """{name: steps}: the step intervals that are rounded to multiples of the steps per host call."""
